@@ -1,0 +1,260 @@
+//! The response body: cached bytes, or the inner body streamed through; and the bounded
+//! collection that decides between them.
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use pin_project_lite::pin_project;
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+pin_project! {
+    /// The body of every response that passes through [`CacheService`](crate::CacheService):
+    /// a cached body (with its trailers), or the inner service's body streamed through.
+    pub struct CacheBody<B: Body> {
+        #[pin]
+        kind: Kind<B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<B: Body> {
+        Cached { data: Option<Bytes>, trailers: Option<HeaderMap> },
+        Streamed { #[pin] inner: B },
+        // A body read in part: what was read, then the rest of it (or the error that ended it).
+        Resumed { read: VecDeque<Bytes>, rest: Option<Pin<Box<B>>>, error: Option<B::Error> },
+    }
+}
+
+impl<B: Body> std::fmt::Debug for CacheBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.kind {
+            Kind::Cached { .. } => "Cached",
+            Kind::Streamed { .. } => "Streamed",
+            Kind::Resumed { .. } => "Resumed",
+        };
+        f.debug_struct("CacheBody").field("kind", &kind).finish()
+    }
+}
+
+impl<B: Body> CacheBody<B> {
+    /// A body of cached bytes followed by `trailers`.
+    pub(crate) fn cached(data: Bytes, trailers: Option<HeaderMap>) -> Self {
+        CacheBody { kind: Kind::Cached { data: Some(data).filter(|d| !d.is_empty()), trailers } }
+    }
+
+    /// No body at all (HEAD, 304).
+    pub(crate) fn empty() -> Self {
+        CacheBody { kind: Kind::Cached { data: None, trailers: None } }
+    }
+
+    /// The inner body, untouched.
+    pub(crate) fn streamed(inner: B) -> Self {
+        CacheBody { kind: Kind::Streamed { inner } }
+    }
+}
+
+impl<B> Body for CacheBody<B>
+where
+    B: Body,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.project().kind.project() {
+            KindProj::Cached { data, trailers } => {
+                if let Some(data) = data.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
+            }
+            KindProj::Streamed { inner } => inner.poll_frame(cx).map(|f| f.map(|f| f.map(|f| f.map_data(into_bytes)))),
+            KindProj::Resumed { read, rest, error } => {
+                if let Some(chunk) = read.pop_front() {
+                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                }
+                if let Some(error) = error.take() {
+                    return Poll::Ready(Some(Err(error)));
+                }
+                match rest {
+                    Some(body) => body.as_mut().poll_frame(cx).map(|f| f.map(|f| f.map(|f| f.map_data(into_bytes)))),
+                    None => Poll::Ready(None),
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Cached { data, trailers } => data.is_none() && trailers.is_none(),
+            Kind::Streamed { inner } => inner.is_end_stream(),
+            Kind::Resumed { read, rest, error } => {
+                read.is_empty() && error.is_none() && rest.as_ref().is_none_or(|b| b.is_end_stream())
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Cached { data, .. } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Kind::Streamed { inner } => inner.size_hint(),
+            Kind::Resumed { read, rest, .. } => {
+                let read: u64 = read.iter().map(|c| c.len() as u64).sum();
+                let rest = rest.as_ref().map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint());
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower() + read);
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + read);
+                }
+                hint
+            }
+        }
+    }
+}
+
+fn into_bytes<D: Buf>(mut data: D) -> Bytes {
+    data.copy_to_bytes(data.remaining())
+}
+
+/// What reading a body within a byte limit gave.
+pub(crate) enum Collected<B: Body> {
+    /// The whole body and its trailers.
+    Complete { data: Bytes, trailers: Option<HeaderMap> },
+    /// The body is larger than the limit: what was read and the rest, to stream through.
+    TooLarge(CacheBody<B>),
+    /// The body failed: what was read, then the error.
+    Failed(CacheBody<B>),
+}
+
+/// Reads `body` whole if it fits in `limit` bytes. Never holds more than `limit` bytes plus
+/// one frame.
+pub(crate) async fn collect_bounded<B: Body>(body: B, limit: usize) -> Collected<B> {
+    if body.size_hint().lower() > limit as u64 {
+        return Collected::TooLarge(CacheBody::streamed(body));
+    }
+    let mut body = Box::pin(body);
+    let mut chunks: VecDeque<Bytes> = VecDeque::new();
+    let mut total = 0usize;
+    let mut trailers: Option<HeaderMap> = None;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(error) => {
+                return Collected::Failed(CacheBody { kind: Kind::Resumed { read: chunks, rest: None, error: Some(error) } });
+            }
+        };
+        match frame.into_data() {
+            Ok(data) => {
+                let data = into_bytes(data);
+                total = total.saturating_add(data.len());
+                if !data.is_empty() {
+                    chunks.push_back(data);
+                }
+                if total > limit {
+                    return Collected::TooLarge(CacheBody { kind: Kind::Resumed { read: chunks, rest: Some(body), error: None } });
+                }
+            }
+            Err(frame) => {
+                if let Ok(t) = frame.into_trailers() {
+                    match &mut trailers {
+                        Some(existing) => existing.extend(t),
+                        None => trailers = Some(t),
+                    }
+                }
+            }
+        }
+    }
+    let data = match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop_front().unwrap_or_default(),
+        _ => {
+            let mut joined = BytesMut::with_capacity(total);
+            chunks.iter().for_each(|c| joined.extend_from_slice(c));
+            joined.freeze()
+        }
+    };
+    Collected::Complete { data, trailers }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::stream;
+    use http_body_util::{Full, StreamBody};
+    use std::convert::Infallible;
+
+    type Chunks = Vec<Result<Frame<Bytes>, &'static str>>;
+
+    fn stream_body(frames: Chunks) -> StreamBody<stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, &'static str>>>> {
+        StreamBody::new(stream::iter(frames))
+    }
+
+    async fn read_all<B: Body<Data = Bytes>>(body: B) -> (Vec<u8>, Option<HeaderMap>, Option<B::Error>) {
+        let mut body = std::pin::pin!(body);
+        let (mut data, mut trailers) = (Vec::new(), None);
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => match f.into_data() {
+                    Ok(d) => data.extend_from_slice(&d),
+                    Err(f) => trailers = f.into_trailers().ok(),
+                },
+                Err(e) => return (data, trailers, Some(e)),
+            }
+        }
+        (data, trailers, None)
+    }
+
+    #[tokio::test]
+    async fn collects_small_bodies_with_trailers() {
+        let mut t = HeaderMap::new();
+        t.insert("grpc-status", "0".parse().unwrap());
+        let body = stream_body(vec![Ok(Frame::data(Bytes::from("ab"))), Ok(Frame::data(Bytes::from("cd"))), Ok(Frame::trailers(t))]);
+        let Collected::Complete { data, trailers } = collect_bounded(body, 10).await else { panic!("should fit") };
+        assert_eq!(&data[..], b"abcd");
+        assert_eq!(trailers.unwrap()["grpc-status"], "0");
+    }
+
+    #[tokio::test]
+    async fn known_large_bodies_are_not_read() {
+        let body = Full::new(Bytes::from(vec![7u8; 100]));
+        let Collected::TooLarge(body) = collect_bounded(body, 10).await else { panic!("too large") };
+        assert!(matches!(body.kind, Kind::Streamed { .. }));
+        let (data, _, err): (_, _, Option<Infallible>) = read_all(body).await;
+        assert_eq!(data, vec![7u8; 100]);
+        assert!(err.is_none());
+    }
+
+    #[tokio::test]
+    async fn bodies_that_grow_past_the_limit_stream_on_untouched() {
+        let frames: Chunks = (0..10).map(|i| Ok(Frame::data(Bytes::from(vec![i as u8; 4])))).collect();
+        let Collected::TooLarge(body) = collect_bounded(stream_body(frames), 10).await else { panic!("too large") };
+        if let Kind::Resumed { read, .. } = &body.kind {
+            assert!(read.iter().map(|c| c.len()).sum::<usize>() <= 10 + 4, "reads at most one frame past the limit");
+        }
+        let (data, _, err) = read_all(body).await;
+        let expected: Vec<u8> = (0..10).flat_map(|i| vec![i as u8; 4]).collect();
+        assert_eq!(data, expected);
+        assert!(err.is_none());
+    }
+
+    #[tokio::test]
+    async fn errors_are_forwarded_after_what_was_read() {
+        let frames: Chunks = vec![Ok(Frame::data(Bytes::from("ab"))), Err("boom")];
+        let Collected::Failed(body) = collect_bounded(stream_body(frames), 10).await else { panic!("failed") };
+        let (data, _, err) = read_all(body).await;
+        assert_eq!(data, b"ab");
+        assert_eq!(err, Some("boom"));
+    }
+
+    #[tokio::test]
+    async fn cached_body_reports_its_size_and_end() {
+        let body: CacheBody<Full<Bytes>> = CacheBody::cached(Bytes::from("xyz"), None);
+        assert_eq!(body.size_hint().exact(), Some(3));
+        assert!(!body.is_end_stream());
+        assert!(CacheBody::<Full<Bytes>>::empty().is_end_stream());
+    }
+}

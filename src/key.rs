@@ -1,0 +1,316 @@
+//! Cache keys: an unambiguous, length-prefixed encoding of the parts of a request that select
+//! a response.
+//!
+//! Every field is written as a 4-byte length followed by its bytes, so no choice of path,
+//! query or header value can make one request's fields read as another's. Identities and
+//! credential-bearing header values are hashed (SHA-256) so that no secret is kept in a key.
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, AUTHORIZATION, COOKIE, HOST, PROXY_AUTHORIZATION};
+use http::{request, Method};
+use sha2::{Digest, Sha256};
+use std::fmt;
+
+/// Format version: bump when the encoding changes so that old entries in a shared store miss.
+const KEY_VERSION: &[u8] = b"trc1";
+
+/// The key under which a response is stored.
+///
+/// Built by the layer from the request: method class (GET and HEAD share), host (unless
+/// disabled), path, normalised query, identity and, for responses with `Vary`, the values of
+/// the named request headers. Cheap to clone.
+///
+/// ```
+/// use tower_response_cache::{CacheLayer, MemoryStore};
+///
+/// let layer = CacheLayer::builder(MemoryStore::new()).ignore_query_param("utm_*").build();
+/// let key = |uri: &str| {
+///     let (parts, ()) = http::Request::get(uri).body(()).unwrap().into_parts();
+///     layer.cache_key(&parts)
+/// };
+/// assert_eq!(key("/books?b=2&a=1&utm_source=x"), key("/books?a=1&b=2"));
+/// assert_ne!(key("/books?a=1"), key("/books?a=2"));
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey(Bytes);
+
+impl CacheKey {
+    /// The encoded key.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Rebuilds a key from bytes produced by [`as_bytes`](Self::as_bytes) (for remote stores).
+    pub fn from_bytes(bytes: impl Into<Bytes>) -> Self {
+        CacheKey(bytes.into())
+    }
+}
+
+impl fmt::Debug for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Keys hold only hashes of secrets, but may be long: show a readable prefix.
+        let text = String::from_utf8_lossy(&self.0);
+        let shown: String = text.chars().map(|c| if c.is_control() { '.' } else { c }).take(96).collect();
+        write!(f, "CacheKey({shown:?})")
+    }
+}
+
+/// Which parts of the URI take part in the key.
+#[derive(Debug, Clone)]
+pub(crate) struct KeyConfig {
+    pub(crate) include_host: bool,
+    /// Query parameter names left out of the key; a trailing `*` matches a prefix.
+    pub(crate) ignored_query_params: Vec<String>,
+}
+
+impl Default for KeyConfig {
+    fn default() -> Self {
+        KeyConfig { include_host: true, ignored_query_params: Vec::new() }
+    }
+}
+
+impl KeyConfig {
+    /// The primary key: method class, host, path, normalised query and identity.
+    pub(crate) fn primary(&self, parts: &request::Parts, identity: Option<&str>) -> CacheKey {
+        let path = parts.uri.path();
+        let query = parts.uri.query().unwrap_or("");
+        let mut buf = Vec::with_capacity(48 + path.len() + query.len());
+        buf.extend_from_slice(KEY_VERSION);
+        buf.push(b'P');
+        field(&mut buf, method_class(&parts.method).as_bytes());
+        if self.include_host {
+            field(&mut buf, parts.uri.scheme_str().unwrap_or("").as_bytes());
+            let host = parts.uri.authority().map(|a| a.as_str().as_bytes()).or_else(|| parts.headers.get(HOST).map(|h| h.as_bytes()));
+            field(&mut buf, &host.unwrap_or_default().to_ascii_lowercase());
+        } else {
+            field(&mut buf, b"");
+            field(&mut buf, b"");
+        }
+        field(&mut buf, path.as_bytes());
+        self.write_query(&mut buf, query);
+        match identity {
+            Some(id) => {
+                buf.push(1);
+                buf.extend_from_slice(&Sha256::digest(id.as_bytes()));
+            }
+            None => buf.push(0),
+        }
+        CacheKey(buf.into())
+    }
+
+    fn write_query(&self, buf: &mut Vec<u8>, query: &str) {
+        let pairs = self.query_pairs(query);
+        buf.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+        for pair in pairs {
+            field(buf, pair.as_bytes());
+        }
+    }
+
+    /// Non-empty `name=value` pairs, without ignored names, stably sorted by name so that
+    /// repeated parameters keep their relative order (which applications may rely on).
+    fn query_pairs<'q>(&self, query: &'q str) -> Vec<&'q str> {
+        let mut pairs: Vec<&str> = query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .filter(|p| !self.is_ignored(param_name(p)))
+            .collect();
+        pairs.sort_by(|a, b| param_name(a).cmp(param_name(b)));
+        pairs
+    }
+
+    fn is_ignored(&self, name: &str) -> bool {
+        self.ignored_query_params.iter().any(|pattern| match pattern.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => name == pattern,
+        })
+    }
+}
+
+/// The implicit tag every entry carries: its path, so that a path can be purged in all its
+/// variants (every query, host, identity and `Vary` value).
+pub(crate) fn path_tag(path: &str) -> String {
+    format!("path:{path}")
+}
+
+fn param_name(pair: &str) -> &str {
+    pair.split_once('=').map_or(pair, |(name, _)| name)
+}
+
+/// The secondary key of one variant: the primary key plus the values of the `Vary` fields.
+pub(crate) fn variant(primary: &CacheKey, names: &[HeaderName], headers: &HeaderMap) -> CacheKey {
+    let mut buf = Vec::with_capacity(primary.0.len() + 16 * names.len() + 8);
+    buf.extend_from_slice(&primary.0);
+    buf.push(b'V');
+    buf.extend_from_slice(&(names.len() as u32).to_le_bytes());
+    let mut value = Vec::new();
+    for name in names {
+        field(&mut buf, name.as_str().as_bytes());
+        value.clear();
+        // Several field lines combine into one list value (RFC 9110 §5.3); spaces around
+        // the commas do not select another variant.
+        for (i, line) in headers.get_all(name).iter().enumerate() {
+            if i > 0 {
+                value.push(b',');
+            }
+            value.extend_from_slice(line.as_bytes().trim_ascii());
+        }
+        if headers.contains_key(name) {
+            buf.push(1);
+            if is_credential(name) {
+                field(&mut buf, &Sha256::digest(&value));
+            } else {
+                field(&mut buf, &value);
+            }
+        } else {
+            // An absent header is not the same variant as an empty one.
+            buf.push(0);
+        }
+    }
+    CacheKey(buf.into())
+}
+
+fn is_credential(name: &HeaderName) -> bool {
+    name == AUTHORIZATION || name == COOKIE || name == PROXY_AUTHORIZATION
+}
+
+fn method_class(method: &Method) -> &str {
+    if method == Method::HEAD {
+        "GET"
+    } else {
+        method.as_str()
+    }
+}
+
+fn field(buf: &mut Vec<u8>, bytes: &[u8]) {
+    buf.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    buf.extend_from_slice(bytes);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Request;
+    use proptest::prelude::*;
+
+    fn parts(method: &str, uri: &str, headers: &[(&str, &str)]) -> request::Parts {
+        let mut b = Request::builder().method(method).uri(uri);
+        for (n, v) in headers {
+            b = b.header(*n, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    fn key(uri: &str) -> CacheKey {
+        let config = KeyConfig { ignored_query_params: vec!["utm_*".into(), "fbclid".into()], ..KeyConfig::default() };
+        config.primary(&parts("GET", uri, &[]), None)
+    }
+
+    #[test]
+    fn get_and_head_share_other_methods_do_not() {
+        let c = KeyConfig::default();
+        assert_eq!(c.primary(&parts("GET", "/a", &[]), None), c.primary(&parts("HEAD", "/a", &[]), None));
+        assert_ne!(c.primary(&parts("GET", "/a", &[]), None), c.primary(&parts("POST", "/a", &[]), None));
+    }
+
+    #[test]
+    fn query_order_and_ignored_params_do_not_matter() {
+        assert_eq!(key("/a?x=1&y=2"), key("/a?y=2&x=1"));
+        assert_eq!(key("/a?x=1&utm_source=t&fbclid=9"), key("/a?x=1"));
+        assert_eq!(key("/a?x=1&&"), key("/a?x=1"));
+        assert_eq!(key("/a?"), key("/a"));
+        // Repeated parameters keep their order: `x=1&x=2` is not `x=2&x=1`.
+        assert_ne!(key("/a?x=1&x=2"), key("/a?x=2&x=1"));
+        assert_ne!(key("/a?fbclidx=1"), key("/a"));
+    }
+
+    #[test]
+    fn host_is_keyed_unless_disabled() {
+        let c = KeyConfig::default();
+        let a = c.primary(&parts("GET", "/a", &[("host", "a.example")]), None);
+        let b = c.primary(&parts("GET", "/a", &[("host", "b.example")]), None);
+        let upper = c.primary(&parts("GET", "/a", &[("host", "A.EXAMPLE")]), None);
+        assert_ne!(a, b);
+        assert_eq!(a, upper);
+        let c = KeyConfig { include_host: false, ..KeyConfig::default() };
+        assert_eq!(
+            c.primary(&parts("GET", "/a", &[("host", "a.example")]), None),
+            c.primary(&parts("GET", "/a", &[("host", "b.example")]), None)
+        );
+    }
+
+    #[test]
+    fn credentials_never_appear_in_keys() {
+        let c = KeyConfig::default();
+        let p = parts("GET", "/a", &[("authorization", "Bearer s3cr3t-token"), ("cookie", "sid=hunter2")]);
+        let primary = c.primary(&p, Some("user-secret-identity"));
+        let names = [AUTHORIZATION, COOKIE];
+        let v = variant(&primary, &names, &p.headers);
+        let text = String::from_utf8_lossy(v.as_bytes());
+        for secret in ["s3cr3t-token", "hunter2", "user-secret-identity"] {
+            assert!(!text.contains(secret), "{secret} leaked into {text}");
+        }
+    }
+
+    #[test]
+    fn variants_differ_by_value_and_by_presence() {
+        let c = KeyConfig::default();
+        let names = [HeaderName::from_static("accept-language")];
+        let k = |h: &[(&str, &str)]| {
+            let p = parts("GET", "/a", h);
+            variant(&c.primary(&p, None), &names, &p.headers)
+        };
+        assert_ne!(k(&[("accept-language", "en")]), k(&[("accept-language", "fr")]));
+        assert_ne!(k(&[("accept-language", "")]), k(&[]));
+        assert_eq!(k(&[("accept-language", " en ")]), k(&[("accept-language", "en")]));
+        assert_eq!(k(&[("x-other", "1")]), k(&[]));
+    }
+
+    fn segment() -> impl Strategy<Value = String> {
+        "[a-z0-9=&%/.-]{0,12}"
+    }
+
+    proptest! {
+        /// Requests that differ in path, query, identity or a varied header never share a key.
+        #[test]
+        fn distinct_requests_never_share_a_key(
+            p1 in segment(), p2 in segment(), q1 in segment(), q2 in segment(),
+            id1 in proptest::option::of("[a-z0-9|]{0,6}"), id2 in proptest::option::of("[a-z0-9|]{0,6}"),
+            v1 in proptest::option::of("[a-z ,]{0,6}"), v2 in proptest::option::of("[a-z ,]{0,6}"),
+        ) {
+            let c = KeyConfig::default();
+            let build = |p: &str, q: &str, id: &Option<String>, v: &Option<String>| {
+                let uri = format!("/{p}?{q}");
+                let headers: Vec<(&str, &str)> = v.iter().map(|v| ("accept", v.as_str())).collect();
+                let parts = parts("GET", &uri, &headers);
+                let primary = c.primary(&parts, id.as_deref());
+                (primary.clone(), variant(&primary, &[http::header::ACCEPT], &parts.headers), parts)
+            };
+            let (k1, var1, r1) = build(&p1, &q1, &id1, &v1);
+            let (k2, var2, r2) = build(&p2, &q2, &id2, &v2);
+            let same_path = r1.uri.path() == r2.uri.path();
+            let same_query = c.query_pairs(r1.uri.query().unwrap_or("")) == c.query_pairs(r2.uri.query().unwrap_or(""));
+            let same_primary = same_path && same_query && id1 == id2;
+            prop_assert_eq!(k1 == k2, same_primary);
+            let norm = |v: &Option<String>| v.as_ref().map(|s| s.trim().to_string());
+            prop_assert_eq!(var1 == var2, same_primary && norm(&v1) == norm(&v2));
+        }
+
+        /// Shuffling the query and adding ignored parameters never changes the key.
+        #[test]
+        fn equivalent_queries_share_a_key(
+            params in proptest::collection::btree_map("[a-t]{1,4}", "[a-z0-9]{0,4}", 0..6),
+            rotate in 0usize..6,
+            utm in "[a-z0-9]{0,5}",
+        ) {
+            let mut pairs: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let canonical = format!("/p?{}", pairs.join("&"));
+            if !pairs.is_empty() {
+                let r = rotate % pairs.len();
+                pairs.rotate_left(r);
+            }
+            pairs.push(format!("utm_source={utm}"));
+            let shuffled = format!("/p?{}", pairs.join("&"));
+            prop_assert_eq!(key(&canonical), key(&shuffled));
+        }
+    }
+}

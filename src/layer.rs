@@ -1,0 +1,256 @@
+//! `CacheLayer`: configuration only, built once and shared by every service it makes.
+
+use crate::key::KeyConfig;
+use crate::metrics::{CacheStats, Counters};
+use crate::policy::{PolicyConfig, RouteOverride, DEFAULT_CACHEABLE_STATUSES};
+use crate::service::CacheService;
+use crate::status;
+use crate::{CacheKey, Store};
+use http::{request, StatusCode};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+use tower_layer::Layer;
+
+type IdentityFn = dyn Fn(&request::Parts) -> Option<String> + Send + Sync;
+type RouteFn = dyn Fn(&request::Parts) -> Option<RouteOverride> + Send + Sync;
+
+/// Everything a [`CacheService`] needs, shared by the layer and all its services.
+pub(crate) struct Shared<St> {
+    pub(crate) store: St,
+    pub(crate) config: Config,
+    pub(crate) counters: Counters,
+}
+
+pub(crate) struct Config {
+    pub(crate) policy: PolicyConfig,
+    pub(crate) key: KeyConfig,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) identity: Option<Arc<IdentityFn>>,
+    pub(crate) route_override: Option<Arc<RouteFn>>,
+    pub(crate) honor_request_directives: bool,
+    pub(crate) status_name: Box<str>,
+}
+
+impl Config {
+    pub(crate) fn identity(&self, parts: &request::Parts) -> Option<String> {
+        self.identity.as_ref().and_then(|f| f(parts))
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("policy", &self.policy)
+            .field("key", &self.key)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("identity", &self.identity.is_some())
+            .field("route_override", &self.route_override.is_some())
+            .field("honor_request_directives", &self.honor_request_directives)
+            .field("status_name", &self.status_name)
+            .finish()
+    }
+}
+
+/// A [`Layer`] that caches responses of the services it wraps in a [`Store`].
+///
+/// Safe by default: only GET and HEAD, never requests with credentials unless an identity
+/// scopes the key, never `no-store`, `private`, `Set-Cookie`, `Vary: *`, ranges, oversize or
+/// failed bodies. Every response carries a `Cache-Status` header saying what happened.
+///
+/// ```
+/// use axum::{routing::get, Router};
+/// use std::time::Duration;
+/// use tower_response_cache::{CacheLayer, MemoryStore};
+///
+/// let store = MemoryStore::new();
+/// let app: Router = Router::new()
+///     .route("/books", get(|| async { "[]" }))
+///     .layer(CacheLayer::builder(store.clone()).default_ttl(Duration::from_secs(30)).build());
+/// ```
+#[must_use]
+pub struct CacheLayer<St> {
+    shared: Arc<Shared<St>>,
+}
+
+impl<St> Clone for CacheLayer<St> {
+    fn clone(&self) -> Self {
+        CacheLayer { shared: self.shared.clone() }
+    }
+}
+
+impl<St: fmt::Debug> fmt::Debug for CacheLayer<St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheLayer").field("store", &self.shared.store).field("config", &self.shared.config).finish()
+    }
+}
+
+impl<St: Store> CacheLayer<St> {
+    /// A layer with the default configuration (see [`CacheLayerBuilder`]).
+    pub fn new(store: St) -> Self {
+        Self::builder(store).build()
+    }
+
+    /// Starts configuring a layer.
+    pub fn builder(store: St) -> CacheLayerBuilder<St> {
+        CacheLayerBuilder {
+            store,
+            config: Config {
+                policy: PolicyConfig {
+                    default_ttl: Duration::from_secs(60),
+                    max_ttl: Duration::from_secs(86_400),
+                    stale_while_revalidate: Duration::ZERO,
+                    stale_if_error: Duration::ZERO,
+                    cacheable_statuses: DEFAULT_CACHEABLE_STATUSES.to_vec(),
+                },
+                key: KeyConfig::default(),
+                max_body_bytes: 1 << 20,
+                identity: None,
+                route_override: None,
+                honor_request_directives: false,
+                status_name: status::DEFAULT_NAME.into(),
+            },
+        }
+    }
+
+    /// Counters of hits, misses, stores and bypasses, shared by every clone of this layer
+    /// and every service it made.
+    pub fn stats(&self) -> CacheStats {
+        self.shared.counters.snapshot()
+    }
+
+    /// The store this layer reads and writes.
+    pub fn store(&self) -> &St {
+        &self.shared.store
+    }
+
+    /// The primary key the layer would use for a request (identity included; `Vary`
+    /// values, which depend on the response, are not).
+    pub fn cache_key(&self, parts: &request::Parts) -> CacheKey {
+        let config = &self.shared.config;
+        config.key.primary(parts, config.identity(parts).as_deref())
+    }
+}
+
+impl<S, St> Layer<S> for CacheLayer<St> {
+    type Service = CacheService<S, St>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CacheService::new(inner, self.shared.clone())
+    }
+}
+
+/// Configures a [`CacheLayer`]. Every setting has a safe default.
+///
+/// | setting | default |
+/// |---|---|
+/// | [`default_ttl`](Self::default_ttl) | 60 s |
+/// | [`max_ttl`](Self::max_ttl) | 24 h |
+/// | [`max_body_bytes`](Self::max_body_bytes) | 1 MiB |
+/// | [`cacheable_statuses`](Self::cacheable_statuses) | 200 203 204 300 301 308 404 405 410 414 501 |
+/// | [`key_host`](Self::key_host) | `true` |
+/// | [`ignore_query_param`](Self::ignore_query_param) | none |
+/// | [`vary_by_identity`](Self::vary_by_identity) | none: requests with credentials bypass |
+/// | [`route_override`](Self::route_override) | none |
+/// | [`honor_request_directives`](Self::honor_request_directives) | `false` |
+/// | [`cache_status_name`](Self::cache_status_name) | `tower-response-cache` |
+#[must_use]
+pub struct CacheLayerBuilder<St> {
+    store: St,
+    config: Config,
+}
+
+impl<St: fmt::Debug> fmt::Debug for CacheLayerBuilder<St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheLayerBuilder").field("store", &self.store).field("config", &self.config).finish()
+    }
+}
+
+impl<St: Store> CacheLayerBuilder<St> {
+    /// Freshness for responses that give none (no `s-maxage`, `max-age` or `Expires`).
+    /// `Duration::ZERO` leaves them to the RFC 9111 heuristic (a tenth of the time since
+    /// `Last-Modified`), and uncached without it.
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        self.config.policy.default_ttl = ttl;
+        self
+    }
+
+    /// The longest freshness or stale window the layer grants, whatever the origin says.
+    pub fn max_ttl(mut self, ttl: Duration) -> Self {
+        self.config.policy.max_ttl = ttl;
+        self
+    }
+
+    /// Bodies larger than this are streamed through, not stored.
+    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_body_bytes = bytes;
+        self
+    }
+
+    /// The status codes that may be stored (206 never is).
+    pub fn cacheable_statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
+        self.config.policy.cacheable_statuses =
+            statuses.into_iter().filter(|s| *s != StatusCode::PARTIAL_CONTENT).map(|s| s.as_u16()).collect();
+        self
+    }
+
+    /// Whether the host (and scheme, when the URI has one) is part of the key. Turn off only
+    /// when every host serves the same content.
+    pub fn key_host(mut self, include: bool) -> Self {
+        self.config.key.include_host = include;
+        self
+    }
+
+    /// Leaves a query parameter out of the key (a trailing `*` matches a prefix, as in
+    /// `utm_*`). The inner service still receives it.
+    pub fn ignore_query_param(mut self, name: impl Into<String>) -> Self {
+        self.config.key.ignored_query_params.push(name.into());
+        self
+    }
+
+    /// Scopes entries to the identity this function returns for a request. Requests with an
+    /// identity may carry credentials and may be answered `private` responses, each from
+    /// their own entries; the identity is hashed before it enters a key.
+    pub fn vary_by_identity<F>(mut self, identity: F) -> Self
+    where
+        F: Fn(&request::Parts) -> Option<String> + Send + Sync + 'static,
+    {
+        self.config.identity = Some(Arc::new(identity));
+        self
+    }
+
+    /// A per-route decision, taken before the request is looked up: bypass the cache, or
+    /// fix the freshness lifetime. A handler can decide the same with a [`RouteOverride`]
+    /// response extension.
+    pub fn route_override<F>(mut self, route: F) -> Self
+    where
+        F: Fn(&request::Parts) -> Option<RouteOverride> + Send + Sync + 'static,
+    {
+        self.config.route_override = Some(Arc::new(route));
+        self
+    }
+
+    /// Honours the client's `Cache-Control` (`no-store`, `no-cache`, `max-age=0`,
+    /// `only-if-cached`), as a shared cache in front of trusted clients would. Off by
+    /// default so that clients cannot force traffic onto the origin.
+    pub fn honor_request_directives(mut self, honor: bool) -> Self {
+        self.config.honor_request_directives = honor;
+        self
+    }
+
+    /// The name this cache gives itself in `Cache-Status`. Must be a structured-field
+    /// token (letters first; no spaces); an invalid name keeps the default.
+    pub fn cache_status_name(mut self, name: &str) -> Self {
+        if status::is_valid_name(name) {
+            self.config.status_name = name.into();
+        } else {
+            tracing::warn!(name, "invalid Cache-Status name ignored");
+        }
+        self
+    }
+
+    /// Builds the layer.
+    pub fn build(self) -> CacheLayer<St> {
+        CacheLayer { shared: Arc::new(Shared { store: self.store, config: self.config, counters: Counters::default() }) }
+    }
+}

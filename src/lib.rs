@@ -1,0 +1,30 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms
+)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod body;
+mod entry;
+mod future;
+mod key;
+mod layer;
+mod metrics;
+mod policy;
+mod service;
+mod status;
+pub mod store;
+
+pub use body::CacheBody;
+pub use entry::{CachedResponse, Entry};
+pub use future::ResponseFuture;
+pub use key::CacheKey;
+pub use layer::{CacheLayer, CacheLayerBuilder};
+pub use metrics::{BypassReason, CacheStats};
+pub use policy::RouteOverride;
+pub use service::CacheService;
+pub use store::{Lookup, MemoryStore, PurgeMode, Store, StoreError};

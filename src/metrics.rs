@@ -1,0 +1,189 @@
+//! Counters shared by every clone of a layer, and the snapshot users read.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Why a request was not answered from the cache, or its response was not stored.
+///
+/// The name ([`as_str`](Self::as_str)) appears as the `detail` of the `Cache-Status` header
+/// and as the key of [`CacheStats::bypasses`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum BypassReason {
+    /// The method is not GET or HEAD.
+    Method,
+    /// The request carried `Authorization` or `Cookie` and no identity scoped the key, and
+    /// the response was not explicitly shareable (`public`, `s-maxage`, `must-revalidate`).
+    Credentials,
+    /// A `Range` request or a `206 Partial Content` response.
+    Range,
+    /// The request asked for `no-store` and request directives are honoured.
+    RequestNoStore,
+    /// A route override said so.
+    Route,
+    /// A HEAD request missed: its response has no body to store.
+    Head,
+    /// The response said `no-store`.
+    NoStore,
+    /// The response said `private` and the key was not scoped to an identity.
+    Private,
+    /// The response set a cookie.
+    SetCookie,
+    /// The response varies on `*`, or on a field name that cannot be read.
+    VaryStar,
+    /// The status code is not in the cacheable set.
+    Status,
+    /// The response had no freshness and no stale window: nothing to keep.
+    NotFresh,
+    /// The response's `Cache-Control` could not be read.
+    Unreadable,
+    /// The body was larger than `max_body_bytes` and was streamed through.
+    BodyTooLarge,
+    /// The body is a stream of events (`text/event-stream`) and was streamed through.
+    Streaming,
+    /// The body ended in an error.
+    BodyError,
+    /// The store failed; the request went to the inner service.
+    StoreError,
+}
+
+impl BypassReason {
+    const ALL: [BypassReason; 17] = [
+        Self::Method,
+        Self::Credentials,
+        Self::Range,
+        Self::RequestNoStore,
+        Self::Route,
+        Self::Head,
+        Self::NoStore,
+        Self::Private,
+        Self::SetCookie,
+        Self::VaryStar,
+        Self::Status,
+        Self::NotFresh,
+        Self::Unreadable,
+        Self::BodyTooLarge,
+        Self::Streaming,
+        Self::BodyError,
+        Self::StoreError,
+    ];
+
+    /// The short name used in `Cache-Status` details and in stats.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Method => "method",
+            Self::Credentials => "credentials",
+            Self::Range => "range",
+            Self::RequestNoStore => "request-no-store",
+            Self::Route => "route",
+            Self::Head => "head",
+            Self::NoStore => "no-store",
+            Self::Private => "private",
+            Self::SetCookie => "set-cookie",
+            Self::VaryStar => "vary",
+            Self::Status => "status",
+            Self::NotFresh => "not-fresh",
+            Self::Unreadable => "unreadable",
+            Self::BodyTooLarge => "too-large",
+            Self::Streaming => "streaming",
+            Self::BodyError => "body-error",
+            Self::StoreError => "store-error",
+        }
+    }
+}
+
+impl std::fmt::Display for BypassReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A snapshot of a layer's counters, from [`CacheLayer::stats`](crate::CacheLayer::stats).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// Requests answered from a fresh entry.
+    pub hits: u64,
+    /// Requests that looked up the cache and went to the inner service.
+    pub misses: u64,
+    /// Misses whose entry had been invalidated by a purge.
+    pub invalidated_misses: u64,
+    /// Responses written to the store.
+    pub stores: u64,
+    /// Requests that bypassed the cache or responses not stored, by reason.
+    pub bypasses: BTreeMap<&'static str, u64>,
+    /// Store operations that failed (the request was served anyway).
+    pub store_errors: u64,
+}
+
+impl CacheStats {
+    /// Every bypass, whatever its reason.
+    pub fn total_bypasses(&self) -> u64 {
+        self.bypasses.values().sum()
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    invalidated_misses: AtomicU64,
+    stores: AtomicU64,
+    store_errors: AtomicU64,
+    bypasses: [AtomicU64; BypassReason::ALL.len()],
+}
+
+impl Counters {
+    pub(crate) fn hit(&self) {
+        self.hits.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn miss(&self, invalidated: bool) {
+        self.misses.fetch_add(1, Relaxed);
+        if invalidated {
+            self.invalidated_misses.fetch_add(1, Relaxed);
+        }
+    }
+    pub(crate) fn stored(&self) {
+        self.stores.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn store_error(&self) {
+        self.store_errors.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn bypass(&self, reason: BypassReason) {
+        self.bypasses[reason as usize].fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Relaxed),
+            misses: self.misses.load(Relaxed),
+            invalidated_misses: self.invalidated_misses.load(Relaxed),
+            stores: self.stores.load(Relaxed),
+            store_errors: self.store_errors.load(Relaxed),
+            bypasses: BypassReason::ALL
+                .iter()
+                .map(|r| (r.as_str(), self.bypasses[*r as usize].load(Relaxed)))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_its_own_slot() {
+        for (i, r) in BypassReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+        let c = Counters::default();
+        c.bypass(BypassReason::StoreError);
+        c.bypass(BypassReason::Method);
+        c.bypass(BypassReason::Method);
+        let s = c.snapshot();
+        assert_eq!(s.bypasses.get("method"), Some(&2));
+        assert_eq!(s.total_bypasses(), 3);
+    }
+}

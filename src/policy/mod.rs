@@ -1,0 +1,360 @@
+//! RFC 9111 decisions: may this response be stored, and for how long is it fresh?
+
+pub(crate) mod cache_control;
+
+use crate::metrics::BypassReason;
+use cache_control::CacheControl;
+use http::header::{HeaderMap, HeaderName, AGE, CACHE_CONTROL, DATE, EXPIRES, LAST_MODIFIED, SET_COOKIE, VARY};
+use http::{response, StatusCode};
+use std::time::{Duration, SystemTime};
+
+/// A per-route decision that overrides the response's own caching headers.
+///
+/// Return it from the layer's [`route_override`](crate::CacheLayerBuilder::route_override)
+/// hook, or from a handler as a response extension. Safety rules still apply: an override
+/// never makes a `no-store`, `private` or `Set-Cookie` response shareable.
+///
+/// ```
+/// use axum::{routing::get, Extension, Router};
+/// use std::time::Duration;
+/// use tower_response_cache::RouteOverride;
+///
+/// async fn prices() -> (Extension<RouteOverride>, &'static str) {
+///     (Extension(RouteOverride::Ttl(Duration::from_secs(5))), "42.00")
+/// }
+/// let app: Router = Router::new().route("/prices", get(prices));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RouteOverride {
+    /// Neither serve from nor store in the cache.
+    Bypass,
+    /// Use this freshness lifetime instead of the one the headers give.
+    Ttl(Duration),
+}
+
+/// Which status codes the layer may store (RFC 9110 §15.1 "heuristically cacheable", less 206).
+pub(crate) const DEFAULT_CACHEABLE_STATUSES: &[u16] = &[200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
+
+/// The policy knobs that come from the layer's configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct PolicyConfig {
+    pub(crate) default_ttl: Duration,
+    pub(crate) max_ttl: Duration,
+    pub(crate) stale_while_revalidate: Duration,
+    pub(crate) stale_if_error: Duration,
+    pub(crate) cacheable_statuses: Vec<u16>,
+}
+
+/// Facts about the request that decide whether its response may be shared.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RequestFacts {
+    /// The request carried `Authorization` or `Cookie`.
+    pub(crate) credentials: bool,
+    /// The key includes the caller's identity.
+    pub(crate) identity_scoped: bool,
+    pub(crate) request_time: SystemTime,
+}
+
+/// How long a storable response stays usable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Freshness {
+    pub(crate) lifetime: Duration,
+    pub(crate) initial_age: Duration,
+    pub(crate) stale_while_revalidate: Duration,
+    pub(crate) stale_if_error: Duration,
+    pub(crate) no_cache: bool,
+    pub(crate) must_revalidate: bool,
+    /// `public`, `s-maxage` or `must-revalidate`: may answer requests that carry credentials.
+    pub(crate) shareable_with_credentials: bool,
+    pub(crate) vary: Vec<HeaderName>,
+}
+
+impl Freshness {
+    /// How long the store should keep the entry: fresh time left plus the stale windows.
+    pub(crate) fn store_ttl(&self) -> Duration {
+        self.lifetime.saturating_sub(self.initial_age)
+            + self.stale_while_revalidate.max(self.stale_if_error)
+    }
+}
+
+/// Decides whether a response may be stored, and its freshness if so (RFC 9111 §3, §4.2).
+pub(crate) fn storable(
+    config: &PolicyConfig,
+    request: &RequestFacts,
+    response: &response::Parts,
+    route: Option<RouteOverride>,
+    response_time: SystemTime,
+) -> Result<Freshness, BypassReason> {
+    let route = response.extensions.get::<RouteOverride>().copied().or(route);
+    if route == Some(RouteOverride::Bypass) {
+        return Err(BypassReason::Route);
+    }
+    if response.status == StatusCode::PARTIAL_CONTENT {
+        return Err(BypassReason::Range);
+    }
+    if !config.cacheable_statuses.contains(&response.status.as_u16()) {
+        return Err(BypassReason::Status);
+    }
+    let headers = &response.headers;
+    if headers.contains_key(SET_COOKIE) {
+        return Err(BypassReason::SetCookie);
+    }
+    let cc = CacheControl::from_headers(headers, &CACHE_CONTROL);
+    if cc.unreadable {
+        return Err(BypassReason::Unreadable);
+    }
+    if cc.no_store {
+        return Err(BypassReason::NoStore);
+    }
+    if cc.private && !request.identity_scoped {
+        return Err(BypassReason::Private);
+    }
+    let explicitly_shareable = cc.public || cc.s_maxage.is_some() || cc.must_revalidate;
+    if request.credentials && !request.identity_scoped && !explicitly_shareable {
+        return Err(BypassReason::Credentials);
+    }
+    let vary = vary_names(headers).ok_or(BypassReason::VaryStar)?;
+
+    let lifetime = match route {
+        Some(RouteOverride::Ttl(ttl)) => ttl,
+        _ => freshness_lifetime(config, &cc, headers, response_time),
+    }
+    .min(config.max_ttl);
+    let initial_age = initial_age(headers, request.request_time, response_time);
+    let may_serve_stale = !(cc.must_revalidate || cc.proxy_revalidate || cc.no_cache);
+    let window = |directive: Option<Duration>, default: Duration| {
+        if may_serve_stale {
+            directive.unwrap_or(default).min(config.max_ttl)
+        } else {
+            Duration::ZERO
+        }
+    };
+    let freshness = Freshness {
+        lifetime,
+        initial_age,
+        stale_while_revalidate: window(cc.stale_while_revalidate, config.stale_while_revalidate),
+        stale_if_error: window(cc.stale_if_error, config.stale_if_error),
+        no_cache: cc.no_cache,
+        must_revalidate: cc.must_revalidate || cc.proxy_revalidate,
+        shareable_with_credentials: explicitly_shareable,
+        vary,
+    };
+    if freshness.store_ttl().is_zero() {
+        return Err(BypassReason::NotFresh);
+    }
+    Ok(freshness)
+}
+
+/// s-maxage > max-age > Expires − Date > configured default > heuristic (RFC 9111 §4.2.1-2).
+fn freshness_lifetime(config: &PolicyConfig, cc: &CacheControl, headers: &HeaderMap, now: SystemTime) -> Duration {
+    if let Some(d) = cc.s_maxage.or(cc.max_age) {
+        return d;
+    }
+    let mut expires = headers.get_all(EXPIRES).iter();
+    if let Some(first) = expires.next() {
+        // Several Expires lines, or one that is not an HTTP-date, mean "already expired".
+        if expires.next().is_some() {
+            return Duration::ZERO;
+        }
+        let Some(expires) = http_date(first.as_bytes()) else {
+            return Duration::ZERO;
+        };
+        let date = headers.get(DATE).and_then(|d| http_date(d.as_bytes())).unwrap_or(now);
+        return expires.duration_since(date).unwrap_or(Duration::ZERO);
+    }
+    if !config.default_ttl.is_zero() {
+        return config.default_ttl;
+    }
+    // Heuristic: a tenth of the time since Last-Modified, at most a day (RFC 9111 §4.2.2).
+    headers
+        .get(LAST_MODIFIED)
+        .and_then(|lm| http_date(lm.as_bytes()))
+        .and_then(|lm| now.duration_since(lm).ok())
+        .map_or(Duration::ZERO, |since| (since / 10).min(Duration::from_secs(86_400)))
+}
+
+/// The age the response already had when it arrived (RFC 9111 §4.2.3).
+fn initial_age(headers: &HeaderMap, request_time: SystemTime, response_time: SystemTime) -> Duration {
+    let date = headers.get(DATE).and_then(|d| http_date(d.as_bytes()));
+    let apparent = date.and_then(|d| response_time.duration_since(d).ok()).unwrap_or_default();
+    let age_value = headers
+        .get(AGE)
+        .map(|v| {
+            let text = std::str::from_utf8(v.as_bytes()).unwrap_or("");
+            // An unreadable Age is read as "very old" rather than "new".
+            text.trim().parse::<u64>().map_or(u64::from(u32::MAX), |s| s.min(1 << 31))
+        })
+        .unwrap_or(0);
+    let delay = response_time.duration_since(request_time).unwrap_or_default();
+    apparent.max(Duration::from_secs(age_value) + delay)
+}
+
+/// The field names in `Vary`, lower-cased, sorted and deduplicated; `None` for `Vary: *`.
+pub(crate) fn vary_names(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
+    let mut names = Vec::new();
+    for value in headers.get_all(VARY) {
+        for item in value.as_bytes().split(|b| *b == b',') {
+            let item = item.trim_ascii();
+            if item.is_empty() {
+                continue;
+            }
+            if item == b"*" {
+                return None;
+            }
+            // A name that is not a valid field name can never match a request header:
+            // treat the response as varying on everything.
+            names.push(HeaderName::from_bytes(item).ok()?);
+        }
+    }
+    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    names.dedup();
+    Some(names)
+}
+
+/// Parses an HTTP-date; anything else is `None`.
+pub(crate) fn http_date(bytes: &[u8]) -> Option<SystemTime> {
+    httpdate::parse_http_date(std::str::from_utf8(bytes).ok()?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{HeaderValue, Response};
+
+    fn config() -> PolicyConfig {
+        PolicyConfig {
+            default_ttl: Duration::from_secs(60),
+            max_ttl: Duration::from_secs(86_400),
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            cacheable_statuses: DEFAULT_CACHEABLE_STATUSES.to_vec(),
+        }
+    }
+
+    fn facts() -> RequestFacts {
+        RequestFacts { credentials: false, identity_scoped: false, request_time: SystemTime::now() }
+    }
+
+    fn decide(status: u16, headers: &[(&str, &[u8])]) -> Result<Freshness, BypassReason> {
+        decide_with(&config(), facts(), status, headers)
+    }
+
+    fn decide_with(
+        config: &PolicyConfig,
+        facts: RequestFacts,
+        status: u16,
+        headers: &[(&str, &[u8])],
+    ) -> Result<Freshness, BypassReason> {
+        let mut builder = Response::builder().status(status);
+        for (name, value) in headers {
+            builder = builder.header(*name, HeaderValue::from_bytes(value).unwrap());
+        }
+        let (parts, ()) = builder.body(()).unwrap().into_parts();
+        storable(config, &facts, &parts, None, facts.request_time)
+    }
+
+    #[test]
+    fn s_maxage_beats_max_age_beats_expires_beats_default() {
+        let now = httpdate::fmt_http_date(SystemTime::now());
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(300));
+        let lifetime = |h: &[(&str, &[u8])]| decide(200, h).unwrap().lifetime;
+        assert_eq!(lifetime(&[("cache-control", b"max-age=10, s-maxage=20")]), Duration::from_secs(20));
+        assert_eq!(lifetime(&[("cache-control", b"max-age=10"), ("expires", later.as_bytes())]), Duration::from_secs(10));
+        let from_expires = lifetime(&[("expires", later.as_bytes()), ("date", now.as_bytes())]);
+        assert!((299..=300).contains(&from_expires.as_secs()), "{from_expires:?}");
+        assert_eq!(lifetime(&[]), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn invalid_or_repeated_expires_is_already_expired() {
+        assert_eq!(decide(200, &[("expires", b"0")]), Err(BypassReason::NotFresh));
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(300));
+        let mut builder = Response::builder();
+        builder = builder.header("expires", later.as_str()).header("expires", later.as_str());
+        let (parts, ()) = builder.body(()).unwrap().into_parts();
+        assert_eq!(storable(&config(), &facts(), &parts, None, SystemTime::now()), Err(BypassReason::NotFresh));
+    }
+
+    #[test]
+    fn heuristic_only_without_default_ttl() {
+        let mut config = config();
+        config.default_ttl = Duration::ZERO;
+        let last_modified = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(1000));
+        let f = decide_with(&config, facts(), 200, &[("last-modified", last_modified.as_bytes())]).unwrap();
+        assert!((99..=100).contains(&f.lifetime.as_secs()));
+        assert_eq!(decide_with(&config, facts(), 200, &[]), Err(BypassReason::NotFresh));
+    }
+
+    #[test]
+    fn unsafe_responses_are_refused() {
+        assert_eq!(decide(200, &[("cache-control", b"no-store")]), Err(BypassReason::NoStore));
+        assert_eq!(decide(200, &[("cache-control", b"private")]), Err(BypassReason::Private));
+        assert_eq!(decide(200, &[("set-cookie", b"a=b")]), Err(BypassReason::SetCookie));
+        assert_eq!(decide(200, &[("vary", b"accept, *")]), Err(BypassReason::VaryStar));
+        assert_eq!(decide(206, &[]), Err(BypassReason::Range));
+        assert_eq!(decide(500, &[]), Err(BypassReason::Status));
+        assert_eq!(decide(201, &[]), Err(BypassReason::Status));
+        assert_eq!(decide(200, &[("cache-control", b"max-age=5, \xfe")]), Err(BypassReason::Unreadable));
+    }
+
+    #[test]
+    fn private_is_stored_only_in_identity_scope() {
+        let scoped = RequestFacts { identity_scoped: true, ..facts() };
+        assert!(decide_with(&config(), scoped, 200, &[("cache-control", b"private, max-age=5")]).is_ok());
+    }
+
+    #[test]
+    fn credentials_need_an_explicitly_shareable_response() {
+        let creds = RequestFacts { credentials: true, ..facts() };
+        assert_eq!(decide_with(&config(), creds, 200, &[]), Err(BypassReason::Credentials));
+        for cc in [&b"public"[..], b"s-maxage=5", b"must-revalidate"] {
+            let f = decide_with(&config(), creds, 200, &[("cache-control", cc)]).unwrap();
+            assert!(f.shareable_with_credentials);
+        }
+    }
+
+    #[test]
+    fn absurd_values_never_panic_and_are_capped() {
+        let f = decide(200, &[("cache-control", b"max-age=99999999999999999999")]).unwrap();
+        assert_eq!(f.lifetime, Duration::from_secs(86_400));
+        assert_eq!(decide(200, &[("cache-control", b"max-age=-1")]), Err(BypassReason::NotFresh));
+        let f = decide(200, &[("age", b"garbage"), ("cache-control", b"max-age=60, stale-if-error=60")]).unwrap();
+        assert!(f.initial_age > f.lifetime);
+        assert!(decide(200, &[("vary", b"\xff")]).is_err());
+    }
+
+    #[test]
+    fn must_revalidate_and_no_cache_forbid_stale_windows() {
+        let mut config = config();
+        config.stale_while_revalidate = Duration::from_secs(30);
+        let f = decide_with(&config, facts(), 200, &[("cache-control", b"max-age=5, must-revalidate")]).unwrap();
+        assert_eq!(f.stale_while_revalidate, Duration::ZERO);
+        let f = decide_with(&config, facts(), 200, &[("cache-control", b"no-cache"), ("etag", b"\"x\"")]).unwrap();
+        assert!(f.no_cache);
+        let f = decide_with(&config, facts(), 200, &[("cache-control", b"max-age=5")]).unwrap();
+        assert_eq!(f.stale_while_revalidate, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn vary_names_are_normalised() {
+        let (parts, ()) = Response::builder()
+            .header("vary", "Accept-Encoding, accept-language")
+            .header("vary", "ACCEPT-encoding")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let names = vary_names(&parts.headers).unwrap();
+        assert_eq!(names, vec![HeaderName::from_static("accept-encoding"), HeaderName::from_static("accept-language")]);
+    }
+
+    #[test]
+    fn route_override_sets_ttl_or_bypasses() {
+        let (mut parts, ()) = Response::new(()).into_parts();
+        let f = storable(&config(), &facts(), &parts, Some(RouteOverride::Ttl(Duration::from_secs(7))), SystemTime::now());
+        assert_eq!(f.unwrap().lifetime, Duration::from_secs(7));
+        parts.extensions.insert(RouteOverride::Bypass);
+        let f = storable(&config(), &facts(), &parts, Some(RouteOverride::Ttl(Duration::from_secs(7))), SystemTime::now());
+        assert_eq!(f, Err(BypassReason::Route));
+    }
+}

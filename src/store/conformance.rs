@@ -1,0 +1,160 @@
+//! The behaviour every [`Store`] must show, as one async suite.
+//!
+//! The crate runs it against each of its stores; a third-party store can run it too:
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+//! use tower_response_cache::{store::conformance, MemoryStore};
+//! conformance::run(MemoryStore::new).await;
+//! # });
+//! ```
+//!
+//! Each check panics with a message naming the rule the store broke.
+
+use super::{request_clock, Lookup, PurgeMode, Store};
+use crate::entry::testing::{response, started_at};
+use crate::{CacheKey, Entry};
+use http::HeaderName;
+use std::sync::Arc;
+use std::time::Duration;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// Runs every check, each on a fresh store from `new_store`.
+pub async fn run<S: Store, F: Fn() -> S>(new_store: F) {
+    round_trip(&new_store()).await;
+    variants_round_trip(&new_store()).await;
+    remove(&new_store()).await;
+    expiry(&new_store()).await;
+    hard_purge(&new_store()).await;
+    soft_purge(&new_store()).await;
+    no_resurrection(&new_store()).await;
+    purge_path(&new_store()).await;
+    purge_all(&new_store()).await;
+}
+
+fn key(name: &str) -> CacheKey {
+    CacheKey::from_bytes(format!("conformance:{name}").into_bytes())
+}
+
+fn entry(body: &'static str, tags: &[&str]) -> Entry {
+    Entry::Response(Arc::new(response(body, tags, MINUTE)))
+}
+
+async fn lookup<S: Store>(store: &S, name: &str) -> Lookup {
+    store.get(&key(name)).await.expect("get must succeed on a healthy store")
+}
+
+async fn put<S: Store>(store: &S, name: &str, entry: Entry) -> bool {
+    store.put(key(name), entry, MINUTE).await.expect("put must succeed on a healthy store")
+}
+
+fn body_of(lookup: &Lookup) -> Option<&[u8]> {
+    match lookup {
+        Lookup::Found(Entry::Response(r)) => Some(r.body()),
+        _ => None,
+    }
+}
+
+async fn round_trip<S: Store>(store: &S) {
+    assert!(matches!(lookup(store, "a").await, Lookup::Miss), "an empty store must miss");
+    assert!(put(store, "a", entry("hello", &["t1", "t2"])).await, "a fresh entry must be accepted");
+    let found = lookup(store, "a").await;
+    let Lookup::Found(Entry::Response(r)) = found else {
+        panic!("a stored entry must be found, got {found:?}");
+    };
+    assert_eq!(r.body().as_ref(), b"hello", "the body must round-trip");
+    assert_eq!(r.status(), http::StatusCode::OK, "the status must round-trip");
+    assert_eq!(r.headers().get("x-conformance").map(|v| v.as_bytes()), Some(&b"1"[..]), "headers must round-trip");
+    assert_eq!(
+        r.trailers().and_then(|t| t.get("x-checksum")).map(|v| v.as_bytes()),
+        Some(&b"abc"[..]),
+        "trailers must round-trip"
+    );
+    assert_eq!(r.tags(), ["t1", "t2"], "tags must round-trip");
+    assert!(put(store, "a", entry("again", &[])).await);
+    assert_eq!(body_of(&lookup(store, "a").await), Some(&b"again"[..]), "a put must replace the entry");
+}
+
+async fn variants_round_trip<S: Store>(store: &S) {
+    let names: Arc<[HeaderName]> = vec![http::header::ACCEPT_ENCODING, http::header::ACCEPT_LANGUAGE].into();
+    assert!(put(store, "v", Entry::Variants(names.clone())).await);
+    match lookup(store, "v").await {
+        Lookup::Found(Entry::Variants(found)) => assert_eq!(found, names, "variant names must round-trip"),
+        other => panic!("a variants entry must be found, got {other:?}"),
+    }
+}
+
+async fn remove<S: Store>(store: &S) {
+    put(store, "r", entry("x", &[])).await;
+    store.remove(&key("r")).await.expect("remove must succeed");
+    assert!(matches!(lookup(store, "r").await, Lookup::Miss), "a removed entry must miss");
+    store.remove(&key("never-stored")).await.expect("removing a missing key must succeed");
+}
+
+async fn expiry<S: Store>(store: &S) {
+    let short = Duration::from_millis(30);
+    assert!(store.put(key("e"), entry("x", &[]), short).await.expect("put"));
+    // Sleeping past the lifetime cannot race: the entry's deadline has passed either way.
+    tokio::time::sleep(short * 4).await;
+    assert!(matches!(lookup(store, "e").await, Lookup::Miss), "an expired entry must miss");
+}
+
+async fn hard_purge<S: Store>(store: &S) {
+    put(store, "h1", entry("1", &["book:1", "books"])).await;
+    put(store, "h2", entry("2", &["book:2", "books"])).await;
+    store.purge(&["book:1".to_string()], PurgeMode::Hard).await.expect("purge");
+    assert!(
+        matches!(lookup(store, "h1").await, Lookup::Purged | Lookup::Miss),
+        "an entry with a hard-purged tag must not be found"
+    );
+    assert_eq!(body_of(&lookup(store, "h2").await), Some(&b"2"[..]), "entries without the tag must survive");
+    store.purge_tags(["books"]).await.expect("purge");
+    assert!(body_of(&lookup(store, "h2").await).is_none(), "purge_tags must purge");
+    assert!(put(store, "h3", entry("3", &["books"])).await, "entries started after a purge must be accepted");
+    assert_eq!(body_of(&lookup(store, "h3").await), Some(&b"3"[..]), "entries started after a purge must be found");
+}
+
+async fn soft_purge<S: Store>(store: &S) {
+    put(store, "s", entry("soft", &["t"])).await;
+    store.purge(&["t".to_string()], PurgeMode::Soft).await.expect("purge");
+    match lookup(store, "s").await {
+        Lookup::SoftPurged(r) => assert_eq!(r.body().as_ref(), b"soft"),
+        other => panic!("a soft-purged entry must be returned as stale, got {other:?}"),
+    }
+    store.purge(&["t".to_string()], PurgeMode::Hard).await.expect("purge");
+    assert!(body_of(&lookup(store, "s").await).is_none(), "a hard purge must override a soft one");
+}
+
+async fn no_resurrection<S: Store>(store: &S) {
+    // The request starts, the purge runs, then the (slow) response is written.
+    let started = request_clock();
+    store.purge_tags(["price"]).await.expect("purge");
+    let late = Entry::Response(Arc::new(started_at(started, "stale price", &["price"], MINUTE)));
+    let _declined = put(store, "n", late).await;
+    assert!(
+        body_of(&lookup(store, "n").await).is_none(),
+        "a response whose request started before a purge of its tag must never be served after it"
+    );
+    let other = Entry::Response(Arc::new(started_at(started, "other", &["unrelated"], MINUTE)));
+    assert!(put(store, "n2", other).await, "a purge must not refuse entries without its tags");
+}
+
+async fn purge_path<S: Store>(store: &S) {
+    let tag = crate::key::path_tag("/books/1");
+    put(store, "p1", Entry::Response(Arc::new(response("1", &[&tag], MINUTE)))).await;
+    put(store, "p2", entry("2", &[&crate::key::path_tag("/books/2")])).await;
+    store.purge_path("/books/1").await.expect("purge_path");
+    assert!(body_of(&lookup(store, "p1").await).is_none(), "purge_path must purge entries of that path");
+    assert!(body_of(&lookup(store, "p2").await).is_some(), "purge_path must spare other paths");
+}
+
+async fn purge_all<S: Store>(store: &S) {
+    put(store, "x", entry("x", &[])).await;
+    put(store, "y", entry("y", &["t"])).await;
+    store.purge_all().await.expect("purge_all");
+    assert!(body_of(&lookup(store, "x").await).is_none(), "purge_all must purge untagged entries");
+    assert!(body_of(&lookup(store, "y").await).is_none(), "purge_all must purge tagged entries");
+    assert!(put(store, "z", entry("z", &[])).await);
+    assert!(body_of(&lookup(store, "z").await).is_some(), "a store must work after purge_all");
+}

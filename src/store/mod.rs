@@ -1,0 +1,144 @@
+//! Where responses live: the [`Store`] trait and its implementations.
+//!
+//! A store is a cheap-to-clone handle: the same store serves several layers, an
+//! invalidation layer and programmatic purges. Stores know nothing of HTTP semantics beyond
+//! [`CachedResponse`](crate::CachedResponse): the layer decides what to keep and for how long.
+//!
+//! Every store must pass [`conformance::run`], the suite the crate's own stores run.
+
+pub mod conformance;
+mod memory;
+mod stamps;
+
+pub use memory::{MemoryStore, MemoryStoreBuilder, MemoryStoreStats};
+
+use crate::{CacheKey, CachedResponse, Entry};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The instant a request starts, on the clock that purge stamps use (never going backwards
+/// within the process), so that "started before the purge" is decided without ambiguity.
+pub(crate) fn request_clock() -> SystemTime {
+    UNIX_EPOCH + Duration::from_micros(stamps::now_micros())
+}
+
+/// How a purge treats the entries it reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PurgeMode {
+    /// The next read is a miss.
+    Hard,
+    /// Entries turn stale: they may still be served under `stale-while-revalidate` or
+    /// `stale-if-error` while a refresh runs; otherwise they miss like a hard purge.
+    Soft,
+}
+
+/// The result of a [`Store::get`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Lookup {
+    /// Nothing under this key.
+    Miss,
+    /// A valid entry.
+    Found(Entry),
+    /// A response that a soft purge turned stale.
+    SoftPurged(Arc<CachedResponse>),
+    /// A response existed but a hard purge invalidated it.
+    Purged,
+}
+
+/// A store operation failed. The layer logs and counts it and serves from the inner service.
+#[derive(Debug)]
+pub struct StoreError {
+    message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl StoreError {
+    /// An error with a message.
+    pub fn new(message: impl Into<String>) -> Self {
+        StoreError { message: message.into(), source: None }
+    }
+
+    /// An error caused by another error.
+    pub fn with_source(message: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StoreError { message: message.into(), source: Some(Box::new(source)) }
+    }
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.source {
+            Some(source) => write!(f, "{}: {}", self.message, source),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// A place to keep cached responses.
+///
+/// Implementations must uphold the no-resurrection rule: after a purge of tag `t` at
+/// instant `p`, a response tagged `t` whose [`request_time`](CachedResponse::request_time)
+/// is at or before `p` is never returned as [`Lookup::Found`], even if it is `put` after
+/// the purge.
+pub trait Store: Clone + Send + Sync + 'static {
+    /// Reads the entry under `key`, with expiry and purges applied.
+    fn get(&self, key: &CacheKey) -> impl Future<Output = Result<Lookup, StoreError>> + Send;
+
+    /// Writes `entry` under `key` for at most `ttl`. Returns `false` when the store declined
+    /// it (a purge of one of its tags happened after its request started, or it is larger
+    /// than the store can hold).
+    fn put(&self, key: CacheKey, entry: Entry, ttl: Duration) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Removes the entry under `key`, if any.
+    fn remove(&self, key: &CacheKey) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Invalidates every entry carrying one of `tags`, in time proportional to the number
+    /// of tags, not of entries.
+    fn purge(&self, tags: &[String], mode: PurgeMode) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Invalidates every entry.
+    fn purge_all(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Hard-purges `tags`: the next read of any entry carrying one of them misses.
+    ///
+    /// ```
+    /// # tokio_test_block_on(async {
+    /// use tower_response_cache::{MemoryStore, Store};
+    /// let store = MemoryStore::new();
+    /// store.purge_tags(["books", "book:1"]).await?;
+    /// # Ok::<_, tower_response_cache::StoreError>(()) });
+    /// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f) }
+    /// ```
+    fn purge_tags<I>(&self, tags: I) -> impl Future<Output = Result<(), StoreError>> + Send
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        let tags: Vec<String> = tags.into_iter().map(Into::into).collect();
+        async move { self.purge(&tags, PurgeMode::Hard).await }
+    }
+
+    /// Soft-purges `tags`: entries carrying them turn stale (see [`PurgeMode::Soft`]).
+    fn soft_purge_tags<I>(&self, tags: I) -> impl Future<Output = Result<(), StoreError>> + Send
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        let tags: Vec<String> = tags.into_iter().map(Into::into).collect();
+        async move { self.purge(&tags, PurgeMode::Soft).await }
+    }
+
+    /// Hard-purges every variant of every response stored for `path` (any query, any host).
+    fn purge_path(&self, path: &str) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let tag = crate::key::path_tag(path);
+        async move { self.purge(&[tag], PurgeMode::Hard).await }
+    }
+}
