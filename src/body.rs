@@ -43,17 +43,29 @@ impl<B: Body> std::fmt::Debug for CacheBody<B> {
 impl<B: Body> CacheBody<B> {
     /// A body of cached bytes followed by `trailers`.
     pub(crate) fn cached(data: Bytes, trailers: Option<HeaderMap>) -> Self {
-        CacheBody { kind: Kind::Cached { data: Some(data).filter(|d| !d.is_empty()), trailers } }
+        CacheBody {
+            kind: Kind::Cached {
+                data: Some(data).filter(|d| !d.is_empty()),
+                trailers,
+            },
+        }
     }
 
     /// No body at all (HEAD, 304).
     pub(crate) fn empty() -> Self {
-        CacheBody { kind: Kind::Cached { data: None, trailers: None } }
+        CacheBody {
+            kind: Kind::Cached {
+                data: None,
+                trailers: None,
+            },
+        }
     }
 
     /// The inner body, untouched.
     pub(crate) fn streamed(inner: B) -> Self {
-        CacheBody { kind: Kind::Streamed { inner } }
+        CacheBody {
+            kind: Kind::Streamed { inner },
+        }
     }
 }
 
@@ -72,7 +84,9 @@ where
                 }
                 Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
             }
-            KindProj::Streamed { inner } => inner.poll_frame(cx).map(|f| f.map(|f| f.map(|f| f.map_data(into_bytes)))),
+            KindProj::Streamed { inner } => inner
+                .poll_frame(cx)
+                .map(|f| f.map(|f| f.map(|f| f.map_data(into_bytes)))),
             KindProj::Resumed { read, rest, error } => {
                 if let Some(chunk) = read.pop_front() {
                     return Poll::Ready(Some(Ok(Frame::data(chunk))));
@@ -81,7 +95,10 @@ where
                     return Poll::Ready(Some(Err(error)));
                 }
                 match rest {
-                    Some(body) => body.as_mut().poll_frame(cx).map(|f| f.map(|f| f.map(|f| f.map_data(into_bytes)))),
+                    Some(body) => body
+                        .as_mut()
+                        .poll_frame(cx)
+                        .map(|f| f.map(|f| f.map(|f| f.map_data(into_bytes)))),
                     None => Poll::Ready(None),
                 }
             }
@@ -144,7 +161,13 @@ pub(crate) async fn collect_bounded<B: Body>(body: B, limit: usize) -> Collected
         let frame = match frame {
             Ok(frame) => frame,
             Err(error) => {
-                return Collected::Failed(CacheBody { kind: Kind::Resumed { read: chunks, rest: None, error: Some(error) } });
+                return Collected::Failed(CacheBody {
+                    kind: Kind::Resumed {
+                        read: chunks,
+                        rest: None,
+                        error: Some(error),
+                    },
+                });
             }
         };
         match frame.into_data() {
@@ -155,7 +178,13 @@ pub(crate) async fn collect_bounded<B: Body>(body: B, limit: usize) -> Collected
                     chunks.push_back(data);
                 }
                 if total > limit {
-                    return Collected::TooLarge(CacheBody { kind: Kind::Resumed { read: chunks, rest: Some(body), error: None } });
+                    return Collected::TooLarge(CacheBody {
+                        kind: Kind::Resumed {
+                            read: chunks,
+                            rest: Some(body),
+                            error: None,
+                        },
+                    });
                 }
             }
             Err(frame) => {
@@ -212,8 +241,14 @@ mod tests {
     async fn collects_small_bodies_with_trailers() {
         let mut t = HeaderMap::new();
         t.insert("grpc-status", "0".parse().unwrap());
-        let body = stream_body(vec![Ok(Frame::data(Bytes::from("ab"))), Ok(Frame::data(Bytes::from("cd"))), Ok(Frame::trailers(t))]);
-        let Collected::Complete { data, trailers } = collect_bounded(body, 10).await else { panic!("should fit") };
+        let body = stream_body(vec![
+            Ok(Frame::data(Bytes::from("ab"))),
+            Ok(Frame::data(Bytes::from("cd"))),
+            Ok(Frame::trailers(t)),
+        ]);
+        let Collected::Complete { data, trailers } = collect_bounded(body, 10).await else {
+            panic!("should fit")
+        };
         assert_eq!(&data[..], b"abcd");
         assert_eq!(trailers.unwrap()["grpc-status"], "0");
     }
@@ -221,7 +256,9 @@ mod tests {
     #[tokio::test]
     async fn known_large_bodies_are_not_read() {
         let body = Full::new(Bytes::from(vec![7u8; 100]));
-        let Collected::TooLarge(body) = collect_bounded(body, 10).await else { panic!("too large") };
+        let Collected::TooLarge(body) = collect_bounded(body, 10).await else {
+            panic!("too large")
+        };
         assert!(matches!(body.kind, Kind::Streamed { .. }));
         let (data, _, err): (_, _, Option<Infallible>) = read_all(body).await;
         assert_eq!(data, vec![7u8; 100]);
@@ -230,10 +267,17 @@ mod tests {
 
     #[tokio::test]
     async fn bodies_that_grow_past_the_limit_stream_on_untouched() {
-        let frames: Chunks = (0..10).map(|i| Ok(Frame::data(Bytes::from(vec![i as u8; 4])))).collect();
-        let Collected::TooLarge(body) = collect_bounded(stream_body(frames), 10).await else { panic!("too large") };
+        let frames: Chunks = (0..10)
+            .map(|i| Ok(Frame::data(Bytes::from(vec![i as u8; 4]))))
+            .collect();
+        let Collected::TooLarge(body) = collect_bounded(stream_body(frames), 10).await else {
+            panic!("too large")
+        };
         if let Kind::Resumed { read, .. } = &body.kind {
-            assert!(read.iter().map(|c| c.len()).sum::<usize>() <= 10 + 4, "reads at most one frame past the limit");
+            assert!(
+                read.iter().map(|c| c.len()).sum::<usize>() <= 10 + 4,
+                "reads at most one frame past the limit"
+            );
         }
         let (data, _, err) = read_all(body).await;
         let expected: Vec<u8> = (0..10).flat_map(|i| vec![i as u8; 4]).collect();
@@ -244,7 +288,9 @@ mod tests {
     #[tokio::test]
     async fn errors_are_forwarded_after_what_was_read() {
         let frames: Chunks = vec![Ok(Frame::data(Bytes::from("ab"))), Err("boom")];
-        let Collected::Failed(body) = collect_bounded(stream_body(frames), 10).await else { panic!("failed") };
+        let Collected::Failed(body) = collect_bounded(stream_body(frames), 10).await else {
+            panic!("failed")
+        };
         let (data, _, err) = read_all(body).await;
         assert_eq!(data, b"ab");
         assert_eq!(err, Some("boom"));

@@ -58,7 +58,9 @@ fn is_hop_by_hop(name: &HeaderName, connection_listed: &[Vec<u8>]) -> bool {
         || name == UPGRADE
         || name == AGE
         || matches!(name.as_str(), "keep-alive" | "proxy-connection" | "te" | "trailer")
-        || connection_listed.iter().any(|n| n.as_slice() == name.as_str().as_bytes())
+        || connection_listed
+            .iter()
+            .any(|n| n.as_slice() == name.as_str().as_bytes())
 }
 
 impl CachedResponse {
@@ -183,7 +185,9 @@ pub(crate) mod testing {
     /// Like [`response`], for a request that started at `started`.
     pub(crate) fn started_at(started: SystemTime, body: &'static str, tags: &[&str], ttl: Duration) -> CachedResponse {
         let (mut parts, ()) = http::Response::new(()).into_parts();
-        parts.headers.insert("x-conformance", http::HeaderValue::from_static("1"));
+        parts
+            .headers
+            .insert("x-conformance", http::HeaderValue::from_static("1"));
         let now = SystemTime::now().max(started);
         let freshness = Freshness {
             lifetime: ttl,
@@ -198,7 +202,15 @@ pub(crate) mod testing {
         let tags = tags.iter().map(|t| t.to_string()).collect();
         let mut trailers = HeaderMap::new();
         trailers.insert("x-checksum", http::HeaderValue::from_static("abc"));
-        CachedResponse::new(&parts, Bytes::from_static(body.as_bytes()), Some(trailers), freshness, tags, started, now)
+        CachedResponse::new(
+            &parts,
+            Bytes::from_static(body.as_bytes()),
+            Some(trailers),
+            freshness,
+            tags,
+            started,
+            now,
+        )
     }
 }
 
@@ -219,16 +231,24 @@ mod tests {
             .unwrap()
             .into_parts();
         let mut r = testing::response("x", &[], Duration::from_secs(1));
-        r = CachedResponse::new(&parts, r.body.clone(), None, crate::policy::Freshness {
-            lifetime: r.lifetime,
-            initial_age: r.initial_age,
-            stale_while_revalidate: Duration::ZERO,
-            stale_if_error: Duration::ZERO,
-            no_cache: false,
-            must_revalidate: false,
-            shareable_with_credentials: false,
-            vary: Vec::new(),
-        }, Vec::new(), r.request_time, r.response_time);
+        r = CachedResponse::new(
+            &parts,
+            r.body.clone(),
+            None,
+            crate::policy::Freshness {
+                lifetime: r.lifetime,
+                initial_age: r.initial_age,
+                stale_while_revalidate: Duration::ZERO,
+                stale_if_error: Duration::ZERO,
+                no_cache: false,
+                must_revalidate: false,
+                shareable_with_credentials: false,
+                vary: Vec::new(),
+            },
+            Vec::new(),
+            r.request_time,
+            r.response_time,
+        );
         let names: Vec<&str> = r.headers().keys().map(|n| n.as_str()).collect();
         assert_eq!(names, vec!["etag"]);
     }

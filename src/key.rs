@@ -50,7 +50,11 @@ impl fmt::Debug for CacheKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Keys hold only hashes of secrets, but may be long: show a readable prefix.
         let text = String::from_utf8_lossy(&self.0);
-        let shown: String = text.chars().map(|c| if c.is_control() { '.' } else { c }).take(96).collect();
+        let shown: String = text
+            .chars()
+            .map(|c| if c.is_control() { '.' } else { c })
+            .take(96)
+            .collect();
         write!(f, "CacheKey({shown:?})")
     }
 }
@@ -65,7 +69,10 @@ pub(crate) struct KeyConfig {
 
 impl Default for KeyConfig {
     fn default() -> Self {
-        KeyConfig { include_host: true, ignored_query_params: Vec::new() }
+        KeyConfig {
+            include_host: true,
+            ignored_query_params: Vec::new(),
+        }
     }
 }
 
@@ -80,7 +87,11 @@ impl KeyConfig {
         field(&mut buf, method_class(&parts.method).as_bytes());
         if self.include_host {
             field(&mut buf, parts.uri.scheme_str().unwrap_or("").as_bytes());
-            let host = parts.uri.authority().map(|a| a.as_str().as_bytes()).or_else(|| parts.headers.get(HOST).map(|h| h.as_bytes()));
+            let host = parts
+                .uri
+                .authority()
+                .map(|a| a.as_str().as_bytes())
+                .or_else(|| parts.headers.get(HOST).map(|h| h.as_bytes()));
             field(&mut buf, &host.unwrap_or_default().to_ascii_lowercase());
         } else {
             field(&mut buf, b"");
@@ -119,10 +130,12 @@ impl KeyConfig {
     }
 
     fn is_ignored(&self, name: &str) -> bool {
-        self.ignored_query_params.iter().any(|pattern| match pattern.strip_suffix('*') {
-            Some(prefix) => name.starts_with(prefix),
-            None => name == pattern,
-        })
+        self.ignored_query_params
+            .iter()
+            .any(|pattern| match pattern.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix),
+                None => name == pattern,
+            })
     }
 }
 
@@ -201,15 +214,24 @@ mod tests {
     }
 
     fn key(uri: &str) -> CacheKey {
-        let config = KeyConfig { ignored_query_params: vec!["utm_*".into(), "fbclid".into()], ..KeyConfig::default() };
+        let config = KeyConfig {
+            ignored_query_params: vec!["utm_*".into(), "fbclid".into()],
+            ..KeyConfig::default()
+        };
         config.primary(&parts("GET", uri, &[]), None)
     }
 
     #[test]
     fn get_and_head_share_other_methods_do_not() {
         let c = KeyConfig::default();
-        assert_eq!(c.primary(&parts("GET", "/a", &[]), None), c.primary(&parts("HEAD", "/a", &[]), None));
-        assert_ne!(c.primary(&parts("GET", "/a", &[]), None), c.primary(&parts("POST", "/a", &[]), None));
+        assert_eq!(
+            c.primary(&parts("GET", "/a", &[]), None),
+            c.primary(&parts("HEAD", "/a", &[]), None)
+        );
+        assert_ne!(
+            c.primary(&parts("GET", "/a", &[]), None),
+            c.primary(&parts("POST", "/a", &[]), None)
+        );
     }
 
     #[test]
@@ -231,7 +253,10 @@ mod tests {
         let upper = c.primary(&parts("GET", "/a", &[("host", "A.EXAMPLE")]), None);
         assert_ne!(a, b);
         assert_eq!(a, upper);
-        let c = KeyConfig { include_host: false, ..KeyConfig::default() };
+        let c = KeyConfig {
+            include_host: false,
+            ..KeyConfig::default()
+        };
         assert_eq!(
             c.primary(&parts("GET", "/a", &[("host", "a.example")]), None),
             c.primary(&parts("GET", "/a", &[("host", "b.example")]), None)
@@ -241,7 +266,11 @@ mod tests {
     #[test]
     fn credentials_never_appear_in_keys() {
         let c = KeyConfig::default();
-        let p = parts("GET", "/a", &[("authorization", "Bearer s3cr3t-token"), ("cookie", "sid=hunter2")]);
+        let p = parts(
+            "GET",
+            "/a",
+            &[("authorization", "Bearer s3cr3t-token"), ("cookie", "sid=hunter2")],
+        );
         let primary = c.primary(&p, Some("user-secret-identity"));
         let names = [AUTHORIZATION, COOKIE];
         let v = variant(&primary, &names, &p.headers);

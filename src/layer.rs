@@ -75,13 +75,18 @@ pub struct CacheLayer<St> {
 
 impl<St> Clone for CacheLayer<St> {
     fn clone(&self) -> Self {
-        CacheLayer { shared: self.shared.clone() }
+        CacheLayer {
+            shared: self.shared.clone(),
+        }
     }
 }
 
 impl<St: fmt::Debug> fmt::Debug for CacheLayer<St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CacheLayer").field("store", &self.shared.store).field("config", &self.shared.config).finish()
+        f.debug_struct("CacheLayer")
+            .field("store", &self.shared.store)
+            .field("config", &self.shared.config)
+            .finish()
     }
 }
 
@@ -162,7 +167,10 @@ pub struct CacheLayerBuilder<St> {
 
 impl<St: fmt::Debug> fmt::Debug for CacheLayerBuilder<St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CacheLayerBuilder").field("store", &self.store).field("config", &self.config).finish()
+        f.debug_struct("CacheLayerBuilder")
+            .field("store", &self.store)
+            .field("config", &self.config)
+            .finish()
     }
 }
 
@@ -189,8 +197,11 @@ impl<St: Store> CacheLayerBuilder<St> {
 
     /// The status codes that may be stored (206 never is).
     pub fn cacheable_statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
-        self.config.policy.cacheable_statuses =
-            statuses.into_iter().filter(|s| *s != StatusCode::PARTIAL_CONTENT).map(|s| s.as_u16()).collect();
+        self.config.policy.cacheable_statuses = statuses
+            .into_iter()
+            .filter(|s| *s != StatusCode::PARTIAL_CONTENT)
+            .map(|s| s.as_u16())
+            .collect();
         self
     }
 
@@ -251,6 +262,12 @@ impl<St: Store> CacheLayerBuilder<St> {
 
     /// Builds the layer.
     pub fn build(self) -> CacheLayer<St> {
-        CacheLayer { shared: Arc::new(Shared { store: self.store, config: self.config, counters: Counters::default() }) }
+        CacheLayer {
+            shared: Arc::new(Shared {
+                store: self.store,
+                config: self.config,
+                counters: Counters::default(),
+            }),
+        }
     }
 }

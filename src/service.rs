@@ -11,8 +11,8 @@ use crate::status::{self, MissKind, Outcome};
 use crate::store::{request_clock, Lookup, Store};
 use crate::CacheBody;
 use http::header::{
-    HeaderMap, HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_TYPE, COOKIE,
-    DATE, ETAG, EXPIRES, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, RANGE, VARY,
+    HeaderMap, HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_TYPE, COOKIE, DATE,
+    ETAG, EXPIRES, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, RANGE, VARY,
 };
 use http::{request, Method, Request, Response, StatusCode};
 use http_body::Body;
@@ -32,13 +32,19 @@ pub struct CacheService<S, St> {
 
 impl<S: Clone, St> Clone for CacheService<S, St> {
     fn clone(&self) -> Self {
-        CacheService { inner: self.inner.clone(), shared: self.shared.clone() }
+        CacheService {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
     }
 }
 
 impl<S: fmt::Debug, St: fmt::Debug> fmt::Debug for CacheService<S, St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CacheService").field("inner", &self.inner).field("store", &self.shared.store).finish()
+        f.debug_struct("CacheService")
+            .field("inner", &self.inner)
+            .field("store", &self.shared.store)
+            .finish()
     }
 }
 
@@ -141,8 +147,12 @@ where
         if_modified_since: parts.headers.get(IF_MODIFIED_SINCE).cloned(),
     };
 
-    let request_directives = config.honor_request_directives.then(|| CacheControl::from_headers(&parts.headers, &CACHE_CONTROL));
-    let skip_lookup = request_directives.as_ref().is_some_and(|cc| cc.no_cache || cc.max_age == Some(std::time::Duration::ZERO));
+    let request_directives = config
+        .honor_request_directives
+        .then(|| CacheControl::from_headers(&parts.headers, &CACHE_CONTROL));
+    let skip_lookup = request_directives
+        .as_ref()
+        .is_some_and(|cc| cc.no_cache || cc.max_age == Some(std::time::Duration::ZERO));
     let miss_kind = if skip_lookup {
         MissKind::Request
     } else {
@@ -161,7 +171,12 @@ where
     if request_directives.is_some_and(|cc| cc.only_if_cached) {
         let mut response = Response::new(CacheBody::empty());
         *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
-        let outcome = Outcome::Miss { kind: miss_kind, fwd_status: 504, stored: false, detail: Some("only-if-cached") };
+        let outcome = Outcome::Miss {
+            kind: miss_kind,
+            fwd_status: 504,
+            stored: false,
+            detail: Some("only-if-cached"),
+        };
         status::decorate(response.headers_mut(), &config.status_name, outcome, None);
         return Ok(response);
     }
@@ -171,7 +186,12 @@ where
         shared.counters.bypass(BypassReason::Head);
         let response = inner.call(Request::from_parts(parts, body)).await?;
         let fwd_status = response.status().as_u16();
-        let outcome = Outcome::Miss { kind: miss_kind, fwd_status, stored: false, detail: Some(BypassReason::Head.as_str()) };
+        let outcome = Outcome::Miss {
+            kind: miss_kind,
+            fwd_status,
+            stored: false,
+            detail: Some(BypassReason::Head.as_str()),
+        };
         return Ok(streamed(&shared, response, outcome));
     }
 
@@ -187,14 +207,40 @@ where
     let fwd_status = res_parts.status.as_u16();
     let freshness = match policy::storable(&config.policy, &lookout.facts, &res_parts, lookout.route, response_time) {
         Ok(freshness) => freshness,
-        Err(reason) => return Ok(not_stored(&shared, res_parts, CacheBody::streamed(res_body), reason, miss_kind)),
+        Err(reason) => {
+            return Ok(not_stored(
+                &shared,
+                res_parts,
+                CacheBody::streamed(res_body),
+                reason,
+                miss_kind,
+            ))
+        }
     };
-    if res_parts.headers.get(CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream")) {
-        return Ok(not_stored(&shared, res_parts, CacheBody::streamed(res_body), BypassReason::Streaming, miss_kind));
+    if res_parts
+        .headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+    {
+        return Ok(not_stored(
+            &shared,
+            res_parts,
+            CacheBody::streamed(res_body),
+            BypassReason::Streaming,
+            miss_kind,
+        ));
     }
     let (data, trailers) = match collect_bounded(res_body, config.max_body_bytes).await {
         Collected::Complete { data, trailers } => (data, trailers),
-        Collected::TooLarge(body) => return Ok(not_stored(&shared, res_parts, body, BypassReason::BodyTooLarge, miss_kind)),
+        Collected::TooLarge(body) => {
+            return Ok(not_stored(
+                &shared,
+                res_parts,
+                body,
+                BypassReason::BodyTooLarge,
+                miss_kind,
+            ))
+        }
         Collected::Failed(body) => return Ok(not_stored(&shared, res_parts, body, BypassReason::BodyError, miss_kind)),
     };
 
@@ -210,7 +256,12 @@ where
         response_time,
     ));
     let stored = store(&shared, &lookout.primary, &entry, ttl, &request_headers).await;
-    let outcome = Outcome::Miss { kind: miss_kind, fwd_status, stored, detail: None };
+    let outcome = Outcome::Miss {
+        kind: miss_kind,
+        fwd_status,
+        stored,
+        detail: None,
+    };
     let mut response = from_entry(&shared, &entry, &lookout, outcome, None);
     // Extensions are not stored; the response that was just produced keeps its own.
     *response.extensions_mut() = res_parts.extensions;
@@ -218,7 +269,11 @@ where
 }
 
 /// The request-side safety rules: what is never looked up nor stored.
-fn request_bypass<St>(shared: &Shared<St>, parts: &request::Parts, route: Option<RouteOverride>) -> Option<BypassReason> {
+fn request_bypass<St>(
+    shared: &Shared<St>,
+    parts: &request::Parts,
+    route: Option<RouteOverride>,
+) -> Option<BypassReason> {
     if parts.method != Method::GET && parts.method != Method::HEAD {
         return Some(BypassReason::Method);
     }
@@ -329,7 +384,15 @@ fn from_entry<St, B: Body>(
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         let headers = response.headers_mut();
         // RFC 9110 §15.4.5: the fields a 200 would have carried that describe the selection.
-        for field in [CACHE_CONTROL, CONTENT_LOCATION, DATE, ETAG, EXPIRES, VARY, LAST_MODIFIED] {
+        for field in [
+            CACHE_CONTROL,
+            CONTENT_LOCATION,
+            DATE,
+            ETAG,
+            EXPIRES,
+            VARY,
+            LAST_MODIFIED,
+        ] {
             for value in entry.headers.get_all(&field) {
                 headers.append(field.clone(), value.clone());
             }
@@ -337,12 +400,18 @@ fn from_entry<St, B: Body>(
         status::decorate(headers, name, outcome, age);
         return response;
     }
-    let body = if lookout.head { CacheBody::empty() } else { CacheBody::cached(entry.body.clone(), entry.trailers.clone()) };
+    let body = if lookout.head {
+        CacheBody::empty()
+    } else {
+        CacheBody::cached(entry.body.clone(), entry.trailers.clone())
+    };
     let mut response = Response::new(body);
     *response.status_mut() = entry.status;
     *response.headers_mut() = entry.headers.clone();
     if lookout.head && !entry.headers.contains_key(CONTENT_LENGTH) {
-        response.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
+        response
+            .headers_mut()
+            .insert(CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
     }
     status::decorate(response.headers_mut(), name, outcome, age);
     response
@@ -354,14 +423,23 @@ fn not_modified(lookout: &Lookout, headers: &HeaderMap) -> bool {
         let Some(etag) = headers.get(ETAG) else {
             return false;
         };
-        return condition.as_bytes().split(|b| *b == b',').map(<[u8]>::trim_ascii).any(|candidate| {
-            candidate == b"*" || weak_tag(candidate) == weak_tag(etag.as_bytes())
-        });
+        return condition
+            .as_bytes()
+            .split(|b| *b == b',')
+            .map(<[u8]>::trim_ascii)
+            .any(|candidate| candidate == b"*" || weak_tag(candidate) == weak_tag(etag.as_bytes()));
     }
-    let Some(since) = lookout.if_modified_since.as_ref().and_then(|v| policy::http_date(v.as_bytes())) else {
+    let Some(since) = lookout
+        .if_modified_since
+        .as_ref()
+        .and_then(|v| policy::http_date(v.as_bytes()))
+    else {
         return false;
     };
-    headers.get(LAST_MODIFIED).and_then(|v| policy::http_date(v.as_bytes())).is_some_and(|modified| modified <= since)
+    headers
+        .get(LAST_MODIFIED)
+        .and_then(|v| policy::http_date(v.as_bytes()))
+        .is_some_and(|modified| modified <= since)
 }
 
 /// The opaque part of an entity tag, for weak comparison.
@@ -379,7 +457,12 @@ fn not_stored<St, B>(
 ) -> Response<B> {
     shared.counters.bypass(reason);
     tracing::debug!(reason = reason.as_str(), "response not stored");
-    let outcome = Outcome::Miss { kind, fwd_status: parts.status.as_u16(), stored: false, detail: Some(reason.as_str()) };
+    let outcome = Outcome::Miss {
+        kind,
+        fwd_status: parts.status.as_u16(),
+        stored: false,
+        detail: Some(reason.as_str()),
+    };
     decorated(shared, Response::from_parts(parts, body), outcome)
 }
 

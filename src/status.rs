@@ -17,7 +17,12 @@ pub(crate) enum Outcome {
     /// Answered from a fresh entry.
     Hit { ttl: Duration },
     /// Looked up, not found (or not usable), forwarded.
-    Miss { kind: MissKind, fwd_status: u16, stored: bool, detail: Option<&'static str> },
+    Miss {
+        kind: MissKind,
+        fwd_status: u16,
+        stored: bool,
+        detail: Option<&'static str>,
+    },
     /// Not looked up at all.
     Bypass { reason: BypassReason, fwd_status: u16 },
 }
@@ -44,7 +49,12 @@ impl Outcome {
             Outcome::Hit { ttl } => {
                 let _ = write!(out, "; hit; ttl={}", ttl.as_secs());
             }
-            Outcome::Miss { kind, fwd_status, stored, detail } => {
+            Outcome::Miss {
+                kind,
+                fwd_status,
+                stored,
+                detail,
+            } => {
                 let fwd = match kind {
                     MissKind::Miss | MissKind::Invalidated => "miss",
                     MissKind::VaryMiss => "vary-miss",
@@ -104,22 +114,57 @@ mod tests {
 
     #[test]
     fn renders_rfc_9211_members() {
-        assert_eq!(render(Outcome::Hit { ttl: Duration::from_millis(42_900) }), "tower-response-cache; hit; ttl=42");
-        let miss = Outcome::Miss { kind: MissKind::Miss, fwd_status: 200, stored: true, detail: None };
+        assert_eq!(
+            render(Outcome::Hit {
+                ttl: Duration::from_millis(42_900)
+            }),
+            "tower-response-cache; hit; ttl=42"
+        );
+        let miss = Outcome::Miss {
+            kind: MissKind::Miss,
+            fwd_status: 200,
+            stored: true,
+            detail: None,
+        };
         assert_eq!(render(miss), "tower-response-cache; fwd=miss; fwd-status=200; stored");
-        let purged = Outcome::Miss { kind: MissKind::Invalidated, fwd_status: 200, stored: false, detail: None };
-        assert_eq!(render(purged), "tower-response-cache; fwd=miss; fwd-status=200; detail=invalidated");
-        let bypass = Outcome::Bypass { reason: BypassReason::Credentials, fwd_status: 200 };
-        assert_eq!(render(bypass), "tower-response-cache; fwd=bypass; fwd-status=200; detail=credentials");
-        let method = Outcome::Bypass { reason: BypassReason::Method, fwd_status: 201 };
-        assert_eq!(render(method), "tower-response-cache; fwd=method; fwd-status=201; detail=method");
+        let purged = Outcome::Miss {
+            kind: MissKind::Invalidated,
+            fwd_status: 200,
+            stored: false,
+            detail: None,
+        };
+        assert_eq!(
+            render(purged),
+            "tower-response-cache; fwd=miss; fwd-status=200; detail=invalidated"
+        );
+        let bypass = Outcome::Bypass {
+            reason: BypassReason::Credentials,
+            fwd_status: 200,
+        };
+        assert_eq!(
+            render(bypass),
+            "tower-response-cache; fwd=bypass; fwd-status=200; detail=credentials"
+        );
+        let method = Outcome::Bypass {
+            reason: BypassReason::Method,
+            fwd_status: 201,
+        };
+        assert_eq!(
+            render(method),
+            "tower-response-cache; fwd=method; fwd-status=201; detail=method"
+        );
     }
 
     #[test]
     fn appends_after_upstream_members() {
         let mut h = HeaderMap::new();
         h.insert(CACHE_STATUS, HeaderValue::from_static("origin-cache; hit"));
-        decorate(&mut h, "edge", Outcome::Hit { ttl: Duration::ZERO }, Some(Duration::from_secs(3)));
+        decorate(
+            &mut h,
+            "edge",
+            Outcome::Hit { ttl: Duration::ZERO },
+            Some(Duration::from_secs(3)),
+        );
         let all: Vec<_> = h.get_all(CACHE_STATUS).iter().collect();
         assert_eq!(all, ["origin-cache; hit", "edge; hit; ttl=0"]);
         assert_eq!(h[AGE], "3");

@@ -65,8 +65,7 @@ impl CacheControl {
                         if let Delta::Valid(secs) = parse_delta(argument) {
                             let d = Duration::from_secs(secs);
                             // Of conflicting windows, the smaller one is the safe reading.
-                            cc.stale_while_revalidate =
-                                Some(cc.stale_while_revalidate.map_or(d, |old| old.min(d)));
+                            cc.stale_while_revalidate = Some(cc.stale_while_revalidate.map_or(d, |old| old.min(d)));
                         }
                     }
                     "stale-if-error" => {
@@ -103,15 +102,15 @@ fn parse_delta(argument: Option<&str>) -> Delta {
     let Some(arg) = argument else {
         return Delta::Invalid;
     };
-    let arg = arg
-        .strip_prefix('"')
-        .and_then(|a| a.strip_suffix('"'))
-        .unwrap_or(arg);
+    let arg = arg.strip_prefix('"').and_then(|a| a.strip_suffix('"')).unwrap_or(arg);
     if arg.is_empty() || !arg.bytes().all(|b| b.is_ascii_digit()) {
         return Delta::Invalid;
     }
     // All digits: the only failure left is overflow, which the RFC caps at 2^31.
-    Delta::Valid(arg.parse::<u64>().map_or(DELTA_SECONDS_CAP, |v| v.min(DELTA_SECONDS_CAP)))
+    Delta::Valid(
+        arg.parse::<u64>()
+            .map_or(DELTA_SECONDS_CAP, |v| v.min(DELTA_SECONDS_CAP)),
+    )
 }
 
 /// Splits a list into `(name, argument)` pairs, honouring quoted strings that contain commas.
@@ -181,7 +180,13 @@ mod tests {
 
     #[test]
     fn negative_or_garbage_max_age_is_stale() {
-        for v in [&b"max-age=-1"[..], b"max-age=abc", b"max-age=", b"max-age", b"max-age=1.5"] {
+        for v in [
+            &b"max-age=-1"[..],
+            b"max-age=abc",
+            b"max-age=",
+            b"max-age",
+            b"max-age=1.5",
+        ] {
             assert_eq!(parse(&[v]).max_age, Some(Duration::ZERO), "{:?}", v);
         }
     }
@@ -195,7 +200,10 @@ mod tests {
     #[test]
     fn conflicting_duplicates_are_stale_and_equal_duplicates_are_kept() {
         assert_eq!(parse(&[b"max-age=10, max-age=20"]).max_age, Some(Duration::ZERO));
-        assert_eq!(parse(&[b"max-age=10", b"max-age=10"]).max_age, Some(Duration::from_secs(10)));
+        assert_eq!(
+            parse(&[b"max-age=10", b"max-age=10"]).max_age,
+            Some(Duration::from_secs(10))
+        );
     }
 
     #[test]

@@ -73,8 +73,7 @@ pub(crate) struct Freshness {
 impl Freshness {
     /// How long the store should keep the entry: fresh time left plus the stale windows.
     pub(crate) fn store_ttl(&self) -> Duration {
-        self.lifetime.saturating_sub(self.initial_age)
-            + self.stale_while_revalidate.max(self.stale_if_error)
+        self.lifetime.saturating_sub(self.initial_age) + self.stale_while_revalidate.max(self.stale_if_error)
     }
 }
 
@@ -177,13 +176,17 @@ fn freshness_lifetime(config: &PolicyConfig, cc: &CacheControl, headers: &Header
 /// The age the response already had when it arrived (RFC 9111 §4.2.3).
 fn initial_age(headers: &HeaderMap, request_time: SystemTime, response_time: SystemTime) -> Duration {
     let date = headers.get(DATE).and_then(|d| http_date(d.as_bytes()));
-    let apparent = date.and_then(|d| response_time.duration_since(d).ok()).unwrap_or_default();
+    let apparent = date
+        .and_then(|d| response_time.duration_since(d).ok())
+        .unwrap_or_default();
     let age_value = headers
         .get(AGE)
         .map(|v| {
             let text = std::str::from_utf8(v.as_bytes()).unwrap_or("");
             // An unreadable Age is read as "very old" rather than "new".
-            text.trim().parse::<u64>().map_or(u64::from(u32::MAX), |s| s.min(1 << 31))
+            text.trim()
+                .parse::<u64>()
+                .map_or(u64::from(u32::MAX), |s| s.min(1 << 31))
         })
         .unwrap_or(0);
     let delay = response_time.duration_since(request_time).unwrap_or_default();
@@ -233,7 +236,11 @@ mod tests {
     }
 
     fn facts() -> RequestFacts {
-        RequestFacts { credentials: false, identity_scoped: false, request_time: SystemTime::now() }
+        RequestFacts {
+            credentials: false,
+            identity_scoped: false,
+            request_time: SystemTime::now(),
+        }
     }
 
     fn decide(status: u16, headers: &[(&str, &[u8])]) -> Result<Freshness, BypassReason> {
@@ -259,8 +266,14 @@ mod tests {
         let now = httpdate::fmt_http_date(SystemTime::now());
         let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(300));
         let lifetime = |h: &[(&str, &[u8])]| decide(200, h).unwrap().lifetime;
-        assert_eq!(lifetime(&[("cache-control", b"max-age=10, s-maxage=20")]), Duration::from_secs(20));
-        assert_eq!(lifetime(&[("cache-control", b"max-age=10"), ("expires", later.as_bytes())]), Duration::from_secs(10));
+        assert_eq!(
+            lifetime(&[("cache-control", b"max-age=10, s-maxage=20")]),
+            Duration::from_secs(20)
+        );
+        assert_eq!(
+            lifetime(&[("cache-control", b"max-age=10"), ("expires", later.as_bytes())]),
+            Duration::from_secs(10)
+        );
         let from_expires = lifetime(&[("expires", later.as_bytes()), ("date", now.as_bytes())]);
         assert!((299..=300).contains(&from_expires.as_secs()), "{from_expires:?}");
         assert_eq!(lifetime(&[]), Duration::from_secs(60));
@@ -271,9 +284,14 @@ mod tests {
         assert_eq!(decide(200, &[("expires", b"0")]), Err(BypassReason::NotFresh));
         let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(300));
         let mut builder = Response::builder();
-        builder = builder.header("expires", later.as_str()).header("expires", later.as_str());
+        builder = builder
+            .header("expires", later.as_str())
+            .header("expires", later.as_str());
         let (parts, ()) = builder.body(()).unwrap().into_parts();
-        assert_eq!(storable(&config(), &facts(), &parts, None, SystemTime::now()), Err(BypassReason::NotFresh));
+        assert_eq!(
+            storable(&config(), &facts(), &parts, None, SystemTime::now()),
+            Err(BypassReason::NotFresh)
+        );
     }
 
     #[test]
@@ -288,25 +306,40 @@ mod tests {
 
     #[test]
     fn unsafe_responses_are_refused() {
-        assert_eq!(decide(200, &[("cache-control", b"no-store")]), Err(BypassReason::NoStore));
-        assert_eq!(decide(200, &[("cache-control", b"private")]), Err(BypassReason::Private));
+        assert_eq!(
+            decide(200, &[("cache-control", b"no-store")]),
+            Err(BypassReason::NoStore)
+        );
+        assert_eq!(
+            decide(200, &[("cache-control", b"private")]),
+            Err(BypassReason::Private)
+        );
         assert_eq!(decide(200, &[("set-cookie", b"a=b")]), Err(BypassReason::SetCookie));
         assert_eq!(decide(200, &[("vary", b"accept, *")]), Err(BypassReason::VaryStar));
         assert_eq!(decide(206, &[]), Err(BypassReason::Range));
         assert_eq!(decide(500, &[]), Err(BypassReason::Status));
         assert_eq!(decide(201, &[]), Err(BypassReason::Status));
-        assert_eq!(decide(200, &[("cache-control", b"max-age=5, \xfe")]), Err(BypassReason::Unreadable));
+        assert_eq!(
+            decide(200, &[("cache-control", b"max-age=5, \xfe")]),
+            Err(BypassReason::Unreadable)
+        );
     }
 
     #[test]
     fn private_is_stored_only_in_identity_scope() {
-        let scoped = RequestFacts { identity_scoped: true, ..facts() };
+        let scoped = RequestFacts {
+            identity_scoped: true,
+            ..facts()
+        };
         assert!(decide_with(&config(), scoped, 200, &[("cache-control", b"private, max-age=5")]).is_ok());
     }
 
     #[test]
     fn credentials_need_an_explicitly_shareable_response() {
-        let creds = RequestFacts { credentials: true, ..facts() };
+        let creds = RequestFacts {
+            credentials: true,
+            ..facts()
+        };
         assert_eq!(decide_with(&config(), creds, 200, &[]), Err(BypassReason::Credentials));
         for cc in [&b"public"[..], b"s-maxage=5", b"must-revalidate"] {
             let f = decide_with(&config(), creds, 200, &[("cache-control", cc)]).unwrap();
@@ -318,8 +351,15 @@ mod tests {
     fn absurd_values_never_panic_and_are_capped() {
         let f = decide(200, &[("cache-control", b"max-age=99999999999999999999")]).unwrap();
         assert_eq!(f.lifetime, Duration::from_secs(86_400));
-        assert_eq!(decide(200, &[("cache-control", b"max-age=-1")]), Err(BypassReason::NotFresh));
-        let f = decide(200, &[("age", b"garbage"), ("cache-control", b"max-age=60, stale-if-error=60")]).unwrap();
+        assert_eq!(
+            decide(200, &[("cache-control", b"max-age=-1")]),
+            Err(BypassReason::NotFresh)
+        );
+        let f = decide(
+            200,
+            &[("age", b"garbage"), ("cache-control", b"max-age=60, stale-if-error=60")],
+        )
+        .unwrap();
         assert!(f.initial_age > f.lifetime);
         assert!(decide(200, &[("vary", b"\xff")]).is_err());
     }
@@ -328,9 +368,21 @@ mod tests {
     fn must_revalidate_and_no_cache_forbid_stale_windows() {
         let mut config = config();
         config.stale_while_revalidate = Duration::from_secs(30);
-        let f = decide_with(&config, facts(), 200, &[("cache-control", b"max-age=5, must-revalidate")]).unwrap();
+        let f = decide_with(
+            &config,
+            facts(),
+            200,
+            &[("cache-control", b"max-age=5, must-revalidate")],
+        )
+        .unwrap();
         assert_eq!(f.stale_while_revalidate, Duration::ZERO);
-        let f = decide_with(&config, facts(), 200, &[("cache-control", b"no-cache"), ("etag", b"\"x\"")]).unwrap();
+        let f = decide_with(
+            &config,
+            facts(),
+            200,
+            &[("cache-control", b"no-cache"), ("etag", b"\"x\"")],
+        )
+        .unwrap();
         assert!(f.no_cache);
         let f = decide_with(&config, facts(), 200, &[("cache-control", b"max-age=5")]).unwrap();
         assert_eq!(f.stale_while_revalidate, Duration::from_secs(30));
@@ -345,16 +397,34 @@ mod tests {
             .unwrap()
             .into_parts();
         let names = vary_names(&parts.headers).unwrap();
-        assert_eq!(names, vec![HeaderName::from_static("accept-encoding"), HeaderName::from_static("accept-language")]);
+        assert_eq!(
+            names,
+            vec![
+                HeaderName::from_static("accept-encoding"),
+                HeaderName::from_static("accept-language")
+            ]
+        );
     }
 
     #[test]
     fn route_override_sets_ttl_or_bypasses() {
         let (mut parts, ()) = Response::new(()).into_parts();
-        let f = storable(&config(), &facts(), &parts, Some(RouteOverride::Ttl(Duration::from_secs(7))), SystemTime::now());
+        let f = storable(
+            &config(),
+            &facts(),
+            &parts,
+            Some(RouteOverride::Ttl(Duration::from_secs(7))),
+            SystemTime::now(),
+        );
         assert_eq!(f.unwrap().lifetime, Duration::from_secs(7));
         parts.extensions.insert(RouteOverride::Bypass);
-        let f = storable(&config(), &facts(), &parts, Some(RouteOverride::Ttl(Duration::from_secs(7))), SystemTime::now());
+        let f = storable(
+            &config(),
+            &facts(),
+            &parts,
+            Some(RouteOverride::Ttl(Duration::from_secs(7))),
+            SystemTime::now(),
+        );
         assert_eq!(f, Err(BypassReason::Route));
     }
 }

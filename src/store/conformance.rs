@@ -42,11 +42,17 @@ fn entry(body: &'static str, tags: &[&str]) -> Entry {
 }
 
 async fn lookup<S: Store>(store: &S, name: &str) -> Lookup {
-    store.get(&key(name)).await.expect("get must succeed on a healthy store")
+    store
+        .get(&key(name))
+        .await
+        .expect("get must succeed on a healthy store")
 }
 
 async fn put<S: Store>(store: &S, name: &str, entry: Entry) -> bool {
-    store.put(key(name), entry, MINUTE).await.expect("put must succeed on a healthy store")
+    store
+        .put(key(name), entry, MINUTE)
+        .await
+        .expect("put must succeed on a healthy store")
 }
 
 fn body_of(lookup: &Lookup) -> Option<&[u8]> {
@@ -57,15 +63,25 @@ fn body_of(lookup: &Lookup) -> Option<&[u8]> {
 }
 
 async fn round_trip<S: Store>(store: &S) {
-    assert!(matches!(lookup(store, "a").await, Lookup::Miss), "an empty store must miss");
-    assert!(put(store, "a", entry("hello", &["t1", "t2"])).await, "a fresh entry must be accepted");
+    assert!(
+        matches!(lookup(store, "a").await, Lookup::Miss),
+        "an empty store must miss"
+    );
+    assert!(
+        put(store, "a", entry("hello", &["t1", "t2"])).await,
+        "a fresh entry must be accepted"
+    );
     let found = lookup(store, "a").await;
     let Lookup::Found(Entry::Response(r)) = found else {
         panic!("a stored entry must be found, got {found:?}");
     };
     assert_eq!(r.body().as_ref(), b"hello", "the body must round-trip");
     assert_eq!(r.status(), http::StatusCode::OK, "the status must round-trip");
-    assert_eq!(r.headers().get("x-conformance").map(|v| v.as_bytes()), Some(&b"1"[..]), "headers must round-trip");
+    assert_eq!(
+        r.headers().get("x-conformance").map(|v| v.as_bytes()),
+        Some(&b"1"[..]),
+        "headers must round-trip"
+    );
     assert_eq!(
         r.trailers().and_then(|t| t.get("x-checksum")).map(|v| v.as_bytes()),
         Some(&b"abc"[..]),
@@ -73,7 +89,11 @@ async fn round_trip<S: Store>(store: &S) {
     );
     assert_eq!(r.tags(), ["t1", "t2"], "tags must round-trip");
     assert!(put(store, "a", entry("again", &[])).await);
-    assert_eq!(body_of(&lookup(store, "a").await), Some(&b"again"[..]), "a put must replace the entry");
+    assert_eq!(
+        body_of(&lookup(store, "a").await),
+        Some(&b"again"[..]),
+        "a put must replace the entry"
+    );
 }
 
 async fn variants_round_trip<S: Store>(store: &S) {
@@ -88,8 +108,14 @@ async fn variants_round_trip<S: Store>(store: &S) {
 async fn remove<S: Store>(store: &S) {
     put(store, "r", entry("x", &[])).await;
     store.remove(&key("r")).await.expect("remove must succeed");
-    assert!(matches!(lookup(store, "r").await, Lookup::Miss), "a removed entry must miss");
-    store.remove(&key("never-stored")).await.expect("removing a missing key must succeed");
+    assert!(
+        matches!(lookup(store, "r").await, Lookup::Miss),
+        "a removed entry must miss"
+    );
+    store
+        .remove(&key("never-stored"))
+        .await
+        .expect("removing a missing key must succeed");
 }
 
 async fn expiry<S: Store>(store: &S) {
@@ -97,22 +123,39 @@ async fn expiry<S: Store>(store: &S) {
     assert!(store.put(key("e"), entry("x", &[]), short).await.expect("put"));
     // Sleeping past the lifetime cannot race: the entry's deadline has passed either way.
     tokio::time::sleep(short * 4).await;
-    assert!(matches!(lookup(store, "e").await, Lookup::Miss), "an expired entry must miss");
+    assert!(
+        matches!(lookup(store, "e").await, Lookup::Miss),
+        "an expired entry must miss"
+    );
 }
 
 async fn hard_purge<S: Store>(store: &S) {
     put(store, "h1", entry("1", &["book:1", "books"])).await;
     put(store, "h2", entry("2", &["book:2", "books"])).await;
-    store.purge(&["book:1".to_string()], PurgeMode::Hard).await.expect("purge");
+    store
+        .purge(&["book:1".to_string()], PurgeMode::Hard)
+        .await
+        .expect("purge");
     assert!(
         matches!(lookup(store, "h1").await, Lookup::Purged | Lookup::Miss),
         "an entry with a hard-purged tag must not be found"
     );
-    assert_eq!(body_of(&lookup(store, "h2").await), Some(&b"2"[..]), "entries without the tag must survive");
+    assert_eq!(
+        body_of(&lookup(store, "h2").await),
+        Some(&b"2"[..]),
+        "entries without the tag must survive"
+    );
     store.purge_tags(["books"]).await.expect("purge");
     assert!(body_of(&lookup(store, "h2").await).is_none(), "purge_tags must purge");
-    assert!(put(store, "h3", entry("3", &["books"])).await, "entries started after a purge must be accepted");
-    assert_eq!(body_of(&lookup(store, "h3").await), Some(&b"3"[..]), "entries started after a purge must be found");
+    assert!(
+        put(store, "h3", entry("3", &["books"])).await,
+        "entries started after a purge must be accepted"
+    );
+    assert_eq!(
+        body_of(&lookup(store, "h3").await),
+        Some(&b"3"[..]),
+        "entries started after a purge must be found"
+    );
 }
 
 async fn soft_purge<S: Store>(store: &S) {
@@ -123,7 +166,10 @@ async fn soft_purge<S: Store>(store: &S) {
         other => panic!("a soft-purged entry must be returned as stale, got {other:?}"),
     }
     store.purge(&["t".to_string()], PurgeMode::Hard).await.expect("purge");
-    assert!(body_of(&lookup(store, "s").await).is_none(), "a hard purge must override a soft one");
+    assert!(
+        body_of(&lookup(store, "s").await).is_none(),
+        "a hard purge must override a soft one"
+    );
 }
 
 async fn no_resurrection<S: Store>(store: &S) {
@@ -137,7 +183,10 @@ async fn no_resurrection<S: Store>(store: &S) {
         "a response whose request started before a purge of its tag must never be served after it"
     );
     let other = Entry::Response(Arc::new(started_at(started, "other", &["unrelated"], MINUTE)));
-    assert!(put(store, "n2", other).await, "a purge must not refuse entries without its tags");
+    assert!(
+        put(store, "n2", other).await,
+        "a purge must not refuse entries without its tags"
+    );
 }
 
 async fn purge_path<S: Store>(store: &S) {
@@ -145,16 +194,31 @@ async fn purge_path<S: Store>(store: &S) {
     put(store, "p1", Entry::Response(Arc::new(response("1", &[&tag], MINUTE)))).await;
     put(store, "p2", entry("2", &[&crate::key::path_tag("/books/2")])).await;
     store.purge_path("/books/1").await.expect("purge_path");
-    assert!(body_of(&lookup(store, "p1").await).is_none(), "purge_path must purge entries of that path");
-    assert!(body_of(&lookup(store, "p2").await).is_some(), "purge_path must spare other paths");
+    assert!(
+        body_of(&lookup(store, "p1").await).is_none(),
+        "purge_path must purge entries of that path"
+    );
+    assert!(
+        body_of(&lookup(store, "p2").await).is_some(),
+        "purge_path must spare other paths"
+    );
 }
 
 async fn purge_all<S: Store>(store: &S) {
     put(store, "x", entry("x", &[])).await;
     put(store, "y", entry("y", &["t"])).await;
     store.purge_all().await.expect("purge_all");
-    assert!(body_of(&lookup(store, "x").await).is_none(), "purge_all must purge untagged entries");
-    assert!(body_of(&lookup(store, "y").await).is_none(), "purge_all must purge tagged entries");
+    assert!(
+        body_of(&lookup(store, "x").await).is_none(),
+        "purge_all must purge untagged entries"
+    );
+    assert!(
+        body_of(&lookup(store, "y").await).is_none(),
+        "purge_all must purge tagged entries"
+    );
     assert!(put(store, "z", entry("z", &[])).await);
-    assert!(body_of(&lookup(store, "z").await).is_some(), "a store must work after purge_all");
+    assert!(
+        body_of(&lookup(store, "z").await).is_some(),
+        "a store must work after purge_all"
+    );
 }

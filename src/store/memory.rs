@@ -99,9 +99,19 @@ impl MemoryStoreBuilder {
             .weight_capacity(max_bytes)
             .build()
             .expect("estimated capacity and weight capacity are set");
-        let cache = Cache::with_options(options, ByteWeighter, DefaultHashBuilder::default(), CountEvictions(evictions.clone()));
+        let cache = Cache::with_options(
+            options,
+            ByteWeighter,
+            DefaultHashBuilder::default(),
+            CountEvictions(evictions.clone()),
+        );
         MemoryStore {
-            shared: Arc::new(Shared { cache, stamps: TagStamps::new(self.max_tag_stamps), evictions, max_bytes }),
+            shared: Arc::new(Shared {
+                cache,
+                stamps: TagStamps::new(self.max_tag_stamps),
+                evictions,
+                max_bytes,
+            }),
         }
     }
 }
@@ -136,7 +146,10 @@ impl MemoryStore {
 
     /// Configures a store.
     pub fn builder() -> MemoryStoreBuilder {
-        MemoryStoreBuilder { max_bytes: 64 << 20, max_tag_stamps: 100_000 }
+        MemoryStoreBuilder {
+            max_bytes: 64 << 20,
+            max_tag_stamps: 100_000,
+        }
     }
 
     /// Occupancy and eviction counts.
@@ -184,7 +197,14 @@ impl MemoryStore {
                 return false;
             }
         }
-        if ByteWeighter.weight(&key, &Slot { entry: entry.clone(), expires: Instant::now() }) > self.shared.max_bytes {
+        if ByteWeighter.weight(
+            &key,
+            &Slot {
+                entry: entry.clone(),
+                expires: Instant::now(),
+            },
+        ) > self.shared.max_bytes
+        {
             return false;
         }
         let expires = Instant::now().checked_add(ttl).unwrap_or_else(far_future);
@@ -253,6 +273,9 @@ mod tests {
         let store = MemoryStore::builder().max_bytes(1000).build();
         let body: &'static str = Box::leak("x".repeat(2000).into_boxed_str());
         let entry = Entry::Response(Arc::new(response(body, &[], Duration::from_secs(60))));
-        assert!(!store.put(CacheKey::from_bytes(&b"k"[..]), entry, Duration::from_secs(60)).await.unwrap());
+        assert!(!store
+            .put(CacheKey::from_bytes(&b"k"[..]), entry, Duration::from_secs(60))
+            .await
+            .unwrap());
     }
 }

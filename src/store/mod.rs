@@ -57,12 +57,18 @@ pub struct StoreError {
 impl StoreError {
     /// An error with a message.
     pub fn new(message: impl Into<String>) -> Self {
-        StoreError { message: message.into(), source: None }
+        StoreError {
+            message: message.into(),
+            source: None,
+        }
     }
 
     /// An error caused by another error.
     pub fn with_source(message: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
-        StoreError { message: message.into(), source: Some(Box::new(source)) }
+        StoreError {
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
     }
 }
 
