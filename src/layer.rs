@@ -5,8 +5,9 @@ use crate::metrics::{CacheStats, Counters};
 use crate::policy::{PolicyConfig, RouteOverride, DEFAULT_CACHEABLE_STATUSES};
 use crate::service::CacheService;
 use crate::status;
+use crate::tags::TagLimits;
 use crate::{CacheKey, Store};
-use http::{request, StatusCode};
+use http::{request, response, StatusCode};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use tower_layer::Layer;
 
 type IdentityFn = dyn Fn(&request::Parts) -> Option<String> + Send + Sync;
 type RouteFn = dyn Fn(&request::Parts) -> Option<RouteOverride> + Send + Sync;
+type TagFn = dyn Fn(&request::Parts, &response::Parts) -> Vec<String> + Send + Sync;
 
 /// Everything a [`CacheService`] needs, shared by the layer and all its services.
 pub(crate) struct Shared<St> {
@@ -28,6 +30,8 @@ pub(crate) struct Config {
     pub(crate) max_body_bytes: usize,
     pub(crate) identity: Option<Arc<IdentityFn>>,
     pub(crate) route_override: Option<Arc<RouteFn>>,
+    pub(crate) tag_fn: Option<Arc<TagFn>>,
+    pub(crate) tag_limits: TagLimits,
     pub(crate) honor_request_directives: bool,
     pub(crate) status_name: Box<str>,
 }
@@ -46,6 +50,8 @@ impl fmt::Debug for Config {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("identity", &self.identity.is_some())
             .field("route_override", &self.route_override.is_some())
+            .field("tag_fn", &self.tag_fn.is_some())
+            .field("tag_limits", &self.tag_limits)
             .field("honor_request_directives", &self.honor_request_directives)
             .field("status_name", &self.status_name)
             .finish()
@@ -112,6 +118,8 @@ impl<St: Store> CacheLayer<St> {
                 max_body_bytes: 1 << 20,
                 identity: None,
                 route_override: None,
+                tag_fn: None,
+                tag_limits: TagLimits::default(),
                 honor_request_directives: false,
                 status_name: status::DEFAULT_NAME.into(),
             },
@@ -157,6 +165,9 @@ impl<S, St> Layer<S> for CacheLayer<St> {
 /// | [`ignore_query_param`](Self::ignore_query_param) | none |
 /// | [`vary_by_identity`](Self::vary_by_identity) | none: requests with credentials bypass |
 /// | [`route_override`](Self::route_override) | none |
+/// | [`tag_with`](Self::tag_with) | none (tags come from `Cache-Groups` and [`CacheTags`](crate::CacheTags)) |
+/// | [`max_tags_per_entry`](Self::max_tags_per_entry) | 64 |
+/// | [`max_tag_len`](Self::max_tag_len) | 1024 bytes |
 /// | [`honor_request_directives`](Self::honor_request_directives) | `false` |
 /// | [`cache_status_name`](Self::cache_status_name) | `tower-response-cache` |
 #[must_use]
@@ -238,6 +249,40 @@ impl<St: Store> CacheLayerBuilder<St> {
         F: Fn(&request::Parts) -> Option<RouteOverride> + Send + Sync + 'static,
     {
         self.config.route_override = Some(Arc::new(route));
+        self
+    }
+
+    /// Adds tags to every stored response, from the request (without its extensions) and
+    /// the response head. They join the tags of `Cache-Groups`, of a
+    /// [`CacheTags`](crate::CacheTags) extension, and the implicit path tag.
+    ///
+    /// ```
+    /// use tower_response_cache::{CacheLayer, MemoryStore};
+    /// let layer = CacheLayer::builder(MemoryStore::new())
+    ///     .tag_with(|req, _res| match req.uri.path().starts_with("/books") {
+    ///         true => vec!["books".to_string()],
+    ///         false => vec![],
+    ///     })
+    ///     .build();
+    /// ```
+    pub fn tag_with<F>(mut self, tags: F) -> Self
+    where
+        F: Fn(&request::Parts, &response::Parts) -> Vec<String> + Send + Sync + 'static,
+    {
+        self.config.tag_fn = Some(Arc::new(tags));
+        self
+    }
+
+    /// The most tags one entry may carry (the implicit path tag included). A response with
+    /// more is not stored, since some of its purges could not reach it.
+    pub fn max_tags_per_entry(mut self, n: usize) -> Self {
+        self.config.tag_limits.max_tags = n;
+        self
+    }
+
+    /// The longest tag, in bytes. A response with a longer tag is not stored.
+    pub fn max_tag_len(mut self, bytes: usize) -> Self {
+        self.config.tag_limits.max_len = bytes;
         self
     }
 

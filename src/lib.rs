@@ -6,6 +6,7 @@
 mod body;
 mod entry;
 mod future;
+pub mod invalidate;
 mod key;
 mod layer;
 mod metrics;
@@ -13,13 +14,16 @@ mod policy;
 mod service;
 mod status;
 pub mod store;
+mod tags;
 
 pub use body::CacheBody;
 pub use entry::{CachedResponse, Entry};
 pub use future::ResponseFuture;
+pub use invalidate::{Invalidate, InvalidateLayer};
 pub use key::CacheKey;
 pub use layer::{CacheLayer, CacheLayerBuilder};
 pub use metrics::{BypassReason, CacheStats};
 pub use policy::RouteOverride;
 pub use service::CacheService;
 pub use store::{Lookup, MemoryStore, PurgeMode, Store, StoreError};
+pub use tags::CacheTags;

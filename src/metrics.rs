@@ -45,10 +45,13 @@ pub enum BypassReason {
     BodyError,
     /// The store failed; the request went to the inner service.
     StoreError,
+    /// The response's tags could not all be recorded (too many, too long, or a malformed
+    /// `Cache-Groups` field); storing it could leave it unpurgeable.
+    Tags,
 }
 
 impl BypassReason {
-    const ALL: [BypassReason; 17] = [
+    const ALL: [BypassReason; 18] = [
         Self::Method,
         Self::Credentials,
         Self::Range,
@@ -66,6 +69,7 @@ impl BypassReason {
         Self::Streaming,
         Self::BodyError,
         Self::StoreError,
+        Self::Tags,
     ];
 
     /// The short name used in `Cache-Status` details and in stats.
@@ -88,6 +92,7 @@ impl BypassReason {
             Self::Streaming => "streaming",
             Self::BodyError => "body-error",
             Self::StoreError => "store-error",
+            Self::Tags => "tags",
         }
     }
 }

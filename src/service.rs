@@ -3,18 +3,21 @@
 use crate::body::{collect_bounded, Collected};
 use crate::entry::{CachedResponse, Entry};
 use crate::future::ResponseFuture;
+use crate::invalidate;
 use crate::key::{self, CacheKey};
-use crate::layer::Shared;
+use crate::layer::{Config, Shared};
 use crate::metrics::BypassReason;
 use crate::policy::{self, cache_control::CacheControl, RequestFacts, RouteOverride};
 use crate::status::{self, MissKind, Outcome};
-use crate::store::{request_clock, Lookup, Store};
+use crate::store::{request_clock, Lookup, PurgeMode, Store};
+use crate::tags::{detached, string_list, CACHE_GROUPS};
 use crate::CacheBody;
+use crate::CacheTags;
 use http::header::{
     HeaderMap, HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_TYPE, COOKIE, DATE,
     ETAG, EXPIRES, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, RANGE, VARY,
 };
-use http::{request, Method, Request, Response, StatusCode};
+use http::{request, response, Method, Request, Response, StatusCode};
 use http_body::Body;
 use std::fmt;
 use std::sync::Arc;
@@ -128,7 +131,11 @@ where
     if let Some(reason) = request_bypass(&shared, &parts, route) {
         shared.counters.bypass(reason);
         tracing::debug!(method = %parts.method, uri = %parts.uri, reason = reason.as_str(), "cache bypass");
+        let mutation = invalidate::is_unsafe(&parts.method).then(|| detached(&parts));
         let response = inner.call(Request::from_parts(parts, body)).await?;
+        if let Some(request) = mutation.filter(|_| invalidate::succeeded(response.status())) {
+            invalidate_target(&shared, &request, response.headers()).await;
+        }
         let fwd_status = response.status().as_u16();
         return Ok(streamed(&shared, response, Outcome::Bypass { reason, fwd_status }));
     }
@@ -199,8 +206,7 @@ where
     // own conditional is answered from that response.
     parts.headers.remove(IF_NONE_MATCH);
     parts.headers.remove(IF_MODIFIED_SINCE);
-    let request_headers = parts.headers.clone();
-    let path = parts.uri.path().to_owned();
+    let request = detached(&parts);
     let response = inner.call(Request::from_parts(parts, body)).await?;
     let response_time = SystemTime::now();
     let (res_parts, res_body) = response.into_parts();
@@ -244,8 +250,11 @@ where
         Collected::Failed(body) => return Ok(not_stored(&shared, res_parts, body, BypassReason::BodyError, miss_kind)),
     };
 
+    let Some(tags) = entry_tags(config, &request, &res_parts) else {
+        let body = CacheBody::cached(data, trailers);
+        return Ok(not_stored(&shared, res_parts, body, BypassReason::Tags, miss_kind));
+    };
     let ttl = freshness.store_ttl();
-    let tags = vec![key::path_tag(&path)];
     let entry = Arc::new(CachedResponse::new(
         &res_parts,
         data,
@@ -255,7 +264,7 @@ where
         lookout.facts.request_time,
         response_time,
     ));
-    let stored = store(&shared, &lookout.primary, &entry, ttl, &request_headers).await;
+    let stored = store(&shared, &lookout.primary, &entry, ttl, &request.headers).await;
     let outcome = Outcome::Miss {
         kind: miss_kind,
         fwd_status,
@@ -266,6 +275,35 @@ where
     // Extensions are not stored; the response that was just produced keeps its own.
     *response.extensions_mut() = res_parts.extensions;
     Ok(response)
+}
+
+/// Every tag of a response about to be stored, or `None` if they cannot all be recorded.
+fn entry_tags(config: &Config, request: &request::Parts, response: &response::Parts) -> Option<Vec<String>> {
+    let mut tags = vec![key::path_tag(request.uri.path())];
+    match string_list(&response.headers, &CACHE_GROUPS) {
+        Ok(groups) => tags.extend(groups),
+        Err(_) => {
+            tracing::warn!(path = request.uri.path(), "malformed Cache-Groups: response not stored");
+            return None;
+        }
+    }
+    if let Some(extension) = response.extensions.get::<CacheTags>() {
+        tags.extend(extension.as_slice().iter().cloned());
+    }
+    if let Some(tag_fn) = &config.tag_fn {
+        tags.extend(tag_fn(request, response));
+    }
+    config.tag_limits.admit(tags)
+}
+
+/// RFC 9111 §4.4: after a successful unsafe request, the target URI (and same-origin
+/// `Location` / `Content-Location`) must not be served from the cache any more.
+async fn invalidate_target<St: Store>(shared: &Shared<St>, request: &request::Parts, response: &HeaderMap) {
+    let tags = invalidate::rfc9111_tags(request, response);
+    if let Err(error) = shared.store.purge(&tags, PurgeMode::Hard).await {
+        shared.counters.store_error();
+        tracing::error!(%error, ?tags, "purge of a mutated URI failed");
+    }
 }
 
 /// The request-side safety rules: what is never looked up nor stored.

@@ -29,7 +29,7 @@ pub async fn run<S: Store, F: Fn() -> S>(new_store: F) {
     hard_purge(&new_store()).await;
     soft_purge(&new_store()).await;
     no_resurrection(&new_store()).await;
-    purge_path(&new_store()).await;
+    purge_uri(&new_store()).await;
     purge_all(&new_store()).await;
 }
 
@@ -189,18 +189,31 @@ async fn no_resurrection<S: Store>(store: &S) {
     );
 }
 
-async fn purge_path<S: Store>(store: &S) {
-    let tag = crate::key::path_tag("/books/1");
-    put(store, "p1", Entry::Response(Arc::new(response("1", &[&tag], MINUTE)))).await;
-    put(store, "p2", entry("2", &[&crate::key::path_tag("/books/2")])).await;
-    store.purge_path("/books/1").await.expect("purge_path");
+async fn purge_uri<S: Store>(store: &S) {
+    let (one, two) = (crate::key::path_tag("/books/1"), crate::key::path_tag("/books/2"));
+    put(store, "p1", entry("1", &[one.as_str()])).await;
+    put(store, "p1b", entry("1b", &[one.as_str()])).await;
+    put(store, "p2", entry("2", &[two.as_str()])).await;
+    store.purge_uri("/books/1?page=2").await.expect("purge_uri");
     assert!(
         body_of(&lookup(store, "p1").await).is_none(),
-        "purge_path must purge entries of that path"
+        "purge_uri must purge entries of that path"
+    );
+    assert!(
+        body_of(&lookup(store, "p1b").await).is_none(),
+        "purge_uri must purge every variant"
     );
     assert!(
         body_of(&lookup(store, "p2").await).is_some(),
-        "purge_path must spare other paths"
+        "purge_uri must spare other paths"
+    );
+    store
+        .purge_uri("https://shop.example/books/2")
+        .await
+        .expect("purge_uri");
+    assert!(
+        body_of(&lookup(store, "p2").await).is_none(),
+        "purge_uri must accept absolute URIs"
     );
 }
 

@@ -58,6 +58,8 @@ struct Shared {
     cache: Inner,
     stamps: TagStamps,
     evictions: Arc<AtomicU64>,
+    purges: AtomicU64,
+    invalidated: AtomicU64,
     max_bytes: u64,
 }
 
@@ -110,6 +112,8 @@ impl MemoryStoreBuilder {
                 cache,
                 stamps: TagStamps::new(self.max_tag_stamps),
                 evictions,
+                purges: AtomicU64::new(0),
+                invalidated: AtomicU64::new(0),
                 max_bytes,
             }),
         }
@@ -130,6 +134,10 @@ pub struct MemoryStoreStats {
     pub evictions: u64,
     /// Tags that currently hold an invalidation stamp.
     pub tag_stamps: usize,
+    /// Purge operations (tag purges and purge-all).
+    pub purges: u64,
+    /// Entries found invalidated by a hard purge when read, and dropped.
+    pub invalidated: u64,
 }
 
 impl Default for MemoryStore {
@@ -160,6 +168,8 @@ impl MemoryStore {
             max_bytes: self.shared.max_bytes,
             evictions: self.shared.evictions.load(Relaxed),
             tag_stamps: self.shared.stamps.len(),
+            purges: self.shared.purges.load(Relaxed),
+            invalidated: self.shared.invalidated.load(Relaxed),
         }
     }
 
@@ -177,6 +187,7 @@ impl MemoryStore {
                     Verdict::Valid => Lookup::Found(Entry::Response(response)),
                     Verdict::SoftPurged => Lookup::SoftPurged(response),
                     Verdict::Purged => {
+                        self.shared.invalidated.fetch_add(1, Relaxed);
                         self.shared.cache.remove(key);
                         Lookup::Purged
                     }
@@ -233,12 +244,14 @@ impl Store for MemoryStore {
 
     async fn purge(&self, tags: &[String], mode: PurgeMode) -> Result<(), StoreError> {
         self.shared.stamps.purge(tags, mode);
+        self.shared.purges.fetch_add(1, Relaxed);
         Ok(())
     }
 
     async fn purge_all(&self) -> Result<(), StoreError> {
         self.shared.stamps.purge_all();
         self.shared.cache.clear();
+        self.shared.purges.fetch_add(1, Relaxed);
         Ok(())
     }
 }

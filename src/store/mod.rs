@@ -142,9 +142,15 @@ pub trait Store: Clone + Send + Sync + 'static {
         async move { self.purge(&tags, PurgeMode::Soft).await }
     }
 
-    /// Hard-purges every variant of every response stored for `path` (any query, any host).
-    fn purge_path(&self, path: &str) -> impl Future<Output = Result<(), StoreError>> + Send {
-        let tag = crate::key::path_tag(path);
+    /// Hard-purges every variant of every response stored for the path of `uri` (`/books/1`
+    /// or `https://shop.example/books/1?x=1`): every query string, host, identity and
+    /// `Vary` value of that path.
+    fn purge_uri(&self, uri: &str) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let path = match uri.parse::<http::Uri>() {
+            Ok(parsed) if parsed.authority().is_some() || uri.starts_with('/') => parsed.path().to_owned(),
+            _ => uri.split(['?', '#']).next().unwrap_or_default().to_owned(),
+        };
+        let tag = crate::key::path_tag(&path);
         async move { self.purge(&[tag], PurgeMode::Hard).await }
     }
 }

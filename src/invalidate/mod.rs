@@ -1,0 +1,166 @@
+//! Purging tags after successful mutations.
+//!
+//! [`InvalidateLayer`] wraps the routes that change data. After a successful (2xx or 3xx)
+//! response to an unsafe method (anything but GET, HEAD, OPTIONS and TRACE) it purges, before
+//! the response goes back to the client:
+//!
+//! - the groups named by the `Cache-Group-Invalidation` response header (RFC 9875 §3);
+//! - the tags of an [`Invalidate`] response extension set by the handler;
+//! - the tags a rules function on the layer derives from the request and the status;
+//! - the target path, and same-origin `Location` and `Content-Location` paths (RFC 9111 §4.4).
+//!
+//! A failed mutation (4xx, 5xx, an error, or a request cancelled before its response) purges
+//! nothing. The layer may sit inside or outside a [`CacheLayer`](crate::CacheLayer): both
+//! only meet in the store.
+//!
+//! ```
+//! use axum::{extract::Path, routing::{get, post}, Extension, Router};
+//! use tower_response_cache::{CacheLayer, Invalidate, InvalidateLayer, MemoryStore};
+//!
+//! async fn add_review(Path(id): Path<u32>) -> (http::StatusCode, Extension<Invalidate>) {
+//!     // ... insert the review ...
+//!     (http::StatusCode::CREATED, Extension(Invalidate::tags([format!("book:{id}"), "reviews".into()])))
+//! }
+//!
+//! let store = MemoryStore::new();
+//! let app: Router = Router::new()
+//!     .route("/books/{id}", get(|| async { "a book" }))
+//!     .route("/books/{id}/reviews", post(add_review))
+//!     .layer(InvalidateLayer::new(store.clone()))
+//!     .layer(CacheLayer::new(store));
+//! ```
+
+mod layer;
+mod service;
+
+pub use layer::{InvalidateLayer, InvalidateStats};
+pub use service::{InvalidateFuture, InvalidateService};
+
+use crate::key::path_tag;
+use crate::store::PurgeMode;
+use http::header::{HeaderMap, CONTENT_LOCATION, HOST, LOCATION};
+use http::{request, Method, StatusCode, Uri};
+
+/// Tags to purge once a mutation succeeds, returned by a handler as a response extension.
+///
+/// ```
+/// use tower_response_cache::Invalidate;
+/// let hard = Invalidate::tags(["book:1", "reviews"]);
+/// let soft = Invalidate::tags(["books"]).soft();
+/// assert_eq!(soft.as_slice(), ["books"]);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalidate {
+    tags: Vec<String>,
+    mode: PurgeMode,
+}
+
+impl Invalidate {
+    /// Hard-purges `tags`: the next read of an entry carrying one of them misses.
+    pub fn tags<I>(tags: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        Invalidate {
+            tags: tags.into_iter().map(Into::into).collect(),
+            mode: PurgeMode::Hard,
+        }
+    }
+
+    /// Makes the purge soft: entries turn stale instead of disappearing.
+    pub fn soft(mut self) -> Self {
+        self.mode = PurgeMode::Soft;
+        self
+    }
+
+    /// The tags to purge.
+    pub fn as_slice(&self) -> &[String] {
+        &self.tags
+    }
+
+    /// Hard or soft.
+    pub fn mode(&self) -> PurgeMode {
+        self.mode
+    }
+}
+
+/// Methods whose success can change server state (RFC 9110 §9.2.1).
+pub(crate) fn is_unsafe(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE)
+}
+
+/// Whether a response to an unsafe request means the change happened.
+pub(crate) fn succeeded(status: StatusCode) -> bool {
+    status.is_success() || status.is_redirection()
+}
+
+/// The path tags RFC 9111 §4.4 invalidates: the target, and same-origin `Location` and
+/// `Content-Location` (other origins are left alone: they could be used to purge at will).
+pub(crate) fn rfc9111_tags(request: &request::Parts, response: &HeaderMap) -> Vec<String> {
+    let own_host = request
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_ascii_lowercase())
+        .or_else(|| {
+            request
+                .headers
+                .get(HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_ascii_lowercase)
+        });
+    let mut tags = vec![path_tag(request.uri.path())];
+    for field in [LOCATION, CONTENT_LOCATION] {
+        let Some(uri) = response
+            .get(&field)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<Uri>().ok())
+        else {
+            continue;
+        };
+        let same_origin = match uri.authority() {
+            None => uri.path().starts_with('/'),
+            Some(authority) => own_host.as_deref() == Some(authority.as_str().to_ascii_lowercase().as_str()),
+        };
+        if same_origin {
+            tags.push(path_tag(uri.path()));
+        }
+    }
+    tags
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tags_for(location: &str) -> Vec<String> {
+        let (parts, ()) = Request::post("/books/1/reviews")
+            .header("host", "shop.example")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let mut headers = HeaderMap::new();
+        headers.insert(LOCATION, location.parse().unwrap());
+        rfc9111_tags(&parts, &headers)
+    }
+    use http::Request;
+
+    #[test]
+    fn same_origin_locations_are_invalidated_others_are_not() {
+        assert_eq!(tags_for("/books/1"), ["path:/books/1/reviews", "path:/books/1"]);
+        assert_eq!(
+            tags_for("http://SHOP.example/books/2"),
+            ["path:/books/1/reviews", "path:/books/2"]
+        );
+        assert_eq!(tags_for("https://evil.example/books/3"), ["path:/books/1/reviews"]);
+        assert_eq!(tags_for("relative/path"), ["path:/books/1/reviews"]);
+    }
+
+    #[test]
+    fn only_unsafe_methods_and_successes_count() {
+        assert!(is_unsafe(&Method::POST) && is_unsafe(&Method::DELETE) && is_unsafe(&Method::PATCH));
+        assert!(!is_unsafe(&Method::GET) && !is_unsafe(&Method::OPTIONS));
+        assert!(succeeded(StatusCode::CREATED) && succeeded(StatusCode::SEE_OTHER));
+        assert!(!succeeded(StatusCode::BAD_REQUEST) && !succeeded(StatusCode::INTERNAL_SERVER_ERROR));
+    }
+}
