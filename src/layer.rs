@@ -1,5 +1,6 @@
 //! `CacheLayer`: configuration only, built once and shared by every service it makes.
 
+use crate::coalesce::Coalescer;
 use crate::key::KeyConfig;
 use crate::metrics::{CacheStats, Counters};
 use crate::policy::{PolicyConfig, RouteOverride, DEFAULT_CACHEABLE_STATUSES};
@@ -22,6 +23,7 @@ pub(crate) struct Shared<St> {
     pub(crate) store: St,
     pub(crate) config: Config,
     pub(crate) counters: Counters,
+    pub(crate) coalescer: Arc<Coalescer>,
 }
 
 pub(crate) struct Config {
@@ -34,6 +36,10 @@ pub(crate) struct Config {
     pub(crate) tag_limits: TagLimits,
     pub(crate) honor_request_directives: bool,
     pub(crate) status_name: Box<str>,
+    pub(crate) coalesce: bool,
+    pub(crate) coalesce_timeout: Duration,
+    pub(crate) remember_uncacheable: Duration,
+    pub(crate) origin_timeout: Option<Duration>,
 }
 
 impl Config {
@@ -54,6 +60,10 @@ impl fmt::Debug for Config {
             .field("tag_limits", &self.tag_limits)
             .field("honor_request_directives", &self.honor_request_directives)
             .field("status_name", &self.status_name)
+            .field("coalesce", &self.coalesce)
+            .field("coalesce_timeout", &self.coalesce_timeout)
+            .field("remember_uncacheable", &self.remember_uncacheable)
+            .field("origin_timeout", &self.origin_timeout)
             .finish()
     }
 }
@@ -122,6 +132,10 @@ impl<St: Store> CacheLayer<St> {
                 tag_limits: TagLimits::default(),
                 honor_request_directives: false,
                 status_name: status::DEFAULT_NAME.into(),
+                coalesce: true,
+                coalesce_timeout: Duration::from_secs(10),
+                remember_uncacheable: Duration::from_secs(5),
+                origin_timeout: None,
             },
         }
     }
@@ -168,6 +182,12 @@ impl<S, St> Layer<S> for CacheLayer<St> {
 /// | [`tag_with`](Self::tag_with) | none (tags come from `Cache-Groups` and [`CacheTags`](crate::CacheTags)) |
 /// | [`max_tags_per_entry`](Self::max_tags_per_entry) | 64 |
 /// | [`max_tag_len`](Self::max_tag_len) | 1024 bytes |
+/// | [`stale_while_revalidate`](Self::stale_while_revalidate) | 0 (only the response's directive) |
+/// | [`stale_if_error`](Self::stale_if_error) | 0 (only the response's directive) |
+/// | [`origin_timeout`](Self::origin_timeout) | none |
+/// | [`coalesce`](Self::coalesce) | `true` |
+/// | [`coalesce_timeout`](Self::coalesce_timeout) | 10 s |
+/// | [`remember_uncacheable`](Self::remember_uncacheable) | 5 s |
 /// | [`honor_request_directives`](Self::honor_request_directives) | `false` |
 /// | [`cache_status_name`](Self::cache_status_name) | `tower-response-cache` |
 #[must_use]
@@ -286,6 +306,48 @@ impl<St: Store> CacheLayerBuilder<St> {
         self
     }
 
+    /// How long past its freshness a response may be served while one background request
+    /// refreshes it, when the response gives no `stale-while-revalidate` directive
+    /// (RFC 5861 §3). Never for `must-revalidate` or `no-cache` responses.
+    pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
+        self.config.policy.stale_while_revalidate = window;
+        self
+    }
+
+    /// How long past its freshness a response may stand in for an origin that errors,
+    /// times out (see [`origin_timeout`](Self::origin_timeout)) or answers 5xx, when the
+    /// response gives no `stale-if-error` directive (RFC 5861 §4).
+    pub fn stale_if_error(mut self, window: Duration) -> Self {
+        self.config.policy.stale_if_error = window;
+        self
+    }
+
+    /// How long to wait for the origin before answering from a stale entry that may stand
+    /// in for errors. Without such an entry the layer waits as long as the origin takes.
+    pub fn origin_timeout(mut self, timeout: Duration) -> Self {
+        self.config.origin_timeout = Some(timeout);
+        self
+    }
+
+    /// Whether concurrent misses on one key share one call to the inner service.
+    pub fn coalesce(mut self, coalesce: bool) -> Self {
+        self.config.coalesce = coalesce;
+        self
+    }
+
+    /// How long a miss waits for another request's call before making its own.
+    pub fn coalesce_timeout(mut self, timeout: Duration) -> Self {
+        self.config.coalesce_timeout = timeout;
+        self
+    }
+
+    /// How long a key whose response could not be shared skips coalescing, so that
+    /// requests for it do not queue one behind another.
+    pub fn remember_uncacheable(mut self, duration: Duration) -> Self {
+        self.config.remember_uncacheable = duration;
+        self
+    }
+
     /// Honours the client's `Cache-Control` (`no-store`, `no-cache`, `max-age=0`,
     /// `only-if-cached`), as a shared cache in front of trusted clients would. Off by
     /// default so that clients cannot force traffic onto the origin.
@@ -307,11 +369,13 @@ impl<St: Store> CacheLayerBuilder<St> {
 
     /// Builds the layer.
     pub fn build(self) -> CacheLayer<St> {
+        let coalescer = Arc::new(Coalescer::new(self.config.remember_uncacheable));
         CacheLayer {
             shared: Arc::new(Shared {
                 store: self.store,
                 config: self.config,
                 counters: Counters::default(),
+                coalescer,
             }),
         }
     }

@@ -4,6 +4,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod body;
+mod coalesce;
 mod entry;
 mod future;
 pub mod invalidate;
@@ -15,6 +16,7 @@ mod service;
 mod status;
 pub mod store;
 mod tags;
+mod warm;
 
 pub use body::CacheBody;
 pub use entry::{CachedResponse, Entry};
@@ -27,3 +29,4 @@ pub use policy::RouteOverride;
 pub use service::CacheService;
 pub use store::{Lookup, MemoryStore, PurgeMode, Store, StoreError};
 pub use tags::CacheTags;
+pub use warm::WarmReport;

@@ -119,6 +119,18 @@ pub struct CacheStats {
     pub bypasses: BTreeMap<&'static str, u64>,
     /// Store operations that failed (the request was served anyway).
     pub store_errors: u64,
+    /// Requests answered from a stale entry (stale-while-revalidate, soft purge, or
+    /// stale-if-error).
+    pub stale_hits: u64,
+    /// Misses that waited for another request's call to the inner service instead of
+    /// making their own.
+    pub coalesced: u64,
+    /// Refreshes run in the background while a stale entry was served.
+    pub background_refreshes: u64,
+    /// Conditional requests that revalidated a stored entry (the origin answered 304).
+    pub revalidations: u64,
+    /// Origin errors, timeouts and 5xx answers replaced by a stale entry.
+    pub errors_absorbed: u64,
 }
 
 impl CacheStats {
@@ -135,6 +147,11 @@ pub(crate) struct Counters {
     invalidated_misses: AtomicU64,
     stores: AtomicU64,
     store_errors: AtomicU64,
+    pub(crate) stale_hits: AtomicU64,
+    pub(crate) coalesced: AtomicU64,
+    pub(crate) background_refreshes: AtomicU64,
+    pub(crate) revalidations: AtomicU64,
+    pub(crate) errors_absorbed: AtomicU64,
     bypasses: [AtomicU64; BypassReason::ALL.len()],
 }
 
@@ -154,6 +171,9 @@ impl Counters {
     pub(crate) fn store_error(&self) {
         self.store_errors.fetch_add(1, Relaxed);
     }
+    pub(crate) fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
     pub(crate) fn bypass(&self, reason: BypassReason) {
         self.bypasses[reason as usize].fetch_add(1, Relaxed);
     }
@@ -165,6 +185,11 @@ impl Counters {
             invalidated_misses: self.invalidated_misses.load(Relaxed),
             stores: self.stores.load(Relaxed),
             store_errors: self.store_errors.load(Relaxed),
+            stale_hits: self.stale_hits.load(Relaxed),
+            coalesced: self.coalesced.load(Relaxed),
+            background_refreshes: self.background_refreshes.load(Relaxed),
+            revalidations: self.revalidations.load(Relaxed),
+            errors_absorbed: self.errors_absorbed.load(Relaxed),
             bypasses: BypassReason::ALL
                 .iter()
                 .map(|r| (r.as_str(), self.bypasses[*r as usize].load(Relaxed)))

@@ -11,20 +11,17 @@ pub(crate) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-statu
 /// The name the layer gives itself in `Cache-Status` unless configured otherwise.
 pub(crate) const DEFAULT_NAME: &str = "tower-response-cache";
 
-/// What the cache did with one request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Outcome {
-    /// Answered from a fresh entry.
-    Hit { ttl: Duration },
-    /// Looked up, not found (or not usable), forwarded.
-    Miss {
-        kind: MissKind,
-        fwd_status: u16,
-        stored: bool,
-        detail: Option<&'static str>,
-    },
-    /// Not looked up at all.
-    Bypass { reason: BypassReason, fwd_status: u16 },
+/// What the cache did with one request, as RFC 9211 parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Outcome {
+    hit: bool,
+    /// Seconds of freshness left; negative when a stale entry was served.
+    ttl: Option<i64>,
+    fwd: Option<&'static str>,
+    fwd_status: Option<u16>,
+    stored: bool,
+    collapsed: bool,
+    detail: Option<&'static str>,
 }
 
 /// Why a lookup found nothing usable.
@@ -42,42 +39,123 @@ pub(crate) enum MissKind {
     Request,
 }
 
+impl MissKind {
+    fn fwd(self) -> &'static str {
+        match self {
+            MissKind::Miss | MissKind::Invalidated => "miss",
+            MissKind::VaryMiss => "vary-miss",
+            MissKind::Stale => "stale",
+            MissKind::Request => "request",
+        }
+    }
+}
+
+fn signed_secs(ttl: Duration, stale: bool) -> i64 {
+    let secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+    if stale {
+        -secs
+    } else {
+        secs
+    }
+}
+
 impl Outcome {
+    /// Answered from a fresh entry.
+    pub(crate) fn hit(ttl: Duration) -> Self {
+        Outcome {
+            hit: true,
+            ttl: Some(signed_secs(ttl, false)),
+            ..Outcome::default()
+        }
+    }
+
+    /// Answered from a stale entry, `stale_for` past its freshness.
+    pub(crate) fn stale_hit(stale_for: Duration, detail: &'static str) -> Self {
+        Outcome {
+            hit: true,
+            ttl: Some(signed_secs(stale_for, true)),
+            fwd: Some("stale"),
+            detail: Some(detail),
+            ..Outcome::default()
+        }
+    }
+
+    /// Looked up, forwarded.
+    pub(crate) fn miss(kind: MissKind, fwd_status: u16) -> Self {
+        let detail = (kind == MissKind::Invalidated).then_some("invalidated");
+        Outcome {
+            fwd: Some(kind.fwd()),
+            fwd_status: Some(fwd_status),
+            detail,
+            ..Outcome::default()
+        }
+    }
+
+    /// Not looked up at all.
+    pub(crate) fn bypass(reason: BypassReason, fwd_status: u16) -> Self {
+        let fwd = match reason {
+            BypassReason::Method => "method",
+            BypassReason::RequestNoStore => "request",
+            _ => "bypass",
+        };
+        Outcome {
+            fwd: Some(fwd),
+            fwd_status: Some(fwd_status),
+            detail: Some(reason.as_str()),
+            ..Outcome::default()
+        }
+    }
+
+    pub(crate) fn stored(mut self, stored: bool) -> Self {
+        self.stored = stored;
+        self
+    }
+
+    pub(crate) fn collapsed(mut self) -> Self {
+        self.collapsed = true;
+        self
+    }
+
+    pub(crate) fn detail(mut self, detail: &'static str) -> Self {
+        self.detail = Some(detail);
+        self
+    }
+
+    pub(crate) fn fwd_status(mut self, status: u16) -> Self {
+        self.fwd_status = Some(status);
+        self
+    }
+
+    pub(crate) fn is_hit(&self) -> bool {
+        self.hit
+    }
+
+    pub(crate) fn is_stored(&self) -> bool {
+        self.stored
+    }
+
     fn write(self, name: &str, out: &mut String) {
         out.push_str(name);
-        match self {
-            Outcome::Hit { ttl } => {
-                let _ = write!(out, "; hit; ttl={}", ttl.as_secs());
-            }
-            Outcome::Miss {
-                kind,
-                fwd_status,
-                stored,
-                detail,
-            } => {
-                let fwd = match kind {
-                    MissKind::Miss | MissKind::Invalidated => "miss",
-                    MissKind::VaryMiss => "vary-miss",
-                    MissKind::Stale => "stale",
-                    MissKind::Request => "request",
-                };
-                let _ = write!(out, "; fwd={fwd}; fwd-status={fwd_status}");
-                if stored {
-                    out.push_str("; stored");
-                }
-                let detail = detail.or((kind == MissKind::Invalidated).then_some("invalidated"));
-                if let Some(detail) = detail {
-                    let _ = write!(out, "; detail={detail}");
-                }
-            }
-            Outcome::Bypass { reason, fwd_status } => {
-                let fwd = match reason {
-                    BypassReason::Method => "method",
-                    BypassReason::RequestNoStore => "request",
-                    _ => "bypass",
-                };
-                let _ = write!(out, "; fwd={fwd}; fwd-status={fwd_status}; detail={}", reason.as_str());
-            }
+        if self.hit {
+            out.push_str("; hit");
+        }
+        if let Some(ttl) = self.ttl {
+            let _ = write!(out, "; ttl={ttl}");
+        }
+        if let Some(fwd) = self.fwd {
+            let _ = write!(out, "; fwd={fwd}");
+        }
+        if let Some(status) = self.fwd_status {
+            let _ = write!(out, "; fwd-status={status}");
+        }
+        if self.stored {
+            out.push_str("; stored");
+        }
+        if self.collapsed {
+            out.push_str("; collapsed");
+        }
+        if let Some(detail) = self.detail {
+            let _ = write!(out, "; detail={detail}");
         }
     }
 }
@@ -115,43 +193,35 @@ mod tests {
     #[test]
     fn renders_rfc_9211_members() {
         assert_eq!(
-            render(Outcome::Hit {
-                ttl: Duration::from_millis(42_900)
-            }),
+            render(Outcome::hit(Duration::from_millis(42_900))),
             "tower-response-cache; hit; ttl=42"
         );
-        let miss = Outcome::Miss {
-            kind: MissKind::Miss,
-            fwd_status: 200,
-            stored: true,
-            detail: None,
-        };
+        let miss = Outcome::miss(MissKind::Miss, 200).stored(true);
         assert_eq!(render(miss), "tower-response-cache; fwd=miss; fwd-status=200; stored");
-        let purged = Outcome::Miss {
-            kind: MissKind::Invalidated,
-            fwd_status: 200,
-            stored: false,
-            detail: None,
-        };
+        let purged = Outcome::miss(MissKind::Invalidated, 200);
         assert_eq!(
             render(purged),
             "tower-response-cache; fwd=miss; fwd-status=200; detail=invalidated"
         );
-        let bypass = Outcome::Bypass {
-            reason: BypassReason::Credentials,
-            fwd_status: 200,
-        };
+        let bypass = Outcome::bypass(BypassReason::Credentials, 200);
         assert_eq!(
             render(bypass),
             "tower-response-cache; fwd=bypass; fwd-status=200; detail=credentials"
         );
-        let method = Outcome::Bypass {
-            reason: BypassReason::Method,
-            fwd_status: 201,
-        };
+        let method = Outcome::bypass(BypassReason::Method, 201);
         assert_eq!(
             render(method),
             "tower-response-cache; fwd=method; fwd-status=201; detail=method"
+        );
+        let stale = Outcome::stale_hit(Duration::from_secs(5), "stale-while-revalidate");
+        assert_eq!(
+            render(stale),
+            "tower-response-cache; hit; ttl=-5; fwd=stale; detail=stale-while-revalidate"
+        );
+        let collapsed = Outcome::miss(MissKind::Miss, 200).collapsed();
+        assert_eq!(
+            render(collapsed),
+            "tower-response-cache; fwd=miss; fwd-status=200; collapsed"
         );
     }
 
@@ -162,7 +232,7 @@ mod tests {
         decorate(
             &mut h,
             "edge",
-            Outcome::Hit { ttl: Duration::ZERO },
+            Outcome::hit(Duration::ZERO),
             Some(Duration::from_secs(3)),
         );
         let all: Vec<_> = h.get_all(CACHE_STATUS).iter().collect();

@@ -1,0 +1,345 @@
+//! Going to the inner service: the unconditional or revalidating request, stale-if-error,
+//! and storing what comes back.
+
+use super::lookup::{Lookout, Stale};
+use super::respond::{finish, from_entry, not_stored};
+use crate::body::{collect_bounded, Collected};
+use crate::coalesce::Settlement;
+use crate::entry::{CachedResponse, Entry};
+use crate::key::{self, CacheKey};
+use crate::layer::{Config, Shared};
+use crate::metrics::{BypassReason, Counters};
+use crate::policy;
+use crate::status::{MissKind, Outcome};
+use crate::store::{PurgeMode, Store};
+use crate::tags::{detached, string_list, CACHE_GROUPS};
+use crate::{CacheBody, CacheTags};
+use http::header::{
+    HeaderMap, HeaderName, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
+    TRANSFER_ENCODING,
+};
+use http::{request, response, Request, Response, StatusCode};
+use http_body::Body;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tower_service::Service;
+
+/// A response for the client, and what waiters on the same key may be given.
+pub(super) type Forwarded<B> = (Response<CacheBody<B>>, Settlement);
+
+/// Calls the inner service for a miss, revalidating `stale` when it has validators, serving it
+/// instead of an error while its stale-if-error window lasts (when `absorb_errors`), and
+/// storing a storable response.
+pub(super) async fn forward<S, St, ReqB, ResB>(
+    shared: &Shared<St>,
+    inner: &mut S,
+    mut parts: request::Parts,
+    body: ReqB,
+    lookout: &Lookout,
+    miss_kind: MissKind,
+    stale: Option<&Stale>,
+    absorb_errors: bool,
+) -> Result<Forwarded<ResB>, S::Error>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    St: Store,
+    ResB: Body,
+{
+    // The client's conditional is answered by the cache; the origin gets the cache's own.
+    parts.headers.remove(IF_NONE_MATCH);
+    parts.headers.remove(IF_MODIFIED_SINCE);
+    let request = detached(&parts);
+    let revalidating = stale.filter(|s| add_validators(&mut parts.headers, &s.entry.headers));
+    let fallback = stale.filter(|s| absorb_errors && s.serves_if_error(SystemTime::now()));
+
+    let call = inner.call(Request::from_parts(parts, body));
+    let result = match (fallback, shared.config.origin_timeout) {
+        // The timeout only bounds how long a stale answer is held back.
+        (Some(stale), Some(timeout)) => match tokio::time::timeout(timeout, call).await {
+            Ok(result) => result,
+            Err(_) => return Ok(stale_on_error(shared, stale, lookout, None, "origin-timeout")),
+        },
+        _ => call.await,
+    };
+    let response = match (result, fallback) {
+        (Ok(response), _) => response,
+        (Err(_), Some(stale)) => return Ok(stale_on_error(shared, stale, lookout, None, "stale-if-error")),
+        (Err(error), None) => return Err(error),
+    };
+    let response_time = SystemTime::now();
+    let (res_parts, res_body) = response.into_parts();
+    let status = res_parts.status;
+
+    if status.is_server_error() {
+        if let Some(stale) = fallback {
+            return Ok(stale_on_error(shared, stale, lookout, Some(status), "stale-if-error"));
+        }
+        if stale.is_some() {
+            // A 5xx never replaces a stored response.
+            let response = not_stored(
+                shared,
+                res_parts,
+                CacheBody::streamed(res_body),
+                BypassReason::Status,
+                miss_kind,
+            );
+            return Ok((response, Settlement::Uncacheable));
+        }
+    }
+    if let (StatusCode::NOT_MODIFIED, Some(stale)) = (status, revalidating) {
+        return Ok(revalidated(shared, stale, res_parts, lookout, &request, response_time).await);
+    }
+
+    let config = &shared.config;
+    let freshness = match policy::storable(&config.policy, &lookout.facts, &res_parts, lookout.route, response_time) {
+        Ok(freshness) => freshness,
+        Err(reason) => {
+            return Ok(uncacheable(
+                shared,
+                res_parts,
+                CacheBody::streamed(res_body),
+                reason,
+                miss_kind,
+            ))
+        }
+    };
+    let event_stream = res_parts
+        .headers
+        .get(CONTENT_TYPE)
+        .map(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if event_stream == Some(true) {
+        let body = CacheBody::streamed(res_body);
+        return Ok(uncacheable(shared, res_parts, body, BypassReason::Streaming, miss_kind));
+    }
+    let (data, trailers) = match collect_bounded(res_body, config.max_body_bytes).await {
+        Collected::Complete { data, trailers } => (data, trailers),
+        Collected::TooLarge(body) => {
+            return Ok(uncacheable(
+                shared,
+                res_parts,
+                body,
+                BypassReason::BodyTooLarge,
+                miss_kind,
+            ))
+        }
+        Collected::Failed(body) => {
+            let response = not_stored(shared, res_parts, body, BypassReason::BodyError, miss_kind);
+            return Ok((response, Settlement::Uncacheable));
+        }
+    };
+    let Some(tags) = entry_tags(config, &request, &res_parts, &[]) else {
+        let body = CacheBody::cached(data, trailers);
+        return Ok(uncacheable(shared, res_parts, body, BypassReason::Tags, miss_kind));
+    };
+    let ttl = freshness.store_ttl();
+    let request_time = lookout.facts.request_time;
+    let entry = CachedResponse::new(&res_parts, data, trailers, freshness, tags, request_time, response_time);
+    let entry = Arc::new(entry);
+    let (stored, variant) = store(shared, &lookout.primary, &entry, ttl, &request.headers).await;
+    let outcome = Outcome::miss(miss_kind, status.as_u16()).stored(stored);
+    let mut response = from_entry(shared, &entry, lookout, outcome, None);
+    // Extensions are not stored; the response that was just produced keeps its own.
+    response.extensions_mut().extend(res_parts.extensions);
+    Ok((response, Settlement::Shared { entry, variant }))
+}
+
+/// A response kept out of the store for a reason that holds for every request to this key.
+fn uncacheable<St, B>(
+    shared: &Shared<St>,
+    parts: response::Parts,
+    body: CacheBody<B>,
+    reason: BypassReason,
+    kind: MissKind,
+) -> Forwarded<B>
+where
+    B: Body,
+{
+    (not_stored(shared, parts, body, reason, kind), Settlement::Uncacheable)
+}
+
+/// Adds `If-None-Match` / `If-Modified-Since` from the stored entry; `false` if it has none.
+fn add_validators(request: &mut HeaderMap, stored: &HeaderMap) -> bool {
+    if let Some(etag) = stored.get(ETAG) {
+        request.insert(IF_NONE_MATCH, etag.clone());
+        return true;
+    }
+    if let Some(modified) = stored.get(LAST_MODIFIED) {
+        request.insert(IF_MODIFIED_SINCE, modified.clone());
+        return true;
+    }
+    false
+}
+
+/// The origin failed: answer from the stale entry instead (RFC 5861 §4).
+fn stale_on_error<St, B: Body>(
+    shared: &Shared<St>,
+    stale: &Stale,
+    lookout: &Lookout,
+    status: Option<StatusCode>,
+    detail: &'static str,
+) -> Forwarded<B> {
+    Counters::count(&shared.counters.errors_absorbed);
+    Counters::count(&shared.counters.stale_hits);
+    tracing::warn!(
+        status = status.map(|s| s.as_u16()),
+        detail,
+        "origin failed; serving a stale response"
+    );
+    let now = SystemTime::now();
+    let mut outcome = Outcome::stale_hit(stale.stale_for(now), detail);
+    if let Some(status) = status {
+        outcome = outcome.fwd_status(status.as_u16());
+    }
+    let response = from_entry(shared, &stale.entry, lookout, outcome, Some(stale.entry.age(now)));
+    (
+        response,
+        Settlement::StaleOnError {
+            entry: stale.entry.clone(),
+        },
+    )
+}
+
+/// The origin answered 304 to the cache's conditional: the stored response, with its
+/// headers updated from the 304, is fresh again (RFC 9111 §4.3.4).
+async fn revalidated<St: Store, B: Body>(
+    shared: &Shared<St>,
+    stale: &Stale,
+    not_modified: response::Parts,
+    lookout: &Lookout,
+    request: &request::Parts,
+    response_time: SystemTime,
+) -> Forwarded<B> {
+    let old = &stale.entry;
+    let (mut parts, ()) = Response::new(()).into_parts();
+    parts.status = old.status;
+    parts.headers = old.headers.clone();
+    let mut replaced: Vec<HeaderName> = Vec::new();
+    for (name, value) in &not_modified.headers {
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+            continue;
+        }
+        if !replaced.contains(name) {
+            parts.headers.remove(name);
+            replaced.push(name.clone());
+        }
+        parts.headers.append(name.clone(), value.clone());
+    }
+    parts.extensions = not_modified.extensions;
+    Counters::count(&shared.counters.revalidations);
+    let config = &shared.config;
+    let body = old.body.clone();
+    let freshness = policy::storable(&config.policy, &lookout.facts, &parts, lookout.route, response_time);
+    let tags = entry_tags(config, request, &parts, &old.tags);
+    let (Ok(freshness), Some(tags)) = (freshness, tags) else {
+        let response = not_stored(
+            shared,
+            parts,
+            CacheBody::cached(body, old.trailers.clone()),
+            BypassReason::NotFresh,
+            MissKind::Stale,
+        );
+        return (response, Settlement::Uncacheable);
+    };
+    let ttl = freshness.store_ttl();
+    let trailers = old.trailers.clone();
+    let entry = CachedResponse::new(
+        &parts,
+        body,
+        trailers,
+        freshness,
+        tags,
+        lookout.facts.request_time,
+        response_time,
+    );
+    let entry = Arc::new(entry);
+    let (stored, variant) = store(shared, &lookout.primary, &entry, ttl, &request.headers).await;
+    let outcome = Outcome::miss(MissKind::Stale, 304).stored(stored).detail("revalidated");
+    let response = from_entry(shared, &entry, lookout, outcome, None);
+    (response, Settlement::Shared { entry, variant })
+}
+
+/// Every tag of a response about to be stored (plus `inherited` ones), or `None` if they
+/// cannot all be recorded.
+fn entry_tags(
+    config: &Config,
+    request: &request::Parts,
+    response: &response::Parts,
+    inherited: &[String],
+) -> Option<Vec<String>> {
+    let mut tags = vec![key::path_tag(request.uri.path())];
+    tags.extend(inherited.iter().cloned());
+    match string_list(&response.headers, &CACHE_GROUPS) {
+        Ok(groups) => tags.extend(groups),
+        Err(_) => {
+            tracing::warn!(path = request.uri.path(), "malformed Cache-Groups: response not stored");
+            return None;
+        }
+    }
+    if let Some(extension) = response.extensions.get::<CacheTags>() {
+        tags.extend(extension.as_slice().iter().cloned());
+    }
+    if let Some(tag_fn) = &config.tag_fn {
+        tags.extend(tag_fn(request, response));
+    }
+    config.tag_limits.admit(tags)
+}
+
+/// Writes the entry (and, for a varying response, the variant index). Returns whether it
+/// was stored, and the variant key.
+async fn store<St: Store>(
+    shared: &Shared<St>,
+    primary: &CacheKey,
+    entry: &Arc<CachedResponse>,
+    ttl: Duration,
+    request_headers: &HeaderMap,
+) -> (bool, Option<CacheKey>) {
+    let store = &shared.store;
+    let (result, variant) = if entry.vary.is_empty() {
+        (
+            store.put(primary.clone(), Entry::Response(entry.clone()), ttl).await,
+            None,
+        )
+    } else {
+        let names: Arc<[HeaderName]> = entry.vary.clone().into();
+        let variant = key::variant(primary, &names, request_headers);
+        // The index outlives any one variant so that it never hides a live one.
+        let index_ttl = shared.config.policy.max_ttl.max(ttl);
+        let result = match store.put(primary.clone(), Entry::Variants(names), index_ttl).await {
+            Ok(_) => store.put(variant.clone(), Entry::Response(entry.clone()), ttl).await,
+            Err(error) => Err(error),
+        };
+        (result, Some(variant))
+    };
+    let stored = match result {
+        Ok(true) => {
+            shared.counters.stored();
+            true
+        }
+        Ok(false) => false,
+        Err(error) => {
+            shared.counters.store_error();
+            shared.counters.bypass(BypassReason::StoreError);
+            tracing::warn!(%error, "cache store write failed; response served uncached");
+            false
+        }
+    };
+    (stored, variant)
+}
+
+/// RFC 9111 §4.4: after a successful unsafe request, the target URI (and same-origin
+/// `Location` / `Content-Location`) must not be served from the cache any more.
+pub(super) async fn invalidate_target<St: Store>(shared: &Shared<St>, request: &request::Parts, response: &HeaderMap) {
+    let tags = crate::invalidate::rfc9111_tags(request, response);
+    if let Err(error) = shared.store.purge(&tags, PurgeMode::Hard).await {
+        shared.counters.store_error();
+        tracing::error!(%error, ?tags, "purge of a mutated URI failed");
+    }
+}
+
+/// Answers a `504` to `only-if-cached` requests that missed.
+pub(super) fn gateway_timeout<St, B: Body>(shared: &Shared<St>, kind: MissKind) -> Response<CacheBody<B>> {
+    let mut response = Response::new(CacheBody::empty());
+    *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+    let outcome = Outcome::miss(kind, 504).detail("only-if-cached");
+    finish(shared, response, outcome, None)
+}

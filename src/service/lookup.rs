@@ -1,0 +1,115 @@
+//! Finding a stored response this request may be answered with.
+
+use crate::entry::{CachedResponse, Entry};
+use crate::key::{self, CacheKey};
+use crate::layer::Shared;
+use crate::policy::{RequestFacts, RouteOverride};
+use crate::status::MissKind;
+use crate::store::{Lookup, Store, StoreError};
+use http::header::{HeaderMap, HeaderValue};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// The request as the cache sees it, once the bypass rules have let it through.
+#[derive(Debug, Clone)]
+pub(super) struct Lookout {
+    pub(super) primary: CacheKey,
+    pub(super) facts: RequestFacts,
+    pub(super) route: Option<RouteOverride>,
+    pub(super) head: bool,
+    /// The client's conditional headers, answered by the cache, never forwarded on a miss.
+    pub(super) if_none_match: Option<HeaderValue>,
+    pub(super) if_modified_since: Option<HeaderValue>,
+}
+
+impl Lookout {
+    /// Whether a stored or collapsed response may answer this request: its credentials
+    /// allow it, and (for a varying response) this request selects the same variant.
+    pub(super) fn may_use(&self, entry: &CachedResponse, variant: Option<&CacheKey>, headers: &HeaderMap) -> bool {
+        let facts = &self.facts;
+        if facts.credentials && !facts.identity_scoped && !entry.shareable_with_credentials {
+            return false;
+        }
+        entry.vary.is_empty() || variant == Some(&key::variant(&self.primary, &entry.vary, headers))
+    }
+}
+
+/// A stored response that is not fresh, or was soft-purged.
+#[derive(Debug, Clone)]
+pub(super) struct Stale {
+    pub(super) entry: Arc<CachedResponse>,
+}
+
+impl Stale {
+    /// How long past its freshness the entry is (zero for a soft-purged, still fresh one).
+    pub(super) fn stale_for(&self, now: SystemTime) -> Duration {
+        self.entry.age(now).saturating_sub(self.entry.lifetime)
+    }
+
+    fn within(&self, window: Duration, now: SystemTime) -> bool {
+        !window.is_zero() && self.entry.age(now) < self.entry.lifetime + window
+    }
+
+    /// May be served at once while one background request refreshes it (RFC 5861 §3).
+    pub(super) fn serves_while_revalidating(&self, now: SystemTime) -> bool {
+        self.within(self.entry.stale_while_revalidate, now)
+    }
+
+    /// May stand in for a failing origin (RFC 5861 §4).
+    pub(super) fn serves_if_error(&self, now: SystemTime) -> bool {
+        self.within(self.entry.stale_if_error, now)
+    }
+}
+
+/// What the store holds for a request.
+#[derive(Debug)]
+pub(super) enum Found {
+    Fresh(Arc<CachedResponse>),
+    Stale(Stale),
+    Miss(MissKind),
+}
+
+/// Reads the primary key and, for varying responses, the variant the request selects.
+pub(super) async fn lookup<St: Store>(shared: &Shared<St>, lookout: &Lookout, headers: &HeaderMap) -> Found {
+    let store = &shared.store;
+    let (response, soft_purged) = match read(shared, store.get(&lookout.primary).await) {
+        Ok(Some((Entry::Response(response), soft))) if response.vary.is_empty() => (response, soft),
+        Ok(Some((Entry::Response(_), _))) => return Found::Miss(MissKind::VaryMiss),
+        Ok(Some((Entry::Variants(names), _))) => {
+            let variant = key::variant(&lookout.primary, &names, headers);
+            match read(shared, store.get(&variant).await) {
+                Ok(Some((Entry::Response(response), soft))) => (response, soft),
+                Ok(Some((Entry::Variants(_), _))) | Ok(None) => return Found::Miss(MissKind::VaryMiss),
+                Err(kind) => return Found::Miss(kind),
+            }
+        }
+        Ok(None) => return Found::Miss(MissKind::Miss),
+        Err(kind) => return Found::Miss(kind),
+    };
+    // The key settled Vary; what is left is whether these credentials may see the entry.
+    let facts = &lookout.facts;
+    if facts.credentials && !facts.identity_scoped && !response.shareable_with_credentials {
+        return Found::Miss(MissKind::Miss);
+    }
+    if !soft_purged && response.is_fresh(SystemTime::now()) {
+        Found::Fresh(response)
+    } else {
+        Found::Stale(Stale { entry: response })
+    }
+}
+
+/// A store answer as an entry (and whether it was soft-purged) or the kind of miss; a
+/// failing store is a miss (fail open).
+fn read<St>(shared: &Shared<St>, result: Result<Lookup, StoreError>) -> Result<Option<(Entry, bool)>, MissKind> {
+    match result {
+        Ok(Lookup::Found(entry)) => Ok(Some((entry, false))),
+        Ok(Lookup::SoftPurged(response)) => Ok(Some((Entry::Response(response), true))),
+        Ok(Lookup::Purged) => Err(MissKind::Invalidated),
+        Ok(Lookup::Miss) => Ok(None),
+        Err(error) => {
+            shared.counters.store_error();
+            tracing::warn!(%error, "cache store read failed; serving from the inner service");
+            Err(MissKind::Miss)
+        }
+    }
+}

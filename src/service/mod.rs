@@ -1,0 +1,354 @@
+//! `CacheService`: request → key → lookup → hit (fresh, or stale while one refresh runs), or
+//! miss → coalesce → inner service → policy → store.
+
+mod forward;
+mod lookup;
+mod respond;
+
+use crate::coalesce::{self, Flight, Join, Settlement};
+use crate::future::ResponseFuture;
+use crate::invalidate;
+use crate::layer::Shared;
+use crate::metrics::{BypassReason, Counters};
+use crate::policy::{cache_control::CacheControl, RequestFacts, RouteOverride};
+use crate::status::{MissKind, Outcome};
+use crate::store::{request_clock, Store};
+use crate::tags::detached;
+use crate::CacheBody;
+use forward::{forward, gateway_timeout, invalidate_target};
+use http::header::{AUTHORIZATION, CACHE_CONTROL, COOKIE, IF_MODIFIED_SINCE, IF_NONE_MATCH, RANGE};
+use http::{request, Method, Request, Response};
+use http_body::Body;
+use lookup::{lookup, Found, Lookout, Stale};
+use respond::{from_entry, streamed};
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+use tower_service::Service;
+
+/// Middleware that answers requests from a [`Store`] and stores the responses it may keep.
+///
+/// Made by [`CacheLayer`](crate::CacheLayer).
+pub struct CacheService<S, St> {
+    inner: S,
+    shared: Arc<Shared<St>>,
+}
+
+impl<S: Clone, St> Clone for CacheService<S, St> {
+    fn clone(&self) -> Self {
+        CacheService {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, St: fmt::Debug> fmt::Debug for CacheService<S, St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheService")
+            .field("inner", &self.inner)
+            .field("store", &self.shared.store)
+            .finish()
+    }
+}
+
+impl<S, St> CacheService<S, St> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared<St>>) -> Self {
+        CacheService { inner, shared }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// The counters shared with the layer that made this service.
+    pub fn stats(&self) -> crate::CacheStats {
+        self.shared.counters.snapshot()
+    }
+}
+
+impl<S, St, ReqB, ResB> Service<Request<ReqB>> for CacheService<S, St>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    St: Store,
+    ReqB: Send + 'static,
+    ResB: Body + Send + 'static,
+    ResB::Data: Send,
+    ResB::Error: Send,
+{
+    type Response = Response<CacheBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<ResB, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        // The ready service goes into the future; the clone stays for the next poll_ready.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::new(handle(self.shared.clone(), inner, req))
+    }
+}
+
+/// How many times a waiter takes over from abandoned leaders before going alone.
+const MAX_TAKEOVERS: usize = 3;
+
+async fn handle<S, St, ReqB, ResB>(
+    shared: Arc<Shared<St>>,
+    mut inner: S,
+    req: Request<ReqB>,
+) -> Result<Response<CacheBody<ResB>>, S::Error>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
+    S::Future: Send,
+    St: Store,
+    ReqB: Send + 'static,
+    ResB: Body + Send + 'static,
+    ResB::Data: Send,
+    ResB::Error: Send,
+{
+    let config = &shared.config;
+    let (parts, body) = req.into_parts();
+    let route = config.route_override.as_ref().and_then(|f| f(&parts));
+    if let Some(reason) = request_bypass(&shared, &parts, route) {
+        shared.counters.bypass(reason);
+        tracing::debug!(method = %parts.method, uri = %parts.uri, reason = reason.as_str(), "cache bypass");
+        let mutation = invalidate::is_unsafe(&parts.method).then(|| detached(&parts));
+        let response = inner.call(Request::from_parts(parts, body)).await?;
+        if let Some(request) = mutation.filter(|_| invalidate::succeeded(response.status())) {
+            invalidate_target(&shared, &request, response.headers()).await;
+        }
+        let outcome = Outcome::bypass(reason, response.status().as_u16());
+        return Ok(streamed(&shared, response, outcome));
+    }
+
+    let identity = config.identity(&parts);
+    let lookout = Lookout {
+        primary: config.key.primary(&parts, identity.as_deref()),
+        facts: RequestFacts {
+            credentials: parts.headers.contains_key(AUTHORIZATION) || parts.headers.contains_key(COOKIE),
+            identity_scoped: identity.is_some(),
+            request_time: request_clock(),
+        },
+        route,
+        head: parts.method == Method::HEAD,
+        if_none_match: parts.headers.get(IF_NONE_MATCH).cloned(),
+        if_modified_since: parts.headers.get(IF_MODIFIED_SINCE).cloned(),
+    };
+    let directives = config
+        .honor_request_directives
+        .then(|| CacheControl::from_headers(&parts.headers, &CACHE_CONTROL));
+    let skip_lookup = directives
+        .as_ref()
+        .is_some_and(|cc| cc.no_cache || cc.max_age == Some(Duration::ZERO));
+
+    let generation = shared.coalescer.generation();
+    let found = if skip_lookup {
+        Found::Miss(MissKind::Request)
+    } else {
+        lookup(&shared, &lookout, &parts.headers).await
+    };
+    let (stale, miss_kind) = match found {
+        Found::Fresh(entry) => return Ok(hit(&shared, &entry, &lookout)),
+        Found::Stale(stale) => {
+            let now = SystemTime::now();
+            if stale.serves_while_revalidating(now) && tokio::runtime::Handle::try_current().is_ok() {
+                if let Some(flight) = shared.coalescer.try_lead(&lookout.primary) {
+                    let refresh = refresh(
+                        shared.clone(),
+                        inner,
+                        parts,
+                        body,
+                        lookout.clone(),
+                        stale.clone(),
+                        flight,
+                    );
+                    tokio::spawn(refresh);
+                }
+                Counters::count(&shared.counters.stale_hits);
+                let outcome = Outcome::stale_hit(stale.stale_for(now), "stale-while-revalidate");
+                return Ok(from_entry(
+                    &shared,
+                    &stale.entry,
+                    &lookout,
+                    outcome,
+                    Some(stale.entry.age(now)),
+                ));
+            }
+            (Some(stale), MissKind::Stale)
+        }
+        Found::Miss(kind) => (None, kind),
+    };
+    shared.counters.miss(miss_kind == MissKind::Invalidated);
+    if directives.is_some_and(|cc| cc.only_if_cached) {
+        return Ok(gateway_timeout(&shared, miss_kind));
+    }
+    if lookout.head {
+        // A HEAD response has no body to store; it must never become the GET entry.
+        shared.counters.bypass(BypassReason::Head);
+        let response = inner.call(Request::from_parts(parts, body)).await?;
+        let outcome = Outcome::miss(miss_kind, response.status().as_u16()).detail(BypassReason::Head.as_str());
+        return Ok(streamed(&shared, response, outcome));
+    }
+
+    let mut flight = None;
+    if config.coalesce {
+        for _ in 0..MAX_TAKEOVERS {
+            match shared.coalescer.join(&lookout.primary) {
+                Join::Lead(lead) => {
+                    flight = Some(lead);
+                    break;
+                }
+                Join::Uncacheable => break,
+                Join::Wait(waiter) => match waiter.wait(config.coalesce_timeout).await {
+                    coalesce::Outcome::Abandoned => continue,
+                    coalesce::Outcome::Settled(settlement) => {
+                        if let Some(response) = collapsed(&shared, settlement, &lookout, &parts, miss_kind) {
+                            return Ok(response);
+                        }
+                        break;
+                    }
+                    coalesce::Outcome::TimedOut => break,
+                },
+            }
+        }
+    }
+    // A flight may have settled between this request's lookup and its join: look again
+    // rather than call the origin a second time.
+    if let Some(lead) = flight.take() {
+        if shared.coalescer.generation() != generation {
+            if let Found::Fresh(entry) = lookup(&shared, &lookout, &parts.headers).await {
+                lead.settle(Settlement::Shared {
+                    entry: entry.clone(),
+                    variant: None,
+                });
+                return Ok(hit(&shared, &entry, &lookout));
+            }
+        }
+        flight = Some(lead);
+    }
+
+    // On error the flight is dropped unsettled: waiters take over.
+    let (response, settlement) = forward(
+        &shared,
+        &mut inner,
+        parts,
+        body,
+        &lookout,
+        miss_kind,
+        stale.as_ref(),
+        true,
+    )
+    .await?;
+    if let Some(flight) = flight {
+        flight.settle(settlement);
+    }
+    Ok(response)
+}
+
+/// Answers from a fresh entry.
+fn hit<St, B: Body>(shared: &Shared<St>, entry: &crate::CachedResponse, lookout: &Lookout) -> Response<CacheBody<B>> {
+    shared.counters.hit();
+    let now = SystemTime::now();
+    from_entry(
+        shared,
+        entry,
+        lookout,
+        Outcome::hit(entry.ttl(now)),
+        Some(entry.age(now)),
+    )
+}
+
+/// Answers a waiter from its leader's settlement, if this request may use it.
+fn collapsed<St, B: Body>(
+    shared: &Shared<St>,
+    settlement: Settlement,
+    lookout: &Lookout,
+    parts: &request::Parts,
+    miss_kind: MissKind,
+) -> Option<Response<CacheBody<B>>> {
+    let (entry, outcome) = match settlement {
+        Settlement::Shared { entry, variant } if lookout.may_use(&entry, variant.as_ref(), &parts.headers) => {
+            let outcome = Outcome::miss(miss_kind, entry.status.as_u16()).collapsed();
+            (entry, outcome)
+        }
+        Settlement::StaleOnError { entry } if lookout.may_use(&entry, None, &parts.headers) => {
+            let stale_for = Stale { entry: entry.clone() }.stale_for(SystemTime::now());
+            Counters::count(&shared.counters.stale_hits);
+            (entry, Outcome::stale_hit(stale_for, "stale-if-error").collapsed())
+        }
+        _ => return None,
+    };
+    Counters::count(&shared.counters.coalesced);
+    Some(from_entry(shared, &entry, lookout, outcome, None))
+}
+
+/// Refreshes a stale entry in the background while it is served (stale-while-revalidate).
+/// A failed refresh keeps the stale entry.
+async fn refresh<S, St, ReqB, ResB>(
+    shared: Arc<Shared<St>>,
+    mut inner: S,
+    parts: request::Parts,
+    body: ReqB,
+    lookout: Lookout,
+    stale: Stale,
+    flight: Flight,
+) where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    St: Store,
+    ResB: Body,
+{
+    Counters::count(&shared.counters.background_refreshes);
+    match forward(
+        &shared,
+        &mut inner,
+        parts,
+        body,
+        &lookout,
+        MissKind::Stale,
+        Some(&stale),
+        false,
+    )
+    .await
+    {
+        Ok((_response, settlement)) => flight.settle(settlement),
+        Err(_) => tracing::warn!("background refresh failed; the stale entry stays"),
+    }
+}
+
+/// The request-side safety rules: what is never looked up nor stored.
+fn request_bypass<St>(
+    shared: &Shared<St>,
+    parts: &request::Parts,
+    route: Option<RouteOverride>,
+) -> Option<BypassReason> {
+    if parts.method != Method::GET && parts.method != Method::HEAD {
+        return Some(BypassReason::Method);
+    }
+    if parts.headers.contains_key(RANGE) {
+        return Some(BypassReason::Range);
+    }
+    if route == Some(RouteOverride::Bypass) {
+        return Some(BypassReason::Route);
+    }
+    if shared.config.honor_request_directives && CacheControl::from_headers(&parts.headers, &CACHE_CONTROL).no_store {
+        return Some(BypassReason::RequestNoStore);
+    }
+    None
+}

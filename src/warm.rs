@@ -1,0 +1,77 @@
+//! Filling the cache ahead of traffic.
+
+use crate::status::Outcome;
+use crate::{CacheLayer, Store};
+use futures_util::StreamExt;
+use http::{Request, Response};
+use http_body::Body;
+use std::future::poll_fn;
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// What [`CacheLayer::warm`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WarmReport {
+    /// Requests sent.
+    pub requested: usize,
+    /// Responses stored.
+    pub stored: usize,
+    /// Requests already answered by a fresh entry (nothing to do).
+    pub already_fresh: usize,
+    /// Responses the cache would not store (see their `Cache-Status` detail).
+    pub not_stored: usize,
+    /// Requests the inner service failed.
+    pub failed: usize,
+}
+
+impl<St: Store> CacheLayer<St> {
+    /// Sends `requests` through this layer in front of `inner`, at most `concurrency` at a
+    /// time, so that their responses are stored before traffic asks for them.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use axum::{routing::get, Router};
+    /// use tower_response_cache::{CacheLayer, MemoryStore};
+    ///
+    /// let app: Router = Router::new().route("/books/{id}", get(|| async { "a book" }));
+    /// let layer = CacheLayer::new(MemoryStore::new());
+    /// let requests = (1..=20).map(|id| http::Request::get(format!("/books/{id}")).body(axum::body::Body::empty()).unwrap());
+    /// let report = layer.warm(app, requests, 4).await;
+    /// assert_eq!(report.stored, 20);
+    /// # });
+    /// ```
+    pub async fn warm<S, ReqB, ResB, I>(&self, inner: S, requests: I, concurrency: usize) -> WarmReport
+    where
+        S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        ReqB: Send + 'static,
+        ResB: Body + Send + 'static,
+        ResB::Data: Send,
+        ResB::Error: Send,
+        I: IntoIterator<Item = Request<ReqB>>,
+    {
+        let service = self.layer(inner);
+        let calls = futures_util::stream::iter(requests).map(|request| {
+            let mut service = service.clone();
+            async move {
+                poll_fn(|cx| service.poll_ready(cx)).await?;
+                service.call(request).await
+            }
+        });
+        calls
+            .buffer_unordered(concurrency.max(1))
+            .fold(WarmReport::default(), |mut report, result| async move {
+                report.requested += 1;
+                match result.as_ref().map(|r| r.extensions().get::<Outcome>().copied()) {
+                    Err(_) => report.failed += 1,
+                    Ok(Some(outcome)) if outcome.is_hit() => report.already_fresh += 1,
+                    Ok(Some(outcome)) if outcome.is_stored() => report.stored += 1,
+                    Ok(_) => report.not_stored += 1,
+                }
+                report
+            })
+            .await
+    }
+}
