@@ -6,7 +6,6 @@
 //! another). A leader that is dropped (cancelled, or its inner service failed) abandons the
 //! flight: waiters wake and one of them takes over. Nothing stays locked.
 
-use crate::entry::CachedResponse;
 use crate::key::CacheKey;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,19 +13,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// How a flight ended.
-#[derive(Debug, Clone)]
+/// How a flight ended. Waiters read the store again rather than take the leader's response:
+/// the store applies purges that happened after the leader started, and `Vary`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Settlement {
-    /// A response anyone with the same primary key may be given, subject to its `Vary`
-    /// values and credentials (`variant` is the leader's secondary key, if any).
-    Shared {
-        entry: Arc<CachedResponse>,
-        variant: Option<CacheKey>,
-    },
+    /// A response was stored: waiters look it up.
+    Stored,
     /// The response may not be shared: each waiter goes to the origin itself.
     Uncacheable,
     /// The origin failed and a stale entry answered instead: waiters may answer with it too.
-    StaleOnError { entry: Arc<CachedResponse> },
+    StaleOnError,
 }
 
 #[derive(Debug, Clone)]
@@ -166,8 +162,8 @@ impl Flight {
     pub(crate) fn settle(mut self, settlement: Settlement) {
         match &settlement {
             Settlement::Uncacheable => self.coalescer.remember(&self.key),
-            Settlement::Shared { .. } => self.coalescer.forget(&self.key),
-            Settlement::StaleOnError { .. } => {}
+            Settlement::Stored => self.coalescer.forget(&self.key),
+            Settlement::StaleOnError => {}
         }
         self.settled = true;
         self.coalescer
@@ -206,7 +202,6 @@ impl Waiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::entry::testing::response;
 
     fn key(k: &str) -> CacheKey {
         CacheKey::from_bytes(k.as_bytes().to_vec())
@@ -224,12 +219,11 @@ mod tests {
         let Join::Lead(_other) = c.join(&key("b")) else {
             panic!("other keys lead")
         };
-        let entry = Arc::new(response("x", &[], Duration::from_secs(1)));
-        flight.settle(Settlement::Shared { entry, variant: None });
-        match w1.wait(Duration::from_secs(5)).await {
-            Outcome::Settled(Settlement::Shared { entry, .. }) => assert_eq!(&entry.body()[..], b"x"),
-            other => panic!("{other:?}"),
-        }
+        flight.settle(Settlement::Stored);
+        assert!(matches!(
+            w1.wait(Duration::from_secs(5)).await,
+            Outcome::Settled(Settlement::Stored)
+        ));
         assert_eq!(c.in_flight(), 1, "settled flights leave the table");
     }
 

@@ -198,6 +198,7 @@ pub(crate) mod testing {
             must_revalidate: false,
             shareable_with_credentials: false,
             vary: Vec::new(),
+            revalidation_grace: Duration::ZERO,
         };
         let tags = tags.iter().map(|t| t.to_string()).collect();
         let mut trailers = HeaderMap::new();
@@ -244,6 +245,7 @@ mod tests {
                 must_revalidate: false,
                 shareable_with_credentials: false,
                 vary: Vec::new(),
+                revalidation_grace: Duration::ZERO,
             },
             Vec::new(),
             r.request_time,

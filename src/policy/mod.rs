@@ -4,7 +4,7 @@ pub(crate) mod cache_control;
 
 use crate::metrics::BypassReason;
 use cache_control::CacheControl;
-use http::header::{HeaderMap, HeaderName, AGE, CACHE_CONTROL, DATE, EXPIRES, LAST_MODIFIED, SET_COOKIE, VARY};
+use http::header::{HeaderMap, HeaderName, AGE, CACHE_CONTROL, DATE, ETAG, EXPIRES, LAST_MODIFIED, SET_COOKIE, VARY};
 use http::{response, StatusCode};
 use std::time::{Duration, SystemTime};
 
@@ -68,12 +68,22 @@ pub(crate) struct Freshness {
     /// `public`, `s-maxage` or `must-revalidate`: may answer requests that carry credentials.
     pub(crate) shareable_with_credentials: bool,
     pub(crate) vary: Vec<HeaderName>,
+    /// How long a stale entry with a validator is kept so that it can be revalidated.
+    pub(crate) revalidation_grace: Duration,
 }
 
+/// How long a stale entry with `ETag` or `Last-Modified` is kept for a conditional request.
+const REVALIDATION_GRACE: Duration = Duration::from_secs(300);
+
 impl Freshness {
-    /// How long the store should keep the entry: fresh time left plus the stale windows.
+    /// How long the store should keep the entry: fresh time left, plus the stale windows or
+    /// the time to revalidate it, whichever is longer.
     pub(crate) fn store_ttl(&self) -> Duration {
-        self.lifetime.saturating_sub(self.initial_age) + self.stale_while_revalidate.max(self.stale_if_error)
+        let after_fresh = self
+            .stale_while_revalidate
+            .max(self.stale_if_error)
+            .max(self.revalidation_grace);
+        self.lifetime.saturating_sub(self.initial_age) + after_fresh
     }
 }
 
@@ -138,6 +148,11 @@ pub(crate) fn storable(
         must_revalidate: cc.must_revalidate || cc.proxy_revalidate,
         shareable_with_credentials: explicitly_shareable,
         vary,
+        revalidation_grace: if headers.contains_key(ETAG) || headers.contains_key(LAST_MODIFIED) {
+            REVALIDATION_GRACE.min(config.max_ttl)
+        } else {
+            Duration::ZERO
+        },
     };
     if freshness.store_ttl().is_zero() {
         return Err(BypassReason::NotFresh);

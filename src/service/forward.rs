@@ -135,12 +135,22 @@ where
     let request_time = lookout.facts.request_time;
     let entry = CachedResponse::new(&res_parts, data, trailers, freshness, tags, request_time, response_time);
     let entry = Arc::new(entry);
-    let (stored, variant) = store(shared, &lookout.primary, &entry, ttl, &request.headers).await;
+    let stored = store(shared, &lookout.primary, &entry, ttl, &request.headers).await;
     let outcome = Outcome::miss(miss_kind, status.as_u16()).stored(stored);
     let mut response = from_entry(shared, &entry, lookout, outcome, None);
     // Extensions are not stored; the response that was just produced keeps its own.
     response.extensions_mut().extend(res_parts.extensions);
-    Ok((response, Settlement::Shared { entry, variant }))
+    Ok((response, settled(stored)))
+}
+
+/// What waiters learn from a response that was storable: look it up, or go alone (the
+/// store refused it or failed).
+fn settled(stored: bool) -> Settlement {
+    if stored {
+        Settlement::Stored
+    } else {
+        Settlement::Uncacheable
+    }
 }
 
 /// A response kept out of the store for a reason that holds for every request to this key.
@@ -191,12 +201,7 @@ fn stale_on_error<St, B: Body>(
         outcome = outcome.fwd_status(status.as_u16());
     }
     let response = from_entry(shared, &stale.entry, lookout, outcome, Some(stale.entry.age(now)));
-    (
-        response,
-        Settlement::StaleOnError {
-            entry: stale.entry.clone(),
-        },
-    )
+    (response, Settlement::StaleOnError)
 }
 
 /// The origin answered 304 to the cache's conditional: the stored response, with its
@@ -252,10 +257,10 @@ async fn revalidated<St: Store, B: Body>(
         response_time,
     );
     let entry = Arc::new(entry);
-    let (stored, variant) = store(shared, &lookout.primary, &entry, ttl, &request.headers).await;
+    let stored = store(shared, &lookout.primary, &entry, ttl, &request.headers).await;
     let outcome = Outcome::miss(MissKind::Stale, 304).stored(stored).detail("revalidated");
     let response = from_entry(shared, &entry, lookout, outcome, None);
-    (response, Settlement::Shared { entry, variant })
+    (response, settled(stored))
 }
 
 /// Every tag of a response about to be stored (plus `inherited` ones), or `None` if they
@@ -285,32 +290,28 @@ fn entry_tags(
 }
 
 /// Writes the entry (and, for a varying response, the variant index). Returns whether it
-/// was stored, and the variant key.
+/// was stored.
 async fn store<St: Store>(
     shared: &Shared<St>,
     primary: &CacheKey,
     entry: &Arc<CachedResponse>,
     ttl: Duration,
     request_headers: &HeaderMap,
-) -> (bool, Option<CacheKey>) {
+) -> bool {
     let store = &shared.store;
-    let (result, variant) = if entry.vary.is_empty() {
-        (
-            store.put(primary.clone(), Entry::Response(entry.clone()), ttl).await,
-            None,
-        )
+    let result = if entry.vary.is_empty() {
+        store.put(primary.clone(), Entry::Response(entry.clone()), ttl).await
     } else {
         let names: Arc<[HeaderName]> = entry.vary.clone().into();
         let variant = key::variant(primary, &names, request_headers);
         // The index outlives any one variant so that it never hides a live one.
         let index_ttl = shared.config.policy.max_ttl.max(ttl);
-        let result = match store.put(primary.clone(), Entry::Variants(names), index_ttl).await {
-            Ok(_) => store.put(variant.clone(), Entry::Response(entry.clone()), ttl).await,
+        match store.put(primary.clone(), Entry::Variants(names), index_ttl).await {
+            Ok(_) => store.put(variant, Entry::Response(entry.clone()), ttl).await,
             Err(error) => Err(error),
-        };
-        (result, Some(variant))
+        }
     };
-    let stored = match result {
+    match result {
         Ok(true) => {
             shared.counters.stored();
             true
@@ -322,8 +323,7 @@ async fn store<St: Store>(
             tracing::warn!(%error, "cache store write failed; response served uncached");
             false
         }
-    };
-    (stored, variant)
+    }
 }
 
 /// RFC 9111 §4.4: after a successful unsafe request, the target URI (and same-origin

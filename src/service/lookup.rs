@@ -22,18 +22,6 @@ pub(super) struct Lookout {
     pub(super) if_modified_since: Option<HeaderValue>,
 }
 
-impl Lookout {
-    /// Whether a stored or collapsed response may answer this request: its credentials
-    /// allow it, and (for a varying response) this request selects the same variant.
-    pub(super) fn may_use(&self, entry: &CachedResponse, variant: Option<&CacheKey>, headers: &HeaderMap) -> bool {
-        let facts = &self.facts;
-        if facts.credentials && !facts.identity_scoped && !entry.shareable_with_credentials {
-            return false;
-        }
-        entry.vary.is_empty() || variant == Some(&key::variant(&self.primary, &entry.vary, headers))
-    }
-}
-
 /// A stored response that is not fresh, or was soft-purged.
 #[derive(Debug, Clone)]
 pub(super) struct Stale {

@@ -219,7 +219,7 @@ where
                 Join::Wait(waiter) => match waiter.wait(config.coalesce_timeout).await {
                     coalesce::Outcome::Abandoned => continue,
                     coalesce::Outcome::Settled(settlement) => {
-                        if let Some(response) = collapsed(&shared, settlement, &lookout, &parts, miss_kind) {
+                        if let Some(response) = collapsed(&shared, settlement, &lookout, &parts, miss_kind).await {
                             return Ok(response);
                         }
                         break;
@@ -234,10 +234,7 @@ where
     if let Some(lead) = flight.take() {
         if shared.coalescer.generation() != generation {
             if let Found::Fresh(entry) = lookup(&shared, &lookout, &parts.headers).await {
-                lead.settle(Settlement::Shared {
-                    entry: entry.clone(),
-                    variant: None,
-                });
+                lead.settle(Settlement::Stored);
                 return Ok(hit(&shared, &entry, &lookout));
             }
         }
@@ -275,23 +272,30 @@ fn hit<St, B: Body>(shared: &Shared<St>, entry: &crate::CachedResponse, lookout:
     )
 }
 
-/// Answers a waiter from its leader's settlement, if this request may use it.
-fn collapsed<St, B: Body>(
+/// Answers a waiter once its leader settled: from the store, which applies `Vary`,
+/// credentials and any purge since the leader started; `None` sends it to the origin.
+async fn collapsed<St: Store, B: Body>(
     shared: &Shared<St>,
     settlement: Settlement,
     lookout: &Lookout,
     parts: &request::Parts,
     miss_kind: MissKind,
 ) -> Option<Response<CacheBody<B>>> {
-    let (entry, outcome) = match settlement {
-        Settlement::Shared { entry, variant } if lookout.may_use(&entry, variant.as_ref(), &parts.headers) => {
+    if settlement == Settlement::Uncacheable {
+        return None;
+    }
+    let now = SystemTime::now();
+    let (entry, outcome) = match (settlement, lookup(shared, lookout, &parts.headers).await) {
+        (Settlement::Stored, Found::Fresh(entry)) => {
             let outcome = Outcome::miss(miss_kind, entry.status.as_u16()).collapsed();
             (entry, outcome)
         }
-        Settlement::StaleOnError { entry } if lookout.may_use(&entry, None, &parts.headers) => {
-            let stale_for = Stale { entry: entry.clone() }.stale_for(SystemTime::now());
+        (Settlement::StaleOnError, Found::Stale(stale)) if stale.serves_if_error(now) => {
             Counters::count(&shared.counters.stale_hits);
-            (entry, Outcome::stale_hit(stale_for, "stale-if-error").collapsed())
+            (
+                stale.entry.clone(),
+                Outcome::stale_hit(stale.stale_for(now), "stale-if-error").collapsed(),
+            )
         }
         _ => return None,
     };
