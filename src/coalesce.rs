@@ -23,6 +23,9 @@ pub(crate) enum Settlement {
     Uncacheable,
     /// The origin failed and a stale entry answered instead: waiters may answer with it too.
     StaleOnError,
+    /// The origin failed (a 5xx, a broken body): waiters go to the origin themselves, and
+    /// the key is not remembered as uncacheable, since the failure is likely transient.
+    Failed,
 }
 
 #[derive(Debug, Clone)]
@@ -163,7 +166,7 @@ impl Flight {
         match &settlement {
             Settlement::Uncacheable => self.coalescer.remember(&self.key),
             Settlement::Stored => self.coalescer.forget(&self.key),
-            Settlement::StaleOnError => {}
+            Settlement::StaleOnError | Settlement::Failed => {}
         }
         self.settled = true;
         self.coalescer

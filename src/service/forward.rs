@@ -83,7 +83,7 @@ where
                 BypassReason::Status,
                 miss_kind,
             );
-            return Ok((response, Settlement::Uncacheable));
+            return Ok((response, Settlement::Failed));
         }
     }
     if let (StatusCode::NOT_MODIFIED, Some(stale)) = (status, revalidating) {
@@ -124,7 +124,7 @@ where
         }
         Collected::Failed(body) => {
             let response = not_stored(shared, res_parts, body, BypassReason::BodyError, miss_kind);
-            return Ok((response, Settlement::Uncacheable));
+            return Ok((response, Settlement::Failed));
         }
     };
     let Some(tags) = entry_tags(config, &request, &res_parts, &[]) else {
@@ -149,7 +149,7 @@ fn settled(stored: bool) -> Settlement {
     if stored {
         Settlement::Stored
     } else {
-        Settlement::Uncacheable
+        Settlement::Failed
     }
 }
 

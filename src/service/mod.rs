@@ -281,7 +281,7 @@ async fn collapsed<St: Store, B: Body>(
     parts: &request::Parts,
     miss_kind: MissKind,
 ) -> Option<Response<CacheBody<B>>> {
-    if settlement == Settlement::Uncacheable {
+    if matches!(settlement, Settlement::Uncacheable | Settlement::Failed) {
         return None;
     }
     let now = SystemTime::now();
