@@ -1,0 +1,94 @@
+//! Cold-burst stampede over loopback: N concurrent requests for one cold key, against an
+//! axum server whose handler takes 20 ms, with and without the cache layer.
+//!
+//! Run: `cargo bench --bench stampede`
+//!
+//! For N = 10, 100 and 1,000 it prints the origin calls per burst and the p50 / p99 latency
+//! of the burst's requests (each burst uses a fresh key; 5 bursts per row).
+
+use axum::extract::{Query, State};
+use axum::routing::get;
+use axum::Router;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tower_response_cache::{CacheLayer, MemoryStore};
+
+const BURSTS: usize = 5;
+const ORIGIN_DELAY: Duration = Duration::from_millis(20);
+
+async fn slow(State(calls): State<Arc<AtomicUsize>>, Query(q): Query<HashMap<String, String>>) -> String {
+    calls.fetch_add(1, SeqCst);
+    tokio::time::sleep(ORIGIN_DELAY).await;
+    format!("value of {}", q.get("key").map(String::as_str).unwrap_or("?"))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+async fn run(cached: bool, n: usize, round: &mut usize) -> (f64, Duration, Duration) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut app = Router::new().route("/slow", get(slow)).with_state(calls.clone());
+    if cached {
+        app = app.layer(CacheLayer::new(MemoryStore::new()));
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(n)
+        .build_http();
+
+    let mut latencies = Vec::with_capacity(n * BURSTS);
+    for _ in 0..BURSTS {
+        *round += 1;
+        let uri: http::Uri = format!("http://{addr}/slow?key=k{round}").parse().expect("uri");
+        let requests: Vec<_> = (0..n)
+            .map(|_| {
+                let (client, uri) = (client.clone(), uri.clone());
+                tokio::spawn(async move {
+                    let start = Instant::now();
+                    let response = client.get(uri).await.expect("request");
+                    response.into_body().collect().await.expect("body");
+                    start.elapsed()
+                })
+            })
+            .collect();
+        for request in requests {
+            let latency = tokio::time::timeout(Duration::from_secs(30), request)
+                .await
+                .expect("bounded")
+                .expect("join");
+            latencies.push(latency);
+        }
+    }
+    server.abort();
+    latencies.sort();
+    let origin_calls = calls.load(SeqCst) as f64 / BURSTS as f64;
+    (origin_calls, percentile(&latencies, 0.50), percentile(&latencies, 0.99))
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    println!("| N | layer | origin calls / burst | p50 | p99 |");
+    println!("|---:|---|---:|---:|---:|");
+    let mut round = 0;
+    for n in [10, 100, 1000] {
+        for cached in [false, true] {
+            let (calls, p50, p99) = runtime.block_on(run(cached, n, &mut round));
+            let layer = if cached { "CacheLayer + MemoryStore" } else { "no cache" };
+            println!("| {n} | {layer} | {calls:.1} | {p50:.1?} | {p99:.1?} |");
+        }
+    }
+}
