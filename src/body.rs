@@ -218,7 +218,9 @@ mod tests {
 
     type Chunks = Vec<Result<Frame<Bytes>, &'static str>>;
 
-    fn stream_body(frames: Chunks) -> StreamBody<stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, &'static str>>>> {
+    type Frames = stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, &'static str>>>;
+
+    fn stream_body(frames: Chunks) -> StreamBody<Frames> {
         StreamBody::new(stream::iter(frames))
     }
 

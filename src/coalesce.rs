@@ -195,7 +195,7 @@ impl Waiter {
             // The sender is gone without a word: treat as abandoned.
             Ok(Err(_)) => Outcome::Abandoned,
             Ok(Ok(state)) => match &*state {
-                FlightState::Settled(settlement) => Outcome::Settled(settlement.clone()),
+                FlightState::Settled(settlement) => Outcome::Settled(*settlement),
                 FlightState::Abandoned | FlightState::Pending => Outcome::Abandoned,
             },
         }

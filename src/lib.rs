@@ -19,7 +19,7 @@ mod tags;
 mod warm;
 
 pub use body::CacheBody;
-pub use entry::{CachedResponse, Entry};
+pub use entry::{CachedResponse, DecodeError, Entry};
 pub use future::ResponseFuture;
 pub use invalidate::{Invalidate, InvalidateLayer};
 pub use key::CacheKey;

@@ -27,24 +27,38 @@ use tower_service::Service;
 /// A response for the client, and what waiters on the same key may be given.
 pub(super) type Forwarded<B> = (Response<CacheBody<B>>, Settlement);
 
-/// Calls the inner service for a miss, revalidating `stale` when it has validators, serving it
-/// instead of an error while its stale-if-error window lasts (when `absorb_errors`), and
-/// storing a storable response.
+/// One trip to the inner service on behalf of a request.
+pub(super) struct Attempt<'a> {
+    pub(super) lookout: &'a Lookout,
+    pub(super) miss_kind: MissKind,
+    /// The stored response this request found stale, if any.
+    pub(super) stale: Option<&'a Stale>,
+    /// Whether a failing origin may be answered for by `stale` (not in background refreshes,
+    /// which have no one to answer).
+    pub(super) absorb_errors: bool,
+}
+
+/// Calls the inner service for a miss, revalidating the stale entry when it has validators,
+/// serving it instead of an error while its stale-if-error window lasts, and storing a
+/// storable response.
 pub(super) async fn forward<S, St, ReqB, ResB>(
     shared: &Shared<St>,
     inner: &mut S,
     mut parts: request::Parts,
     body: ReqB,
-    lookout: &Lookout,
-    miss_kind: MissKind,
-    stale: Option<&Stale>,
-    absorb_errors: bool,
+    attempt: Attempt<'_>,
 ) -> Result<Forwarded<ResB>, S::Error>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
     St: Store,
     ResB: Body,
 {
+    let Attempt {
+        lookout,
+        miss_kind,
+        stale,
+        absorb_errors,
+    } = attempt;
     // The client's conditional is answered by the cache; the origin gets the cache's own.
     parts.headers.remove(IF_NONE_MATCH);
     parts.headers.remove(IF_MODIFIED_SINCE);
@@ -136,11 +150,11 @@ where
     let entry = CachedResponse::new(&res_parts, data, trailers, freshness, tags, request_time, response_time);
     let entry = Arc::new(entry);
     let stored = store(shared, &lookout.primary, &entry, ttl, &request.headers).await;
-    let outcome = Outcome::miss(miss_kind, status.as_u16()).stored(stored);
-    let mut response = from_entry(shared, &entry, lookout, outcome, None);
+    let outcome = stored_outcome(Outcome::miss(miss_kind, status.as_u16()), stored);
+    let mut response = from_entry(shared, &entry, lookout, outcome, upstream_age(&entry));
     // Extensions are not stored; the response that was just produced keeps its own.
     response.extensions_mut().extend(res_parts.extensions);
-    Ok((response, settled(stored)))
+    Ok((response, settled(stored == Ok(true))))
 }
 
 /// What waiters learn from a response that was storable: look it up, or go alone (the
@@ -151,6 +165,20 @@ fn settled(stored: bool) -> Settlement {
     } else {
         Settlement::Failed
     }
+}
+
+/// Says whether the response was stored, or that the store failed.
+fn stored_outcome(outcome: Outcome, stored: Result<bool, ()>) -> Outcome {
+    match stored {
+        Ok(stored) => outcome.stored(stored),
+        Err(()) => outcome.detail(BypassReason::StoreError.as_str()),
+    }
+}
+
+/// The age a response already had when it arrived (from an upstream cache's `Age` or its
+/// `Date`), which the client must see too; `None` when it arrived new.
+fn upstream_age(entry: &CachedResponse) -> Option<Duration> {
+    Some(entry.age(SystemTime::now())).filter(|age| age.as_secs() > 0)
 }
 
 /// A response kept out of the store for a reason that holds for every request to this key.
@@ -258,9 +286,9 @@ async fn revalidated<St: Store, B: Body>(
     );
     let entry = Arc::new(entry);
     let stored = store(shared, &lookout.primary, &entry, ttl, &request.headers).await;
-    let outcome = Outcome::miss(MissKind::Stale, 304).stored(stored).detail("revalidated");
-    let response = from_entry(shared, &entry, lookout, outcome, None);
-    (response, settled(stored))
+    let outcome = stored_outcome(Outcome::miss(MissKind::Stale, 304).detail("revalidated"), stored);
+    let response = from_entry(shared, &entry, lookout, outcome, upstream_age(&entry));
+    (response, settled(stored == Ok(true)))
 }
 
 /// Every tag of a response about to be stored (plus `inherited` ones), or `None` if they
@@ -289,15 +317,15 @@ fn entry_tags(
     config.tag_limits.admit(tags)
 }
 
-/// Writes the entry (and, for a varying response, the variant index). Returns whether it
-/// was stored.
+/// Writes the entry (and, for a varying response, the variant index): `Ok(true)` stored,
+/// `Ok(false)` declined by the store, `Err(())` the store failed (logged and counted).
 async fn store<St: Store>(
     shared: &Shared<St>,
     primary: &CacheKey,
     entry: &Arc<CachedResponse>,
     ttl: Duration,
     request_headers: &HeaderMap,
-) -> bool {
+) -> Result<bool, ()> {
     let store = &shared.store;
     let result = if entry.vary.is_empty() {
         store.put(primary.clone(), Entry::Response(entry.clone()), ttl).await
@@ -314,14 +342,14 @@ async fn store<St: Store>(
     match result {
         Ok(true) => {
             shared.counters.stored();
-            true
+            Ok(true)
         }
-        Ok(false) => false,
+        Ok(false) => Ok(false),
         Err(error) => {
             shared.counters.store_error();
             shared.counters.bypass(BypassReason::StoreError);
             tracing::warn!(%error, "cache store write failed; response served uncached");
-            false
+            Err(())
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::status::{MissKind, Outcome};
 use crate::store::{request_clock, Store};
 use crate::tags::detached;
 use crate::CacheBody;
-use forward::{forward, gateway_timeout, invalidate_target};
+use forward::{forward, gateway_timeout, invalidate_target, Attempt};
 use http::header::{AUTHORIZATION, CACHE_CONTROL, COOKIE, IF_MODIFIED_SINCE, IF_NONE_MATCH, RANGE};
 use http::{request, Method, Request, Response};
 use http_body::Body;
@@ -242,17 +242,13 @@ where
     }
 
     // On error the flight is dropped unsettled: waiters take over.
-    let (response, settlement) = forward(
-        &shared,
-        &mut inner,
-        parts,
-        body,
-        &lookout,
+    let attempt = Attempt {
+        lookout: &lookout,
         miss_kind,
-        stale.as_ref(),
-        true,
-    )
-    .await?;
+        stale: stale.as_ref(),
+        absorb_errors: true,
+    };
+    let (response, settlement) = forward(&shared, &mut inner, parts, body, attempt).await?;
     if let Some(flight) = flight {
         flight.settle(settlement);
     }
@@ -319,18 +315,13 @@ async fn refresh<S, St, ReqB, ResB>(
     ResB: Body,
 {
     Counters::count(&shared.counters.background_refreshes);
-    match forward(
-        &shared,
-        &mut inner,
-        parts,
-        body,
-        &lookout,
-        MissKind::Stale,
-        Some(&stale),
-        false,
-    )
-    .await
-    {
+    let attempt = Attempt {
+        lookout: &lookout,
+        miss_kind: MissKind::Stale,
+        stale: Some(&stale),
+        absorb_errors: false,
+    };
+    match forward(&shared, &mut inner, parts, body, attempt).await {
         Ok((_response, settlement)) => flight.settle(settlement),
         Err(_) => tracing::warn!("background refresh failed; the stale entry stays"),
     }

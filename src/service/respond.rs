@@ -23,7 +23,8 @@ pub(super) fn from_entry<St, B: Body>(
     outcome: Outcome,
     age: Option<Duration>,
 ) -> Response<CacheBody<B>> {
-    if not_modified(lookout, &entry.headers) {
+    // Preconditions apply only to responses that would be 2xx (RFC 9110 §13.2.1).
+    if entry.status.is_success() && not_modified(lookout, &entry.headers) {
         let mut response = Response::new(CacheBody::empty());
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         let headers = response.headers_mut();

@@ -1,5 +1,9 @@
 //! What a store keeps: a complete response with the facts needed to judge its age.
 
+mod codec;
+
+pub use codec::DecodeError;
+
 use crate::policy::Freshness;
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, AGE, CONNECTION, TRANSFER_ENCODING, UPGRADE};
