@@ -74,7 +74,9 @@ impl TagLimits {
     pub(crate) fn admit(&self, mut tags: Vec<String>) -> Option<Vec<String>> {
         tags.sort_unstable();
         tags.dedup();
-        let fits = tags.len() <= self.max_tags && tags.iter().all(|t| !t.is_empty() && t.len() <= self.max_len);
+        // Control characters are refused: remote stores separate tags with newlines.
+        let valid = |t: &String| !t.is_empty() && t.len() <= self.max_len && !t.chars().any(char::is_control);
+        let fits = tags.len() <= self.max_tags && tags.iter().all(valid);
         fits.then_some(tags)
     }
 }
@@ -181,5 +183,6 @@ mod tests {
         assert_eq!(limits.admit(vec!["a".into(), "b".into(), "c".into()]), None);
         assert_eq!(limits.admit(vec!["toolong".into()]), None);
         assert_eq!(limits.admit(vec![String::new()]), None);
+        assert_eq!(limits.admit(vec!["a\nb".into()]), None);
     }
 }

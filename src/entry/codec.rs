@@ -67,6 +67,8 @@ impl Entry {
     /// Encodes the entry in the crate's versioned binary format, for stores that keep bytes
     /// (Redis and the like). [`Entry::decode`] reads it back.
     ///
+    /// The bytes are the magic `TRCE`, a format version, the entry's kind and fields, and an
+    /// FNV-1a 64 checksum of all of them (the layout is spelled out in `src/entry/codec.rs`).
     /// Times and durations are kept to the microsecond; times before the UNIX epoch are stored
     /// as the epoch and durations beyond `u64::MAX` microseconds as that maximum.
     ///

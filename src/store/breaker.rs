@@ -65,7 +65,9 @@ impl Breaker {
     pub(crate) fn failure(&self, permit: Permit) {
         let failures = self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
         if permit == Permit::Probe || failures >= self.threshold {
-            let reopened = self.open_until.swap(self.now() + self.cooldown.as_nanos() as u64, Ordering::AcqRel);
+            let reopened = self
+                .open_until
+                .swap(self.now() + self.cooldown.as_nanos() as u64, Ordering::AcqRel);
             if reopened == 0 {
                 self.trips.fetch_add(1, Ordering::Relaxed);
             }

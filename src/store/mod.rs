@@ -6,11 +6,23 @@
 //!
 //! Every store must pass [`conformance::run`], the suite the crate's own stores run.
 
+#[cfg(feature = "redis")]
+mod breaker;
 pub mod conformance;
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 mod stamps;
+#[cfg(feature = "redis")]
+mod tiered;
 
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::redis::{RedisStore, RedisStoreBuilder, RedisStoreStats};
 pub use memory::{MemoryStore, MemoryStoreBuilder, MemoryStoreStats};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use tiered::{TieredStore, TieredStoreStats};
 
 use crate::{CacheKey, CachedResponse, Entry};
 use std::future::Future;

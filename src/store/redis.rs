@@ -18,9 +18,9 @@ use super::breaker::{Breaker, Permit};
 use super::{Lookup, PurgeMode, Store, StoreError};
 use crate::store::stamps::micros;
 use crate::{CacheKey, Entry};
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
+use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use ::redis::cluster_async::ClusterConnection;
+use ::redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -175,7 +175,7 @@ pub struct RedisStore {
 struct Inner {
     connection: Connection,
     /// For the invalidation subscription of tiered stores.
-    pubsub_client: redis::Client,
+    pubsub_client: ::redis::Client,
     entry_prefix: Vec<u8>,
     tag_prefix: Vec<u8>,
     floor_key: Vec<u8>,
@@ -269,7 +269,7 @@ impl RedisStore {
         self.inner.breaker.is_open()
     }
 
-    pub(crate) fn pubsub_client(&self) -> &redis::Client {
+    pub(crate) fn pubsub_client(&self) -> &::redis::Client {
         &self.inner.pubsub_client
     }
 
@@ -287,7 +287,7 @@ impl RedisStore {
     /// Runs one Redis operation under the timeout and the breaker.
     async fn run<T, F>(&self, op: impl FnOnce(Connection) -> F) -> Result<T, StoreError>
     where
-        F: Future<Output = redis::RedisResult<T>>,
+        F: Future<Output = ::redis::RedisResult<T>>,
     {
         let inner = &self.inner;
         let permit = inner.breaker.permit();
@@ -378,11 +378,14 @@ impl RedisStoreBuilder {
     /// Connects. A standalone store connects lazily, so it can be built while Redis is down;
     /// a cluster store needs a node to answer now.
     pub async fn connect(self) -> Result<RedisStore, StoreError> {
-        let first = self.nodes.first().ok_or_else(|| StoreError::new("no Redis node given"))?;
+        let first = self
+            .nodes
+            .first()
+            .ok_or_else(|| StoreError::new("no Redis node given"))?;
         let pubsub_client =
-            redis::Client::open(first.as_str()).map_err(|e| StoreError::with_source("invalid Redis URL", e))?;
+            ::redis::Client::open(first.as_str()).map_err(|e| StoreError::with_source("invalid Redis URL", e))?;
         let connection = if self.cluster {
-            let client = redis::cluster::ClusterClient::builder(self.nodes.iter().map(String::as_str))
+            let client = ::redis::cluster::ClusterClient::builder(self.nodes.iter().map(String::as_str))
                 .connection_timeout(self.connect_timeout)
                 .response_timeout(self.op_timeout)
                 .build()
@@ -431,7 +434,13 @@ impl Store for RedisStore {
         let floor = self.inner.floor_key.clone();
         let tag_prefix = self.inner.tag_prefix.clone();
         let value: Value = self
-            .run(|mut conn| async move { GET.key(entry_key).key(floor).arg(tag_prefix).invoke_async(&mut conn).await })
+            .run(|mut conn| async move {
+                GET.key(entry_key)
+                    .key(floor)
+                    .arg(tag_prefix)
+                    .invoke_async(&mut conn)
+                    .await
+            })
             .await?;
         let Value::Array(mut items) = value else {
             return Err(StoreError::new("unexpected reply from the read script"));
@@ -490,7 +499,7 @@ impl Store for RedisStore {
 
     async fn remove(&self, key: &CacheKey) -> Result<(), StoreError> {
         let entry_key = self.entry_key(key);
-        self.run(|mut conn| async move { redis::cmd("DEL").arg(entry_key).query_async::<()>(&mut conn).await })
+        self.run(|mut conn| async move { ::redis::cmd("DEL").arg(entry_key).query_async::<()>(&mut conn).await })
             .await
     }
 
@@ -510,7 +519,12 @@ impl Store for RedisStore {
         let tags = tags.to_vec();
         self.run(|mut conn| async move {
             let mut invocation = PURGE.key(floor);
-            invocation.arg(mode).arg(retention).arg(margin_us).arg(prefix).arg(channel);
+            invocation
+                .arg(mode)
+                .arg(retention)
+                .arg(margin_us)
+                .arg(prefix)
+                .arg(channel);
             for tag in &tags {
                 invocation.arg(tag.as_str());
             }
@@ -525,7 +539,12 @@ impl Store for RedisStore {
         let margin_us = inner.skew_margin.as_micros() as u64;
         let (floor, channel) = (inner.floor_key.clone(), inner.channel.clone());
         self.run(|mut conn| async move {
-            PURGE_ALL.key(floor).arg(margin_us).arg(channel).invoke_async::<i64>(&mut conn).await
+            PURGE_ALL
+                .key(floor)
+                .arg(margin_us)
+                .arg(channel)
+                .invoke_async::<i64>(&mut conn)
+                .await
         })
         .await
         .map(|_| ())
