@@ -5,7 +5,7 @@
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
 //! use tower_response_cache::{store::conformance, MemoryStore};
-//! conformance::run(MemoryStore::new).await;
+//! conformance::run(|| async { MemoryStore::new() }).await;
 //! # });
 //! ```
 //!
@@ -15,22 +15,28 @@ use super::{request_clock, Lookup, PurgeMode, Store};
 use crate::entry::testing::{response, started_at};
 use crate::{CacheKey, Entry};
 use http::HeaderName;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
-/// Runs every check, each on a fresh store from `new_store`.
-pub async fn run<S: Store, F: Fn() -> S>(new_store: F) {
-    round_trip(&new_store()).await;
-    variants_round_trip(&new_store()).await;
-    remove(&new_store()).await;
-    expiry(&new_store()).await;
-    hard_purge(&new_store()).await;
-    soft_purge(&new_store()).await;
-    no_resurrection(&new_store()).await;
-    purge_uri(&new_store()).await;
-    purge_all(&new_store()).await;
+/// Runs every check, each on a fresh, empty store from `new_store`.
+pub async fn run<S, F, Fut>(new_store: F)
+where
+    S: Store,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    round_trip(&new_store().await).await;
+    variants_round_trip(&new_store().await).await;
+    remove(&new_store().await).await;
+    expiry(&new_store().await).await;
+    hard_purge(&new_store().await).await;
+    soft_purge(&new_store().await).await;
+    no_resurrection(&new_store().await).await;
+    purge_uri(&new_store().await).await;
+    purge_all(&new_store().await).await;
 }
 
 fn key(name: &str) -> CacheKey {

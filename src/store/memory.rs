@@ -263,7 +263,7 @@ mod tests {
 
     #[tokio::test]
     async fn passes_the_conformance_suite() {
-        crate::store::conformance::run(MemoryStore::new).await;
+        crate::store::conformance::run(|| async { MemoryStore::new() }).await;
     }
 
     #[tokio::test]

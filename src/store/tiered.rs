@@ -143,7 +143,12 @@ impl Store for TieredStore {
 
     async fn put(&self, key: CacheKey, entry: Entry, ttl: Duration) -> Result<bool, StoreError> {
         match self.l2.put(key.clone(), entry.clone(), ttl).await {
-            Ok(true) => self.l1.put(key, entry, ttl).await,
+            // Redis holds it; L1 may still refuse it (a purge it just learned of), which only
+            // costs this instance a round trip later.
+            Ok(true) => {
+                self.l1.put(key, entry, ttl).await?;
+                Ok(true)
+            }
             Ok(false) => Ok(false),
             Err(error) => {
                 self.l1.put(key, entry, ttl).await?;
