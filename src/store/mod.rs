@@ -2,7 +2,7 @@
 //!
 //! A store is a cheap-to-clone handle: the same store serves several layers, an
 //! invalidation layer and programmatic purges. Stores know nothing of HTTP semantics beyond
-//! [`CachedResponse`](crate::CachedResponse): the layer decides what to keep and for how long.
+//! [`CachedResponse`]: the layer decides what to keep and for how long.
 //!
 //! Every store must pass [`conformance::run`], the suite the crate's own stores run.
 
