@@ -6,9 +6,11 @@
 //!
 //! serves the catalogue on a free loopback port, plays a scripted client against it and prints
 //! what the cache did for each request: a miss then a hit, HEAD answered from the cache, a
-//! conditional request answered `304`, two users' private pages kept apart, and a request with
-//! `Authorization` that the cache neither answers nor stores. Every step checks its outcome, so
-//! the tour exits non-zero if the cache misbehaves.
+//! conditional request answered `304`, two users' private pages kept apart, a request with
+//! `Authorization` that the cache neither answers nor stores, a review that invalidates its
+//! book (and only its book), a burst of concurrent requests collapsed into one origin call, and
+//! a stale answer served at once while one background request refreshes it. Every step checks
+//! its outcome, so the tour exits non-zero if the cache misbehaves.
 //!
 //! ```text
 //! cargo run --release --example tour -- --serve --addr 127.0.0.1:3000
@@ -16,12 +18,16 @@
 //!
 //! keeps serving the same routes until Ctrl-C, for curl. The "database" sleeps 20 ms per
 //! query, so hits stand out in the latency column.
+//!
+//! With `--features redis`, `--store redis://HOST:PORT` or `--store tiered+redis://HOST:PORT`
+//! puts the cache in Redis: start two `--serve` instances on different ports against one Redis
+//! and they share entries and see each other's purges.
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderName, Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
@@ -35,7 +41,10 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use tower_response_cache::{CacheLayer, MemoryStore, RouteOverride};
+use tower_response_cache::{
+    CacheLayer, CacheTags, Invalidate, InvalidateLayer, Lookup, MemoryStore, PurgeMode, RouteOverride, Store,
+    StoreError,
+};
 
 /// What one database round trip costs.
 const QUERY_LATENCY: Duration = Duration::from_millis(20);
@@ -46,7 +55,104 @@ const USER_HEADER: &str = "x-user-id";
 /// RFC 9875 cache groups: the tags by which entries can be purged.
 const CACHE_GROUPS: HeaderName = HeaderName::from_static("cache-groups");
 const DEFAULT_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 3000);
-const USAGE: &str = "usage: tour [--serve [--addr 127.0.0.1:PORT]]";
+const USAGE: &str =
+    "usage: tour [--serve [--addr 127.0.0.1:PORT]] [--store memory|redis://HOST:PORT|tiered+redis://HOST:PORT]";
+/// Concurrent requests in the stampede step.
+const BURST: usize = 50;
+
+// ---------------------------------------------------------------- the store
+
+/// The store the tour runs on, chosen on the command line.
+#[derive(Debug, Clone)]
+enum TourStore {
+    Memory(MemoryStore),
+    #[cfg(feature = "redis")]
+    Redis(tower_response_cache::store::RedisStore),
+    #[cfg(feature = "redis")]
+    Tiered(tower_response_cache::store::TieredStore),
+}
+
+/// Forwards every `Store` method to the chosen store.
+macro_rules! each_store {
+    ($self:ident, $store:ident => $call:expr) => {
+        match $self {
+            TourStore::Memory($store) => $call,
+            #[cfg(feature = "redis")]
+            TourStore::Redis($store) => $call,
+            #[cfg(feature = "redis")]
+            TourStore::Tiered($store) => $call,
+        }
+    };
+}
+
+impl Store for TourStore {
+    async fn get(&self, key: &tower_response_cache::CacheKey) -> Result<Lookup, StoreError> {
+        each_store!(self, s => s.get(key).await)
+    }
+    async fn put(
+        &self,
+        key: tower_response_cache::CacheKey,
+        entry: tower_response_cache::Entry,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        each_store!(self, s => s.put(key, entry, ttl).await)
+    }
+    async fn remove(&self, key: &tower_response_cache::CacheKey) -> Result<(), StoreError> {
+        each_store!(self, s => s.remove(key).await)
+    }
+    async fn purge(&self, tags: &[String], mode: PurgeMode) -> Result<(), StoreError> {
+        each_store!(self, s => s.purge(tags, mode).await)
+    }
+    async fn purge_all(&self) -> Result<(), StoreError> {
+        each_store!(self, s => s.purge_all().await)
+    }
+}
+
+impl TourStore {
+    /// `memory`, `redis://HOST:PORT` or `tiered+redis://HOST:PORT`.
+    async fn open(spec: &str, namespace: &str) -> Result<Self, String> {
+        let memory = || MemoryStore::builder().max_bytes(64 << 20).build();
+        if spec == "memory" {
+            return Ok(TourStore::Memory(memory()));
+        }
+        #[cfg(feature = "redis")]
+        {
+            use tower_response_cache::store::{RedisStore, TieredStore};
+            let (tiered, url) = match spec.strip_prefix("tiered+") {
+                Some(url) => (true, url),
+                None => (false, spec),
+            };
+            if url.starts_with("redis://") {
+                let redis = RedisStore::builder(url)
+                    .namespace(namespace)
+                    .connect()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                return Ok(if tiered {
+                    TourStore::Tiered(TieredStore::new(memory(), redis))
+                } else {
+                    TourStore::Redis(redis)
+                });
+            }
+        }
+        Err(format!("--store {spec}: expected memory, redis://HOST:PORT or tiered+redis://HOST:PORT (Redis needs --features redis)"))
+    }
+
+    fn stats(&self) -> Value {
+        match self {
+            TourStore::Memory(m) => {
+                let s = m.stats();
+                json!({ "kind": "memory", "entries": s.entries, "bytes": s.bytes, "max_bytes": s.max_bytes,
+                        "evictions": s.evictions, "tag_stamps": s.tag_stamps, "purges": s.purges })
+            }
+            #[cfg(feature = "redis")]
+            TourStore::Redis(r) => json!({ "kind": "redis", "redis": format!("{:?}", r.stats()) }),
+            #[cfg(feature = "redis")]
+            TourStore::Tiered(t) => json!({ "kind": "tiered", "l1_entries": t.l1().stats().entries,
+                "redis": format!("{:?}", t.l2().stats()), "sync": format!("{:?}", t.stats()) }),
+        }
+    }
+}
 
 // ---------------------------------------------------------------- the "database"
 
@@ -58,7 +164,7 @@ struct Book {
     year: u16,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Review {
     id: u64,
     book_id: u32,
@@ -121,9 +227,81 @@ impl Tables {
 #[derive(Debug)]
 struct Db {
     tables: Mutex<Tables>,
+    reviews: ReviewLog,
+}
+
+/// Where reviews live: in this process, or in Redis, so that several tour instances serving
+/// against one Redis also share their data.
+#[derive(Default)]
+enum ReviewLog {
+    #[default]
+    Local,
+    #[cfg(feature = "redis")]
+    Redis {
+        connection: redis::aio::ConnectionManager,
+        key: String,
+    },
+}
+
+impl std::fmt::Debug for ReviewLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReviewLog::Local => f.write_str("Local"),
+            #[cfg(feature = "redis")]
+            ReviewLog::Redis { key, .. } => write!(f, "Redis({key})"),
+        }
+    }
 }
 
 impl Db {
+    /// The catalogue for a `--store` spec: reviews in Redis when the cache is there too.
+    async fn open(spec: &str, namespace: &str) -> Result<Self, String> {
+        let db = Db::seeded();
+        #[cfg(feature = "redis")]
+        if let Some(url) = spec
+            .strip_prefix("tiered+")
+            .or(Some(spec))
+            .filter(|s| s.starts_with("redis://"))
+        {
+            let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+            let mut connection = client.get_connection_manager().await.map_err(|e| e.to_string())?;
+            let key = format!("{namespace}:reviews");
+            // The first instance seeds the shared reviews; the others find them there.
+            let first: bool = redis::cmd("SET")
+                .arg(format!("{namespace}:seeded"))
+                .arg(1)
+                .arg("NX")
+                .query_async::<Option<String>>(&mut connection)
+                .await
+                .map_err(|e| e.to_string())?
+                .is_some();
+            if first {
+                let seeds: Vec<String> = db
+                    .local()
+                    .reviews
+                    .iter()
+                    .map(|r| serde_json::to_string(r).expect("json"))
+                    .collect();
+                let _: () = redis::cmd("RPUSH")
+                    .arg(&key)
+                    .arg(seeds)
+                    .query_async(&mut connection)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            return Ok(Db {
+                reviews: ReviewLog::Redis { connection, key },
+                ..db
+            });
+        }
+        let _ = (spec, namespace);
+        Ok(db)
+    }
+
+    fn local(&self) -> std::sync::MutexGuard<'_, Tables> {
+        self.tables.lock().expect("database lock poisoned")
+    }
+
     fn seeded() -> Self {
         let books: Vec<Book> = serde_json::from_value(json!([
             { "id": 1, "title": "Designing Data-Intensive Applications", "author": "Martin Kleppmann", "year": 2017 },
@@ -146,13 +324,44 @@ impl Db {
         }
         Db {
             tables: Mutex::new(tables),
+            reviews: ReviewLog::Local,
         }
     }
 
     /// Runs a query after the round trip. The lock is taken after the sleep, never across it.
     async fn query<T>(&self, query: impl FnOnce(&mut Tables) -> T) -> T {
         tokio::time::sleep(QUERY_LATENCY).await;
-        query(&mut self.tables.lock().expect("database lock poisoned"))
+        #[cfg(feature = "redis")]
+        if let ReviewLog::Redis { connection, key } = &self.reviews {
+            let mut connection = connection.clone();
+            let rows: Vec<String> = redis::cmd("LRANGE")
+                .arg(key)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut connection)
+                .await
+                .unwrap_or_default();
+            let reviews: Vec<Review> = rows.iter().filter_map(|r| serde_json::from_str(r).ok()).collect();
+            let mut tables = self.local();
+            tables.next_review_id = reviews.iter().map(|r| r.id).max().unwrap_or(0);
+            tables.reviews = reviews;
+        }
+        query(&mut self.local())
+    }
+
+    /// Adds a review; `None` if there is no such book.
+    async fn add_review(&self, book_id: u32, new: NewReview) -> Option<Review> {
+        let review = self.query(|t| t.insert_review(book_id, new)).await?;
+        #[cfg(feature = "redis")]
+        if let ReviewLog::Redis { connection, key } = &self.reviews {
+            let row = serde_json::to_string(&review).expect("a review serialises");
+            let _: Result<(), _> = redis::cmd("RPUSH")
+                .arg(key)
+                .arg(row)
+                .query_async(&mut connection.clone())
+                .await;
+        }
+        Some(review)
     }
 }
 
@@ -170,20 +379,23 @@ struct OriginCalls {
 struct AppState {
     db: Arc<Db>,
     origin: Arc<Mutex<OriginCalls>>,
-    cache: CacheLayer<MemoryStore>,
+    cache: CacheLayer<TourStore>,
 }
 
 impl AppState {
-    fn new() -> Self {
-        let store = MemoryStore::builder().max_bytes(64 << 20).build();
+    fn new(store: TourStore, db: Db) -> Self {
         let cache = CacheLayer::builder(store)
             .default_ttl(Duration::from_secs(60))
+            // Every instance serves one site, whichever address it is reached on.
+            .key_host(false)
+            // Responses that say `stale-while-revalidate` get it anyway; others get this much.
+            .stale_while_revalidate(Duration::from_secs(10))
             .vary_by_identity(|parts| user_id(&parts.headers).map(str::to_owned))
             // Stats must be live: the route is declared uncacheable here, next to the other rules.
             .route_override(|parts| (parts.uri.path() == "/stats").then_some(RouteOverride::Bypass))
             .build();
         AppState {
-            db: Arc::new(Db::seeded()),
+            db: Arc::new(db),
             origin: Arc::default(),
             cache,
         }
@@ -236,7 +448,8 @@ async fn book(State(state): State<AppState>, Path(id): Path<u32>) -> Response {
 async fn books(State(state): State<AppState>) -> Response {
     state.origin_call("GET /books", None);
     let list: Vec<BookView> = state.db.query(|t| t.books.values().map(|b| t.view(b)).collect()).await;
-    ([(CACHE_GROUPS, cache_groups(&["books"]))], Json(list)).into_response()
+    // The list shows ratings, so reviews invalidate it too.
+    ([(CACHE_GROUPS, cache_groups(&["books", "reviews"]))], Json(list)).into_response()
 }
 
 async fn top_books(State(state): State<AppState>) -> Response {
@@ -264,8 +477,13 @@ async fn add_review(State(state): State<AppState>, Path(id): Path<u32>, Json(new
     if new.user.trim().is_empty() {
         return error(StatusCode::UNPROCESSABLE_ENTITY, "user must not be empty");
     }
-    match state.db.query(|t| t.insert_review(id, new)).await {
-        Some(review) => (StatusCode::CREATED, Json(review)).into_response(),
+    match state.db.add_review(id, new).await {
+        // The InvalidateLayer purges these once the 201 is on its way: this book's page and
+        // everything that shows ratings, nothing else.
+        Some(review) => {
+            let purge = Invalidate::tags([format!("book:{id}"), "reviews".to_owned()]);
+            (StatusCode::CREATED, Extension(purge), Json(review)).into_response()
+        }
         None => error(StatusCode::NOT_FOUND, format!("no book {id}")),
     }
 }
@@ -288,13 +506,23 @@ struct SlowParams {
     key: String,
     #[serde(default)]
     ms: u64,
+    /// Freshness in seconds; the answer may then be served stale for 30 s while it refreshes.
+    max_age: Option<u64>,
 }
 
-async fn slow(State(state): State<AppState>, Query(params): Query<SlowParams>) -> Json<Value> {
+async fn slow(State(state): State<AppState>, Query(params): Query<SlowParams>) -> Response {
     let calls = state.origin_call("GET /slow", Some(&params.key));
     let ms = params.ms.min(MAX_SLOW_MS);
     tokio::time::sleep(Duration::from_millis(ms)).await;
-    Json(json!({ "key": params.key, "slept_ms": ms, "origin_calls": calls }))
+    let body = Json(json!({ "key": params.key, "slept_ms": ms, "origin_calls": calls }));
+    let tags = Extension(CacheTags::new([format!("slow:{}", params.key)]));
+    match params.max_age {
+        Some(age) => {
+            let cache_control = format!("max-age={age}, stale-while-revalidate=30");
+            ([(header::CACHE_CONTROL, cache_control)], tags, body).into_response()
+        }
+        None => (tags, body).into_response(),
+    }
 }
 
 async fn stats(State(state): State<AppState>) -> Response {
@@ -309,14 +537,13 @@ async fn stats(State(state): State<AppState>) -> Response {
             "stores": cache.stores,
             "bypasses": cache.bypasses,
             "store_errors": cache.store_errors,
+            "stale_hits": cache.stale_hits,
+            "coalesced": cache.coalesced,
+            "background_refreshes": cache.background_refreshes,
+            "revalidations": cache.revalidations,
+            "errors_absorbed": cache.errors_absorbed,
         },
-        "store": {
-            "entries": store.entries,
-            "bytes": store.bytes,
-            "max_bytes": store.max_bytes,
-            "evictions": store.evictions,
-            "tag_stamps": store.tag_stamps,
-        },
+        "store": store,
         "origin": origin,
     });
     // no-store too, for the browsers and proxies in front of us.
@@ -325,6 +552,7 @@ async fn stats(State(state): State<AppState>) -> Response {
 
 fn app(state: AppState) -> Router {
     let cache = state.cache.clone();
+    let invalidate = InvalidateLayer::new(cache.store().clone());
     Router::new()
         .route("/books", get(books))
         .route("/books/top", get(top_books))
@@ -334,6 +562,7 @@ fn app(state: AppState) -> Router {
         .route("/slow", get(slow))
         .route("/stats", get(stats))
         .with_state(state)
+        .layer(invalidate)
         .layer(cache)
 }
 
@@ -386,7 +615,7 @@ impl Script {
     fn new(addr: SocketAddr) -> Self {
         println!("Cache-Status below omits its leading {:?}.\n", Self::CACHE_NAME);
         print_row("step", "request", "status", "Cache-Status", "latency");
-        println!("{}", "-".repeat(4 + 48 + 6 + 44 + 8 + 4 * 2));
+        println!("{}", "-".repeat(4 + 52 + 6 + 56 + 9 + 4 * 2));
         Script {
             client: Client::builder(TokioExecutor::new()).build_http(),
             base: format!("http://{addr}"),
@@ -398,6 +627,59 @@ impl Script {
 
     /// Sends one request, reads the whole body, prints a row and returns the response.
     async fn step(&mut self, method: Method, path: &str, headers: &[(&str, &str)]) -> Result<Reply, String> {
+        self.send(method, path, headers, Bytes::new()).await
+    }
+
+    /// Sends `n` concurrent GETs for `path`; prints one row for all of them.
+    async fn burst(&mut self, path: &str, n: usize) -> Result<Vec<Reply>, String> {
+        self.step += 1;
+        self.request = format!("{n} x GET {path}");
+        let uri: http::Uri = format!("{}{path}", self.base).parse().map_err(|e| self.failure(e))?;
+        let started = Instant::now();
+        let calls: Vec<_> = (0..n)
+            .map(|_| {
+                let (client, uri) = (self.client.clone(), uri.clone());
+                tokio::spawn(async move {
+                    let response = client.get(uri).await.map_err(|e| e.to_string())?;
+                    let (parts, body) = response.into_parts();
+                    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+                    Ok::<_, String>(Reply {
+                        status: parts.status,
+                        headers: parts.headers,
+                        body,
+                    })
+                })
+            })
+            .collect();
+        let mut replies = Vec::with_capacity(n);
+        for call in calls {
+            replies.push(call.await.map_err(|e| self.failure(e))?.map_err(|e| self.failure(e))?);
+        }
+        let latency = started.elapsed();
+        let collapsed = replies
+            .iter()
+            .filter(|r| r.cache_status().contains("collapsed"))
+            .count();
+        let ok = replies.iter().filter(|r| r.status == StatusCode::OK).count();
+        self.outcome = format!("{ok} of {n} OK, {collapsed} collapsed");
+        print_row(
+            &self.step.to_string(),
+            &self.request,
+            if ok == n { "200" } else { "mixed" },
+            &format!("{} stored, {collapsed} collapsed", n - collapsed),
+            &format!("{:.1} ms", latency.as_secs_f64() * 1000.0),
+        );
+        Ok(replies)
+    }
+
+    /// Sends a request with a body.
+    async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<Reply, String> {
         self.step += 1;
         self.request = format!("{method} {path}");
         let mut request = Request::builder().method(method).uri(format!("{}{path}", self.base));
@@ -405,7 +687,7 @@ impl Script {
             request = request.header(*name, *value);
             self.request += &format!("  {name}: {value}");
         }
-        let request = request.body(Full::default()).map_err(|e| self.failure(e))?;
+        let request = request.body(Full::new(body)).map_err(|e| self.failure(e))?;
         let started = Instant::now();
         let response = self.client.request(request).await.map_err(|e| self.failure(e))?;
         let (parts, body) = response.into_parts();
@@ -439,7 +721,7 @@ impl Script {
 }
 
 fn print_row(step: &str, request: &str, status: &str, cache_status: &str, latency: &str) {
-    println!("{step:>4}  {request:<48}  {status:<6}  {cache_status:<44}  {latency:>8}");
+    println!("{step:>4}  {request:<52}  {status:<6}  {cache_status:<56}  {latency:>9}");
 }
 
 /// The tour itself: each step shows one behaviour of the cache and checks it.
@@ -479,21 +761,79 @@ async fn play(s: &mut Script) -> Result<(), String> {
     let cache_status = credentialed.cache_status();
     s.check(cache_status.contains("detail=credentials"), "not stored")?;
 
+    // A review invalidates its book and every page that shows ratings, and nothing else.
+    let other = s.step(Method::GET, "/books/2", &[]).await?;
+    s.check(other.is_stored_miss(), "a miss, stored")?;
+    let reviews_before = first.json()["review_count"].as_u64().unwrap_or(0);
+    let review = br#"{"user":"dave","rating":3,"body":"Solid."}"#;
+    let json = [("content-type", "application/json")];
+    let posted = s
+        .send(Method::POST, "/books/1/reviews", &json, Bytes::from_static(review))
+        .await?;
+    s.check(posted.status == StatusCode::CREATED, "201")?;
+    let after = s.step(Method::GET, "/books/1", &[]).await?;
+    s.check(
+        !after.is_hit() && after.cache_status().contains("detail=invalidated"),
+        "a miss caused by the purge",
+    )?;
+    let count = after.json()["review_count"].as_u64().unwrap_or(0);
+    s.check(
+        count == reviews_before + 1,
+        format!("{} reviews, not {count}", reviews_before + 1),
+    )?;
+    let untouched = s.step(Method::GET, "/books/2", &[]).await?;
+    s.check(untouched.is_hit(), "book 2 still a hit")?;
+
+    // A stampede: concurrent requests for one cold key make one origin call.
+    let replies = s.burst("/slow?key=burst&ms=200", BURST).await?;
+    s.check(
+        replies.iter().all(|r| r.status == StatusCode::OK),
+        "every request answered 200",
+    )?;
+    let one_call = replies.iter().all(|r| r.json()["origin_calls"] == 1);
+    s.check(one_call, "every answer to come from the one origin call")?;
+
+    // Stale-while-revalidate: a stale answer at once, while one request refreshes it.
+    let fresh = s.step(Method::GET, "/slow?key=swr&ms=300&max_age=0", &[]).await?;
+    s.check(fresh.is_stored_miss(), "a miss, stored")?;
+    let stale = s.step(Method::GET, "/slow?key=swr&ms=300&max_age=0", &[]).await?;
+    let cache_status = stale.cache_status();
+    s.check(
+        stale.is_hit() && cache_status.contains("fwd=stale"),
+        "a stale hit, refreshed in the background",
+    )?;
+
     let stats = s.step(Method::GET, "/stats", &[]).await?;
     s.check(stats.cache_status().contains("detail=route"), "a bypass")?;
     let stats = stats.json();
     let (cache, origin) = (&stats["cache"], &stats["origin"]);
     println!(
-        "\ncache: {} hits, {} misses, {} stores, bypasses {}; origin: {} calls {}",
-        cache["hits"], cache["misses"], cache["stores"], cache["bypasses"], origin["total"], origin["routes"]
+        "\ncache: {} hits, {} stale hits, {} collapsed, {} misses ({} invalidated), {} stores, bypasses {}",
+        cache["hits"],
+        cache["stale_hits"],
+        cache["coalesced"],
+        cache["misses"],
+        cache["invalidated_misses"],
+        cache["stores"],
+        cache["bypasses"]
     );
-    // Hits never reach the origin: /books/1 ran for steps 1 and 8 only, /me once per user.
+    println!(
+        "origin: {} calls {}, /slow keys {}",
+        origin["total"], origin["routes"], origin["slow_keys"]
+    );
+    // Hits never reach the origin: /books/{id} ran for steps 1, 8 (credentials), book 2 and the
+    // purged book 1; /me once per user; the burst once.
     let hits = &cache["hits"];
-    s.check(*hits == 4, format!("4 hits (GET, HEAD, 304, alice again), not {hits}"))?;
+    s.check(
+        *hits == 5,
+        format!("5 hits (GET, HEAD, 304, alice again, book 2), not {hits}"),
+    )?;
     let books = &origin["routes"]["GET /books/{id}"];
-    s.check(*books == 2, format!("2 origin calls for /books/1, not {books}"))?;
+    s.check(*books == 4, format!("4 origin calls for /books/{{id}}, not {books}"))?;
     let me = &origin["routes"]["GET /me"];
-    s.check(*me == 2, format!("2 origin calls for /me, not {me}"))
+    s.check(*me == 2, format!("2 origin calls for /me, not {me}"))?;
+    let burst = &origin["slow_keys"]["burst"];
+    s.check(*burst == 1, format!("1 origin call for the burst, not {burst}"))
 }
 
 // ---------------------------------------------------------------- main
@@ -504,22 +844,23 @@ enum Mode {
     Help,
 }
 
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Mode, String> {
-    let (mut serve, mut addr) = (false, None);
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(Mode, String), String> {
+    let (mut serve, mut addr, mut store) = (false, None, "memory".to_owned());
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--serve" => serve = true,
+            "--store" => store = args.next().ok_or("--store needs a value, such as memory")?,
             "--addr" => {
                 let value = args.next().ok_or("--addr needs a value, such as 127.0.0.1:3000")?;
                 addr = Some(value.parse().map_err(|e| format!("--addr {value}: {e}"))?);
             }
-            "-h" | "--help" => return Ok(Mode::Help),
+            "-h" | "--help" => return Ok((Mode::Help, store)),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
     match (serve, addr) {
-        (true, addr) => Ok(Mode::Serve(addr.unwrap_or(DEFAULT_ADDR))),
-        (false, None) => Ok(Mode::Tour),
+        (true, addr) => Ok((Mode::Serve(addr.unwrap_or(DEFAULT_ADDR)), store)),
+        (false, None) => Ok((Mode::Tour, store)),
         (false, Some(_)) => Err("--addr is only used with --serve".into()),
     }
 }
@@ -527,9 +868,9 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Mode, String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let result = match parse_args(std::env::args().skip(1)) {
-        Ok(Mode::Tour) => tour().await,
-        Ok(Mode::Serve(addr)) => serve(addr).await,
-        Ok(Mode::Help) => {
+        Ok((Mode::Tour, store)) => tour(&store).await,
+        Ok((Mode::Serve(addr), store)) => serve(addr, &store).await,
+        Ok((Mode::Help, _)) => {
             println!("{USAGE}");
             Ok(())
         }
@@ -547,20 +888,28 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn tour() -> Result<(), String> {
+async fn tour(store: &str) -> Result<(), String> {
+    // A scripted run starts from an empty cache, even on a Redis that outlives it.
+    let namespace = format!("tour-run-{}", std::process::id());
+    let (store, db) = (
+        TourStore::open(store, &namespace).await?,
+        Db::open(store, &namespace).await?,
+    );
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| format!("cannot listen: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     // The server task ends with the runtime, when `main` returns.
-    tokio::spawn(async move { axum::serve(listener, app(AppState::new())).await });
+    tokio::spawn(async move { axum::serve(listener, app(AppState::new(store, db))).await });
     println!("Book catalogue on http://{addr}; every database query takes {QUERY_LATENCY:?}.");
     play(&mut Script::new(addr)).await?;
     println!("tour: every check passed");
     Ok(())
 }
 
-async fn serve(addr: SocketAddr) -> Result<(), String> {
+async fn serve(addr: SocketAddr, store: &str) -> Result<(), String> {
+    // Serving instances share one namespace, so that several of them share one cache.
+    let (store, db) = (TourStore::open(store, "tour").await?, Db::open(store, "tour").await?);
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
@@ -571,6 +920,6 @@ async fn serve(addr: SocketAddr) -> Result<(), String> {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    let server = axum::serve(listener, app(AppState::new())).with_graceful_shutdown(ctrl_c);
+    let server = axum::serve(listener, app(AppState::new(store, db))).with_graceful_shutdown(ctrl_c);
     server.await.map_err(|e| format!("server error: {e}"))
 }
