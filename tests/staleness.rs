@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tower::ServiceExt;
+mod common;
+use common::until;
 use tower_response_cache::{CacheLayer, MemoryStore, Store};
 
 /// A scriptable origin: what it answers, how often it was called, and a gate.
@@ -119,17 +121,6 @@ async fn fetch(app: &Router, uri: &str, if_none_match: Option<&str>) -> Reply {
         cache_status,
         body,
     }
-}
-
-async fn until(what: &str, condition: impl Fn() -> bool) {
-    let wait = async {
-        while !condition() {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(20), wait)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 use tower::ServiceExt;
+mod common;
+use common::until;
 use tower_response_cache::{CacheLayer, MemoryStore};
 
 const BODY_LEN: usize = 4096;
@@ -87,18 +89,6 @@ async fn get_body(app: Router, uri: &'static str, user: Option<String>) -> (Stat
     let cache_status = res.headers()["cache-status"].to_str().unwrap().to_string();
     let body = res.into_body().collect().await.unwrap().to_bytes();
     (status, cache_status, String::from_utf8(body.to_vec()).unwrap())
-}
-
-/// Waits (bounded) until `condition` holds.
-async fn until(what: &str, condition: impl Fn() -> bool) {
-    let wait = async {
-        while !condition() {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(20), wait)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -187,13 +187,9 @@ pub(crate) mod testing {
     }
 
     /// Like [`response`], for a request that started at `started`.
-    pub(crate) fn started_at(started: SystemTime, body: &'static str, tags: &[&str], ttl: Duration) -> CachedResponse {
-        let (mut parts, ()) = http::Response::new(()).into_parts();
-        parts
-            .headers
-            .insert("x-conformance", http::HeaderValue::from_static("1"));
-        let now = SystemTime::now().max(started);
-        let freshness = Freshness {
+    /// Plain freshness: `ttl`, no stale windows, no flags.
+    pub(crate) fn fresh_for(ttl: Duration) -> Freshness {
+        Freshness {
             lifetime: ttl,
             initial_age: Duration::ZERO,
             stale_while_revalidate: Duration::ZERO,
@@ -203,7 +199,16 @@ pub(crate) mod testing {
             shareable_with_credentials: false,
             vary: Vec::new(),
             revalidation_grace: Duration::ZERO,
-        };
+        }
+    }
+
+    pub(crate) fn started_at(started: SystemTime, body: &'static str, tags: &[&str], ttl: Duration) -> CachedResponse {
+        let (mut parts, ()) = http::Response::new(()).into_parts();
+        parts
+            .headers
+            .insert("x-conformance", http::HeaderValue::from_static("1"));
+        let now = SystemTime::now().max(started);
+        let freshness = fresh_for(ttl);
         let tags = tags.iter().map(|t| t.to_string()).collect();
         let mut trailers = HeaderMap::new();
         trailers.insert("x-checksum", http::HeaderValue::from_static("abc"));
@@ -240,17 +245,7 @@ mod tests {
             &parts,
             r.body.clone(),
             None,
-            crate::policy::Freshness {
-                lifetime: r.lifetime,
-                initial_age: r.initial_age,
-                stale_while_revalidate: Duration::ZERO,
-                stale_if_error: Duration::ZERO,
-                no_cache: false,
-                must_revalidate: false,
-                shareable_with_credentials: false,
-                vary: Vec::new(),
-                revalidation_grace: Duration::ZERO,
-            },
+            testing::fresh_for(r.lifetime),
             Vec::new(),
             r.request_time,
             r.response_time,

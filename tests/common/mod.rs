@@ -208,3 +208,16 @@ where
 {
     String::from_utf8(body_bytes(response).await.to_vec()).expect("UTF-8 body")
 }
+
+/// Waits (bounded, 20 s) until `condition` holds; the outcome is decided by `condition`, the
+/// polling interval only paces the wait.
+pub async fn until(what: &str, condition: impl Fn() -> bool) {
+    let wait = async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), wait)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
