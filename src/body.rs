@@ -117,7 +117,19 @@ where
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Cached { data, .. } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Kind::Cached { data, trailers } => {
+                let len = data.as_ref().map_or(0, |d| d.len() as u64);
+                // A body with trailers was sent without a length (HTTP/2 gRPC, HTTP/1.1
+                // chunked): an exact hint would make the server add `Content-Length` (and
+                // drop the trailers on HTTP/1.1), so a replay would not match the original.
+                if trailers.is_some() {
+                    let mut hint = SizeHint::new();
+                    hint.set_lower(len);
+                    hint
+                } else {
+                    SizeHint::with_exact(len)
+                }
+            }
             Kind::Streamed { inner } => inner.size_hint(),
             Kind::Resumed { read, rest, .. } => {
                 let read: u64 = read.iter().map(|c| c.len() as u64).sum();
@@ -150,12 +162,23 @@ pub(crate) enum Collected<B: Body> {
 /// Reads `body` whole if it fits in `limit` bytes. Never holds more than `limit` bytes plus
 /// one frame.
 pub(crate) async fn collect_bounded<B: Body>(body: B, limit: usize) -> Collected<B> {
-    if body.size_hint().lower() > limit as u64 {
+    collect_within(body, |_| limit).await
+}
+
+/// How many leading bytes of a body [`collect_within`] shows its limit function.
+pub(crate) const HEAD_BYTES: usize = 16;
+
+/// Like [`collect_bounded`], with a limit that may depend on the body's first bytes (up to
+/// [`HEAD_BYTES`]), such as a length prefix: the body is `TooLarge` as soon as it is longer
+/// than `limit(head)`.
+pub(crate) async fn collect_within<B: Body>(body: B, mut limit: impl FnMut(&[u8]) -> usize) -> Collected<B> {
+    if body.size_hint().lower() > limit(&[]) as u64 {
         return Collected::TooLarge(CacheBody::streamed(body));
     }
     let mut body = Box::pin(body);
     let mut chunks: VecDeque<Bytes> = VecDeque::new();
     let mut total = 0usize;
+    let mut head: Vec<u8> = Vec::new();
     let mut trailers: Option<HeaderMap> = None;
     while let Some(frame) = body.frame().await {
         let frame = match frame {
@@ -174,10 +197,14 @@ pub(crate) async fn collect_bounded<B: Body>(body: B, limit: usize) -> Collected
             Ok(data) => {
                 let data = into_bytes(data);
                 total = total.saturating_add(data.len());
+                if head.len() < HEAD_BYTES {
+                    let take = data.len().min(HEAD_BYTES - head.len());
+                    head.extend_from_slice(&data[..take]);
+                }
                 if !data.is_empty() {
                     chunks.push_back(data);
                 }
-                if total > limit {
+                if total > limit(&head) {
                     return Collected::TooLarge(CacheBody {
                         kind: Kind::Resumed {
                             read: chunks,
@@ -304,5 +331,30 @@ mod tests {
         assert_eq!(body.size_hint().exact(), Some(3));
         assert!(!body.is_end_stream());
         assert!(CacheBody::<Full<Bytes>>::empty().is_end_stream());
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        let body: CacheBody<Full<Bytes>> = CacheBody::cached(Bytes::from("xyz"), Some(trailers));
+        assert_eq!(
+            body.size_hint().exact(),
+            None,
+            "replayed without a Content-Length, as sent"
+        );
+        assert_eq!(body.size_hint().lower(), 3);
+    }
+
+    #[tokio::test]
+    async fn the_limit_may_follow_the_first_bytes() {
+        let frames: Chunks = [&b"\x03a"[..], b"bc", b"de"]
+            .iter()
+            .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+            .collect();
+        // The first byte declares how long the body should be.
+        let by_prefix = |head: &[u8]| head.first().map_or(100, |n| *n as usize + 1);
+        let Collected::TooLarge(body) = collect_within(stream_body(frames), by_prefix).await else {
+            panic!("longer than its prefix says")
+        };
+        let (data, _, err) = read_all(body).await;
+        assert_eq!(data, b"\x03abcde");
+        assert!(err.is_none());
     }
 }

@@ -6,7 +6,7 @@
 //! credential-bearing header values are hashed (SHA-256) so that no secret is kept in a key.
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, AUTHORIZATION, COOKIE, HOST, PROXY_AUTHORIZATION};
+use http::header::{HeaderMap, HeaderName, AUTHORIZATION, CONTENT_TYPE, COOKIE, HOST, PROXY_AUTHORIZATION};
 use http::{request, Method};
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -154,10 +154,37 @@ pub(crate) fn variant(primary: &CacheKey, names: &[HeaderName], headers: &Header
     let mut buf = Vec::with_capacity(primary.0.len() + 16 * names.len() + 8);
     buf.extend_from_slice(&primary.0);
     buf.push(b'V');
-    buf.extend_from_slice(&(names.len() as u32).to_le_bytes());
+    write_fields(&mut buf, names.iter(), names.len(), headers);
+    CacheKey(buf.into())
+}
+
+/// The metadata that selects how a gRPC response is encoded: its framing, the compression
+/// of the request message, and the compressions the client can read.
+static GRPC_ENCODING_FIELDS: [HeaderName; 3] = [
+    CONTENT_TYPE,
+    HeaderName::from_static("grpc-encoding"),
+    HeaderName::from_static("grpc-accept-encoding"),
+];
+
+/// The key of an opted-in gRPC call: the primary key (method, host, path, identity), then a
+/// hash of the request body (the length-prefixed message), the encoding metadata and the
+/// metadata named in `vary`.
+pub(crate) fn grpc_call(primary: &CacheKey, frame: &[u8], headers: &HeaderMap, vary: &[HeaderName]) -> CacheKey {
+    let mut buf = Vec::with_capacity(primary.0.len() + 64 + 32 * (vary.len() + GRPC_ENCODING_FIELDS.len()));
+    buf.extend_from_slice(&primary.0);
+    buf.push(b'G');
+    buf.extend_from_slice(&Sha256::digest(frame));
+    let names = GRPC_ENCODING_FIELDS.iter().chain(vary);
+    write_fields(&mut buf, names, GRPC_ENCODING_FIELDS.len() + vary.len(), headers);
+    CacheKey(buf.into())
+}
+
+/// Writes the number of fields, then each field's name and (normalised) value or absence.
+fn write_fields<'n>(buf: &mut Vec<u8>, names: impl Iterator<Item = &'n HeaderName>, count: usize, headers: &HeaderMap) {
+    buf.extend_from_slice(&(count as u32).to_le_bytes());
     let mut value = Vec::new();
     for name in names {
-        field(&mut buf, name.as_str().as_bytes());
+        field(buf, name.as_str().as_bytes());
         value.clear();
         // Several field lines combine into one list value (RFC 9110 §5.3); spaces around
         // the commas do not select another variant.
@@ -170,16 +197,15 @@ pub(crate) fn variant(primary: &CacheKey, names: &[HeaderName], headers: &Header
         if headers.contains_key(name) {
             buf.push(1);
             if is_credential(name) {
-                field(&mut buf, &Sha256::digest(&value));
+                field(buf, &Sha256::digest(&value));
             } else {
-                field(&mut buf, &value);
+                field(buf, &value);
             }
         } else {
             // An absent header is not the same variant as an empty one.
             buf.push(0);
         }
     }
-    CacheKey(buf.into())
 }
 
 fn is_credential(name: &HeaderName) -> bool {
@@ -292,6 +318,37 @@ mod tests {
         assert_ne!(k(&[("accept-language", "")]), k(&[]));
         assert_eq!(k(&[("accept-language", " en ")]), k(&[("accept-language", "en")]));
         assert_eq!(k(&[("x-other", "1")]), k(&[]));
+    }
+
+    #[test]
+    fn grpc_calls_are_keyed_by_message_encoding_and_varied_metadata() {
+        let c = KeyConfig::default();
+        let vary = [HeaderName::from_static("x-tenant")];
+        let k = |message: &[u8], h: &[(&str, &str)]| {
+            let mut headers = vec![("content-type", "application/grpc")];
+            headers.extend_from_slice(h);
+            let p = parts("POST", "/catalog.Catalog/GetBook", &headers);
+            grpc_call(&c.primary(&p, None), message, &p.headers, &vary)
+        };
+        let base = k(b"\0\0\0\0\x01\x08", &[]);
+        assert_eq!(
+            base,
+            k(b"\0\0\0\0\x01\x08", &[("grpc-timeout", "5S"), ("user-agent", "x")])
+        );
+        assert_ne!(base, k(b"\0\0\0\0\x01\x09", &[]));
+        assert_ne!(base, k(b"\0\0\0\0\x01\x08", &[("grpc-encoding", "gzip")]));
+        assert_ne!(base, k(b"\0\0\0\0\x01\x08", &[("grpc-accept-encoding", "gzip")]));
+        assert_ne!(base, k(b"\0\0\0\0\x01\x08", &[("x-tenant", "a")]));
+        assert_ne!(k(b"m", &[("x-tenant", "a")]), k(b"m", &[("x-tenant", "b")]));
+        // A gRPC key never equals the plain key of the same path, nor one of its variants.
+        let p = parts(
+            "POST",
+            "/catalog.Catalog/GetBook",
+            &[("content-type", "application/grpc")],
+        );
+        let primary = c.primary(&p, None);
+        assert_ne!(base, primary);
+        assert_ne!(base, variant(&primary, &vary, &p.headers));
     }
 
     fn segment() -> impl Strategy<Value = String> {

@@ -7,7 +7,7 @@ use crate::policy::{PolicyConfig, RouteOverride, DEFAULT_CACHEABLE_STATUSES};
 use crate::service::CacheService;
 use crate::status;
 use crate::tags::TagLimits;
-use crate::{CacheKey, Store};
+use crate::{CacheKey, GrpcMethods, Store};
 use http::{request, response, StatusCode};
 use std::fmt;
 use std::sync::Arc;
@@ -40,6 +40,7 @@ pub(crate) struct Config {
     pub(crate) coalesce_timeout: Duration,
     pub(crate) remember_uncacheable: Duration,
     pub(crate) origin_timeout: Option<Duration>,
+    pub(crate) grpc: Option<GrpcMethods>,
 }
 
 impl Config {
@@ -64,6 +65,7 @@ impl fmt::Debug for Config {
             .field("coalesce_timeout", &self.coalesce_timeout)
             .field("remember_uncacheable", &self.remember_uncacheable)
             .field("origin_timeout", &self.origin_timeout)
+            .field("grpc", &self.grpc)
             .finish()
     }
 }
@@ -136,6 +138,7 @@ impl<St: Store> CacheLayer<St> {
                 coalesce_timeout: Duration::from_secs(10),
                 remember_uncacheable: Duration::from_secs(5),
                 origin_timeout: None,
+                grpc: None,
             },
         }
     }
@@ -190,6 +193,7 @@ impl<S, St> Layer<S> for CacheLayer<St> {
 /// | [`remember_uncacheable`](Self::remember_uncacheable) | 5 s |
 /// | [`honor_request_directives`](Self::honor_request_directives) | `false` |
 /// | [`cache_status_name`](Self::cache_status_name) | `tower-response-cache` |
+/// | [`grpc`](Self::grpc) | none: every gRPC call passes through |
 #[must_use]
 pub struct CacheLayerBuilder<St> {
     store: St,
@@ -364,6 +368,32 @@ impl<St: Store> CacheLayerBuilder<St> {
         } else {
             tracing::warn!(name, "invalid Cache-Status name ignored");
         }
+        self
+    }
+
+    /// Caches the unary gRPC methods that `methods` opts in (see the [`grpc`](crate::grpc)
+    /// module). Other gRPC calls pass through, as they do without this setting.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_response_cache::{CacheLayer, GrpcMethod, GrpcMethods, MemoryStore};
+    ///
+    /// let layer = CacheLayer::builder(MemoryStore::new())
+    ///     .grpc(
+    ///         GrpcMethods::new()
+    ///             .request_body(tonic::body::Body::new)
+    ///             .method("/catalog.Catalog/GetBook", GrpcMethod::ttl(Duration::from_secs(30))),
+    ///     )
+    ///     .build();
+    /// ```
+    pub fn grpc(mut self, methods: GrpcMethods) -> Self {
+        if methods.caches_without_reader() {
+            tracing::warn!(
+                "GrpcMethods without request_body: cached gRPC methods will bypass the cache \
+                 (tonic: `.request_body(tonic::body::Body::new)`)"
+            );
+        }
+        self.config.grpc = Some(methods);
         self
     }
 

@@ -39,7 +39,8 @@ pub enum BypassReason {
     Unreadable,
     /// The body was larger than `max_body_bytes` and was streamed through.
     BodyTooLarge,
-    /// The body is a stream of events (`text/event-stream`) and was streamed through.
+    /// The body is a stream of events (`text/event-stream`) and was streamed through, or a
+    /// gRPC request or response is not exactly one message.
     Streaming,
     /// The body ended in an error.
     BodyError,
@@ -48,10 +49,19 @@ pub enum BypassReason {
     /// The response's tags could not all be recorded (too many, too long, or a malformed
     /// `Cache-Groups` field); storing it could leave it unpurgeable.
     Tags,
+    /// A gRPC request message was larger than the configured bound; it was forwarded intact.
+    RequestTooLarge,
+    /// A gRPC request message could not be read: no request body type configured for it
+    /// (see [`GrpcMethods::request_body`](crate::GrpcMethods::request_body)), the body
+    /// failed, or it is not a well-formed gRPC message.
+    RequestBody,
+    /// A gRPC response without `grpc-status: 0` in its trailers: an error, a trailers-only
+    /// response, or not a gRPC response at all.
+    GrpcStatus,
 }
 
 impl BypassReason {
-    const ALL: [BypassReason; 18] = [
+    const ALL: [BypassReason; 21] = [
         Self::Method,
         Self::Credentials,
         Self::Range,
@@ -70,6 +80,9 @@ impl BypassReason {
         Self::BodyError,
         Self::StoreError,
         Self::Tags,
+        Self::RequestTooLarge,
+        Self::RequestBody,
+        Self::GrpcStatus,
     ];
 
     /// The short name used in `Cache-Status` details and in stats.
@@ -93,6 +106,9 @@ impl BypassReason {
             Self::BodyError => "body-error",
             Self::StoreError => "store-error",
             Self::Tags => "tags",
+            Self::RequestTooLarge => "request-too-large",
+            Self::RequestBody => "request-body",
+            Self::GrpcStatus => "grpc-status",
         }
     }
 }

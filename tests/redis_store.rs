@@ -3,6 +3,7 @@
 //! unreadable values, several instances sharing one Redis, and Redis failing under load.
 #![cfg(feature = "redis")]
 
+#[path = "../examples/support/redis_server.rs"]
 mod redis_server;
 
 use axum::extract::{Path, State};

@@ -2,6 +2,7 @@
 
 use super::service::InvalidateService;
 use crate::store::PurgeMode;
+use crate::GrpcMethods;
 use http::{request, StatusCode};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -15,6 +16,7 @@ pub(crate) struct Shared<St> {
     pub(crate) rules: Option<Box<RulesFn>>,
     pub(crate) mode: PurgeMode,
     pub(crate) counters: Counters,
+    pub(crate) grpc: Option<GrpcMethods>,
 }
 
 #[derive(Debug, Default)]
@@ -60,6 +62,7 @@ impl<St: fmt::Debug> fmt::Debug for InvalidateLayer<St> {
             .field("store", &self.shared.store)
             .field("rules", &self.shared.rules.is_some())
             .field("mode", &self.shared.mode)
+            .field("grpc", &self.shared.grpc)
             .finish()
     }
 }
@@ -73,6 +76,7 @@ impl<St> InvalidateLayer<St> {
                 rules: None,
                 mode: PurgeMode::Hard,
                 counters: Counters::default(),
+                grpc: None,
             }),
         }
     }
@@ -91,7 +95,9 @@ impl<St> InvalidateLayer<St> {
     }
 
     /// Derives tags to purge from the request and the (successful) status, e.g. from the
-    /// route: `POST /books/7/reviews` → `book:7`.
+    /// route: `POST /books/7/reviews` → `book:7`. For the gRPC mutations declared with
+    /// [`grpc`](Self::grpc) it is called with `200 OK`, and its tags are purged once the
+    /// call succeeds.
     ///
     /// ```
     /// use tower_response_cache::{InvalidateLayer, MemoryStore};
@@ -107,6 +113,23 @@ impl<St> InvalidateLayer<St> {
         F: Fn(&request::Parts, StatusCode) -> Vec<String> + Send + Sync + 'static,
     {
         self.map_shared(|s| s.rules = Some(Box::new(rules)))
+    }
+
+    /// Purges after the gRPC mutations `methods` declares ([`GrpcMethod::mutation`]) once
+    /// they succeed (`grpc-status: 0`): the tags their tag function names from the request
+    /// message, with the rules' tags (see the [`grpc`](crate::grpc) module). Other gRPC
+    /// calls purge only what their response names; none purges its method path.
+    ///
+    /// [`GrpcMethod::mutation`]: crate::GrpcMethod::mutation
+    ///
+    /// ```
+    /// use tower_response_cache::{GrpcMethod, GrpcMethods, InvalidateLayer, MemoryStore};
+    /// let layer = InvalidateLayer::new(MemoryStore::new()).grpc(
+    ///     GrpcMethods::new().method("/catalog.Catalog/AddBook", GrpcMethod::mutation().tags(|_| vec!["books".into()])),
+    /// );
+    /// ```
+    pub fn grpc(self, methods: GrpcMethods) -> Self {
+        self.map_shared(|s| s.grpc = Some(methods))
     }
 
     /// The mode of purges named by the header, the rules and RFC 9111 (default hard).

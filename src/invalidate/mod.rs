@@ -13,6 +13,11 @@
 //! nothing. The layer may sit inside or outside a [`CacheLayer`](crate::CacheLayer): both
 //! only meet in the store.
 //!
+//! gRPC calls are judged by their `grpc-status`, not their HTTP status, and purge only what
+//! their response names or, for the mutations declared with [`InvalidateLayer::grpc`], what
+//! their tag function and the rules name. Their purge runs before their trailers are passed
+//! on (see the [`grpc`](crate::grpc) module).
+//!
 //! ```
 //! use axum::{extract::Path, routing::{get, post}, Extension, Router};
 //! use tower_response_cache::{CacheLayer, Invalidate, InvalidateLayer, MemoryStore};
@@ -30,9 +35,11 @@
 //!     .layer(CacheLayer::new(store));
 //! ```
 
+mod body;
 mod layer;
 mod service;
 
+pub use body::InvalidateBody;
 pub use layer::{InvalidateLayer, InvalidateStats};
 pub use service::{InvalidateFuture, InvalidateService};
 

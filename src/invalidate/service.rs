@@ -1,10 +1,15 @@
-//! `InvalidateService`: forwards the request, then purges if it was a successful mutation.
+//! `InvalidateService`: forwards the request, then purges if it was a successful mutation
+//! (for gRPC, once its trailers say so).
 
+use super::body::{InvalidateBody, OnTrailers};
 use super::layer::Shared;
 use super::{is_unsafe, rfc9111_tags, succeeded, Invalidate};
+use crate::grpc::{self, GrpcMethod, GrpcRequest};
 use crate::store::{PurgeMode, Store};
 use crate::tags::{detached, string_list, CACHE_GROUP_INVALIDATION};
-use http::{request, Request, Response};
+use futures_util::TryFutureExt;
+use http::{request, HeaderMap, Request, Response, StatusCode};
+use http_body::Body;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -58,7 +63,7 @@ impl<S, St> InvalidateService<S, St> {
 }
 
 /// Response future of [`InvalidateService`]: the inner response, returned once its purges
-/// are done.
+/// are done (for a gRPC call whose status comes in trailers, the trailers wait for them).
 pub struct InvalidateFuture<T, E> {
     inner: Pin<Box<dyn Future<Output = Result<T, E>> + Send>>,
 }
@@ -83,11 +88,13 @@ where
     S::Error: Send + 'static,
     St: Store,
     ReqB: Send + 'static,
-    ResB: Send + 'static,
+    ResB: Body + Send + 'static,
+    ResB::Data: Send,
+    ResB::Error: Send,
 {
-    type Response = Response<ResB>;
+    type Response = Response<InvalidateBody<ResB>>;
     type Error = S::Error;
-    type Future = InvalidateFuture<Response<ResB>, S::Error>;
+    type Future = InvalidateFuture<Response<InvalidateBody<ResB>>, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -98,11 +105,16 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         if !is_unsafe(req.method()) {
             return InvalidateFuture {
-                inner: Box::pin(inner.call(req)),
+                inner: Box::pin(inner.call(req).map_ok(|response| response.map(InvalidateBody::plain))),
             };
         }
         let shared = self.shared.clone();
         let (parts, body) = req.into_parts();
+        if grpc::is_grpc(&parts) {
+            return InvalidateFuture {
+                inner: Box::pin(grpc_call(shared, inner, parts, body)),
+            };
+        }
         let request = detached(&parts);
         InvalidateFuture {
             inner: Box::pin(async move {
@@ -117,43 +129,140 @@ where
                         shared.counters.skipped.fetch_add(1, Relaxed);
                     }
                 }
-                response
+                response.map(|response| response.map(InvalidateBody::plain))
             }),
         }
     }
 }
 
-/// Everything the successful response to `request` names, as hard and soft tag lists.
-fn tags_to_purge<St, B>(
-    shared: &Shared<St>,
-    request: &request::Parts,
-    response: &Response<B>,
-) -> [(PurgeMode, Vec<String>); 2] {
-    let mut hard = Vec::new();
-    let mut soft = Vec::new();
-    let mut add = |mode: PurgeMode, tags: &mut dyn Iterator<Item = String>| match mode {
-        PurgeMode::Hard => hard.extend(tags),
-        PurgeMode::Soft => soft.extend(tags),
-    };
-    // Malformed members are dropped; the readable ones are still purged.
-    let named = string_list(response.headers(), &CACHE_GROUP_INVALIDATION).unwrap_or_else(|malformed| {
-        tracing::warn!("malformed Cache-Group-Invalidation members ignored");
-        malformed.readable
-    });
-    add(shared.mode, &mut named.into_iter());
-    add(shared.mode, &mut rfc9111_tags(request, response.headers()).into_iter());
+/// Tags to purge, hard and soft.
+#[derive(Debug, Default)]
+struct Purges {
+    hard: Vec<String>,
+    soft: Vec<String>,
+}
+
+impl Purges {
+    fn add(&mut self, mode: PurgeMode, tags: impl IntoIterator<Item = String>) {
+        match mode {
+            PurgeMode::Hard => self.hard.extend(tags),
+            PurgeMode::Soft => self.soft.extend(tags),
+        }
+    }
+
+    /// The groups of a `Cache-Group-Invalidation` field; malformed members are dropped, the
+    /// readable ones are still purged.
+    fn add_named(&mut self, mode: PurgeMode, fields: &HeaderMap) {
+        let named = string_list(fields, &CACHE_GROUP_INVALIDATION).unwrap_or_else(|malformed| {
+            tracing::warn!("malformed Cache-Group-Invalidation members ignored");
+            malformed.readable
+        });
+        self.add(mode, named);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.hard.is_empty() && self.soft.is_empty()
+    }
+}
+
+/// Everything the successful response to `request` names.
+fn tags_to_purge<St, B>(shared: &Shared<St>, request: &request::Parts, response: &Response<B>) -> Purges {
+    let mut purges = Purges::default();
+    purges.add_named(shared.mode, response.headers());
+    purges.add(shared.mode, rfc9111_tags(request, response.headers()));
     if let Some(rules) = &shared.rules {
-        add(shared.mode, &mut rules(request, response.status()).into_iter());
+        purges.add(shared.mode, rules(request, response.status()));
     }
     if let Some(invalidate) = response.extensions().get::<Invalidate>() {
-        add(invalidate.mode(), &mut invalidate.as_slice().iter().cloned());
+        purges.add(invalidate.mode(), invalidate.as_slice().iter().cloned());
     }
-    [(PurgeMode::Hard, hard), (PurgeMode::Soft, soft)]
+    purges
+}
+
+/// A gRPC call. Its success is its `grpc-status`: in the headers of a trailers-only
+/// response, else in the trailers, where the purge waits for it. A declared mutation purges
+/// what its tag function and the rules name; any call purges what its response names.
+async fn grpc_call<S, St, ReqB, ResB>(
+    shared: Arc<Shared<St>>,
+    mut inner: S,
+    parts: request::Parts,
+    body: ReqB,
+) -> Result<Response<InvalidateBody<ResB>>, S::Error>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    St: Store,
+    ReqB: Send + 'static,
+    ResB: Body + Send + 'static,
+    ResB::Data: Send,
+    ResB::Error: Send,
+{
+    let methods = shared.grpc.as_ref();
+    let mutation = methods.and_then(|methods| methods.mutation(&parts));
+    let request = detached(&parts);
+    let mut frame = None;
+    let body = match (methods, mutation.and_then(GrpcMethod::tags_fn)) {
+        (Some(methods), Some(_)) => match methods.read_request(body).await {
+            Ok((body, read)) => {
+                frame = Some(read);
+                body
+            }
+            Err((body, reason)) => {
+                tracing::debug!(
+                    reason = reason.as_str(),
+                    "gRPC mutation message not read: tags named without it"
+                );
+                body
+            }
+        },
+        _ => body,
+    };
+    let response = inner.call(Request::from_parts(parts, body)).await?;
+
+    let mut purges = Purges::default();
+    purges.add_named(shared.mode, response.headers());
+    if let Some(invalidate) = response.extensions().get::<Invalidate>() {
+        purges.add(invalidate.mode(), invalidate.as_slice().iter().cloned());
+    }
+    match mutation {
+        Some(method) => {
+            if let Some(rules) = &shared.rules {
+                purges.add(shared.mode, rules(&request, StatusCode::OK));
+            }
+            if let Some(tags) = method.tags_fn() {
+                let message = frame.as_ref().and_then(grpc::uncompressed_message);
+                purges.add(shared.mode, tags(&GrpcRequest::new(&request, message.as_deref())));
+            }
+        }
+        // Neither declared a mutation nor naming anything to purge: a plain call.
+        None if purges.is_empty() => return Ok(response.map(InvalidateBody::plain)),
+        None => {}
+    }
+
+    let trailers_only = grpc::status_code(response.headers());
+    if !response.status().is_success() || trailers_only.is_some_and(|code| code != 0) {
+        shared.counters.skipped.fetch_add(1, Relaxed);
+        return Ok(response.map(InvalidateBody::plain));
+    }
+    if trailers_only == Some(0) {
+        purge(&shared, purges).await;
+        return Ok(response.map(InvalidateBody::plain));
+    }
+    let on_trailers: OnTrailers = Box::new(move |trailers| match trailers {
+        Some(trailers) if grpc::status_code(trailers) == Some(0) => {
+            purges.add_named(shared.mode, trailers);
+            Some(Box::pin(async move { purge(&shared, purges).await }))
+        }
+        _ => {
+            shared.counters.skipped.fetch_add(1, Relaxed);
+            None
+        }
+    });
+    Ok(response.map(|body| InvalidateBody::watched(body, on_trailers)))
 }
 
 /// Runs the purges; the response waits for them (read-your-own-writes).
-async fn purge<St: Store>(shared: &Shared<St>, purges: [(PurgeMode, Vec<String>); 2]) {
-    for (mode, mut tags) in purges {
+async fn purge<St: Store>(shared: &Shared<St>, purges: Purges) {
+    for (mode, mut tags) in [(PurgeMode::Hard, purges.hard), (PurgeMode::Soft, purges.soft)] {
         tags.sort_unstable();
         tags.dedup();
         if tags.is_empty() {

@@ -3,9 +3,10 @@
 
 use super::lookup::{Lookout, Stale};
 use super::respond::{finish, from_entry, not_stored};
-use crate::body::{collect_bounded, Collected};
+use crate::body::{collect_bounded, collect_within, Collected};
 use crate::coalesce::Settlement;
 use crate::entry::{CachedResponse, Entry};
+use crate::grpc;
 use crate::key::{self, CacheKey};
 use crate::layer::{Config, Shared};
 use crate::metrics::{BypassReason, Counters};
@@ -63,7 +64,8 @@ where
     parts.headers.remove(IF_NONE_MATCH);
     parts.headers.remove(IF_MODIFIED_SINCE);
     let request = detached(&parts);
-    let revalidating = stale.filter(|s| add_validators(&mut parts.headers, &s.entry.headers));
+    // gRPC servers do not answer conditionals: a stale gRPC entry is simply replaced.
+    let revalidating = stale.filter(|s| lookout.grpc.is_none() && add_validators(&mut parts.headers, &s.entry.headers));
     let fallback = stale.filter(|s| absorb_errors && s.serves_if_error(SystemTime::now()));
 
     let call = inner.call(Request::from_parts(parts, body));
@@ -84,24 +86,31 @@ where
     let (res_parts, res_body) = response.into_parts();
     let status = res_parts.status;
 
-    if status.is_server_error() {
+    // A gRPC server fails with HTTP 200 and the failure in `grpc-status`.
+    let grpc_failure = lookout.grpc.is_some() && grpc::is_server_failure(&res_parts.headers);
+    if status.is_server_error() || grpc_failure {
         if let Some(stale) = fallback {
             return Ok(stale_on_error(shared, stale, lookout, Some(status), "stale-if-error"));
         }
         if stale.is_some() {
             // A 5xx never replaces a stored response.
-            let response = not_stored(
-                shared,
-                res_parts,
-                CacheBody::streamed(res_body),
-                BypassReason::Status,
-                miss_kind,
-            );
+            let reason = if grpc_failure {
+                BypassReason::GrpcStatus
+            } else {
+                BypassReason::Status
+            };
+            let response = not_stored(shared, res_parts, CacheBody::streamed(res_body), reason, miss_kind);
             return Ok((response, Settlement::Failed));
         }
     }
     if let (StatusCode::NOT_MODIFIED, Some(stale)) = (status, revalidating) {
         return Ok(revalidated(shared, stale, res_parts, lookout, &request, response_time).await);
+    }
+
+    if let Some(reason) = lookout.grpc.as_ref().and_then(|_| grpc::head_refusal(&res_parts)) {
+        // Errors are not a property of the key: waiters go to the origin themselves.
+        let response = not_stored(shared, res_parts, CacheBody::streamed(res_body), reason, miss_kind);
+        return Ok((response, Settlement::Failed));
     }
 
     let config = &shared.config;
@@ -125,23 +134,43 @@ where
         let body = CacheBody::streamed(res_body);
         return Ok(uncacheable(shared, res_parts, body, BypassReason::Streaming, miss_kind));
     }
-    let (data, trailers) = match collect_bounded(res_body, config.max_body_bytes).await {
+    let max = config.max_body_bytes;
+    let mut declared = None;
+    let collected = match lookout.grpc {
+        // One message is all a storable gRPC response holds: a second one shows a stream,
+        // passed on at once.
+        Some(_) => collect_within(res_body, |head| grpc::one_message_limit(head, max, &mut declared)).await,
+        None => collect_bounded(res_body, max).await,
+    };
+    let (data, trailers) = match collected {
         Collected::Complete { data, trailers } => (data, trailers),
         Collected::TooLarge(body) => {
-            return Ok(uncacheable(
-                shared,
-                res_parts,
-                body,
-                BypassReason::BodyTooLarge,
-                miss_kind,
-            ))
+            let reason = grpc::too_large_reason(declared, max, BypassReason::BodyTooLarge);
+            return Ok(uncacheable(shared, res_parts, body, reason, miss_kind));
         }
         Collected::Failed(body) => {
             let response = not_stored(shared, res_parts, body, BypassReason::BodyError, miss_kind);
             return Ok((response, Settlement::Failed));
         }
     };
-    let Some(tags) = entry_tags(config, &request, &res_parts, &[]) else {
+    if let Some(reason) = lookout
+        .grpc
+        .as_ref()
+        .and_then(|_| grpc::body_refusal(&data, trailers.as_ref()))
+    {
+        let settlement = match reason {
+            BypassReason::Streaming => Settlement::Uncacheable,
+            _ => Settlement::Failed,
+        };
+        let response = not_stored(shared, res_parts, CacheBody::cached(data, trailers), reason, miss_kind);
+        return Ok((response, settlement));
+    }
+    let call_tags = lookout
+        .grpc
+        .as_ref()
+        .map(|call| call.tags(&request))
+        .unwrap_or_default();
+    let Some(tags) = entry_tags(config, &request, &res_parts, &call_tags) else {
         let body = CacheBody::cached(data, trailers);
         return Ok(uncacheable(shared, res_parts, body, BypassReason::Tags, miss_kind));
     };

@@ -1,6 +1,7 @@
 //! Finding a stored response this request may be answered with.
 
 use crate::entry::{CachedResponse, Entry};
+use crate::grpc::GrpcCall;
 use crate::key::{self, CacheKey};
 use crate::layer::Shared;
 use crate::policy::{RequestFacts, RouteOverride};
@@ -20,6 +21,8 @@ pub(super) struct Lookout {
     /// The client's conditional headers, answered by the cache, never forwarded on a miss.
     pub(super) if_none_match: Option<HeaderValue>,
     pub(super) if_modified_since: Option<HeaderValue>,
+    /// An opted-in gRPC call: its response is judged by the gRPC rules too.
+    pub(super) grpc: Option<GrpcCall>,
 }
 
 /// A stored response that is not fresh, or was soft-purged.

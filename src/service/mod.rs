@@ -7,7 +7,9 @@ mod respond;
 
 use crate::coalesce::{self, Flight, Join, Settlement};
 use crate::future::ResponseFuture;
+use crate::grpc::{self, GrpcCall};
 use crate::invalidate;
+use crate::key;
 use crate::layer::Shared;
 use crate::metrics::{BypassReason, Counters};
 use crate::policy::{cache_control::CacheControl, RequestFacts, RouteOverride};
@@ -125,22 +127,39 @@ where
 {
     let config = &shared.config;
     let (parts, body) = req.into_parts();
-    let route = config.route_override.as_ref().and_then(|f| f(&parts));
-    if let Some(reason) = request_bypass(&shared, &parts, route) {
-        shared.counters.bypass(reason);
-        tracing::debug!(method = %parts.method, uri = %parts.uri, reason = reason.as_str(), "cache bypass");
-        let mutation = invalidate::is_unsafe(&parts.method).then(|| detached(&parts));
-        let response = inner.call(Request::from_parts(parts, body)).await?;
-        if let Some(request) = mutation.filter(|_| invalidate::succeeded(response.status())) {
-            invalidate_target(&shared, &request, response.headers()).await;
-        }
-        let outcome = Outcome::bypass(reason, response.status().as_u16());
-        return Ok(streamed(&shared, response, outcome));
+    let mut route = config.route_override.as_ref().and_then(|f| f(&parts));
+    let grpc_method = config
+        .grpc
+        .as_ref()
+        .and_then(|methods| Some((methods, methods.cached(&parts)?)));
+    if let Some(reason) = request_bypass(&shared, &parts, route, grpc_method.is_some()) {
+        return bypass(&shared, inner, parts, body, reason).await;
     }
+    // An opted-in gRPC call is keyed by its request message, read here and handed on.
+    let (body, grpc) = match grpc_method {
+        None => (body, None),
+        Some((methods, method)) => match methods.read_request(body).await {
+            Ok((body, frame)) => (body, Some((methods, method, frame))),
+            Err((body, reason)) => return bypass(&shared, inner, parts, body, reason).await,
+        },
+    };
 
     let identity = config.identity(&parts);
+    let mut primary = config.key.primary(&parts, identity.as_deref());
+    let mut conditional = (
+        parts.headers.get(IF_NONE_MATCH).cloned(),
+        parts.headers.get(IF_MODIFIED_SINCE).cloned(),
+    );
+    let mut grpc_call = None;
+    if let Some((methods, method, frame)) = grpc {
+        primary = key::grpc_call(&primary, &frame, &parts.headers, methods.vary());
+        route = route.or(method.cached_ttl().map(RouteOverride::Ttl));
+        // A gRPC client cannot read a 304.
+        conditional = (None, None);
+        grpc_call = Some(GrpcCall::new(method, &frame));
+    }
     let lookout = Lookout {
-        primary: config.key.primary(&parts, identity.as_deref()),
+        primary,
         facts: RequestFacts {
             credentials: parts.headers.contains_key(AUTHORIZATION) || parts.headers.contains_key(COOKIE),
             identity_scoped: identity.is_some(),
@@ -148,8 +167,9 @@ where
         },
         route,
         head: parts.method == Method::HEAD,
-        if_none_match: parts.headers.get(IF_NONE_MATCH).cloned(),
-        if_modified_since: parts.headers.get(IF_MODIFIED_SINCE).cloned(),
+        if_none_match: conditional.0,
+        if_modified_since: conditional.1,
+        grpc: grpc_call,
     };
     let directives = config
         .honor_request_directives
@@ -255,6 +275,33 @@ where
     Ok(response)
 }
 
+/// Forwards a request the cache does not look up, and (RFC 9111 §4.4) purges the target of
+/// a successful unsafe request.
+async fn bypass<S, St, ReqB, ResB>(
+    shared: &Shared<St>,
+    mut inner: S,
+    parts: request::Parts,
+    body: ReqB,
+    reason: BypassReason,
+) -> Result<Response<CacheBody<ResB>>, S::Error>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    St: Store,
+    ResB: Body,
+{
+    shared.counters.bypass(reason);
+    tracing::debug!(method = %parts.method, uri = %parts.uri, reason = reason.as_str(), "cache bypass");
+    // A gRPC path names a procedure, not a resource, and a gRPC call's HTTP status says
+    // nothing of its success: gRPC mutations purge through the InvalidateLayer.
+    let mutation = (invalidate::is_unsafe(&parts.method) && !grpc::is_grpc(&parts)).then(|| detached(&parts));
+    let response = inner.call(Request::from_parts(parts, body)).await?;
+    if let Some(request) = mutation.filter(|_| invalidate::succeeded(response.status())) {
+        invalidate_target(shared, &request, response.headers()).await;
+    }
+    let outcome = Outcome::bypass(reason, response.status().as_u16());
+    Ok(streamed(shared, response, outcome))
+}
+
 /// Answers from a fresh entry.
 fn hit<St, B: Body>(shared: &Shared<St>, entry: &crate::CachedResponse, lookout: &Lookout) -> Response<CacheBody<B>> {
     shared.counters.hit();
@@ -332,8 +379,9 @@ fn request_bypass<St>(
     shared: &Shared<St>,
     parts: &request::Parts,
     route: Option<RouteOverride>,
+    grpc_opted_in: bool,
 ) -> Option<BypassReason> {
-    if parts.method != Method::GET && parts.method != Method::HEAD {
+    if parts.method != Method::GET && parts.method != Method::HEAD && !grpc_opted_in {
         return Some(BypassReason::Method);
     }
     if parts.headers.contains_key(RANGE) {

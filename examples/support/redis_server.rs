@@ -1,7 +1,9 @@
-//! Throwaway `redis-server` processes on free loopback ports, for the Redis tests.
+//! Throwaway `redis-server` processes on free loopback ports, for the Redis tests, the
+//! `stores` bench and the `loadtest` example, which include this file with
+//! `#[path = "..."] mod redis_server;` (it is not an example of its own).
 //!
-//! Where `redis-server` is not installed the tests say so and skip, unless
-//! `REQUIRE_REDIS=1`, in which case they fail.
+//! Where `redis-server` is not installed they say so and skip, unless `REQUIRE_REDIS=1`, in
+//! which case they fail.
 
 #![allow(dead_code)]
 
@@ -68,6 +70,11 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The process id of the running server.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Starts (again) on the same port, empty.
