@@ -80,25 +80,42 @@ impl KeyConfig {
     /// The primary key: method class, host, path, normalised query and identity.
     pub(crate) fn primary(&self, parts: &request::Parts, identity: Option<&str>) -> CacheKey {
         let path = parts.uri.path();
-        let query = parts.uri.query().unwrap_or("");
-        let mut buf = Vec::with_capacity(48 + path.len() + query.len());
-        buf.extend_from_slice(KEY_VERSION);
-        buf.push(b'P');
-        field(&mut buf, method_class(&parts.method).as_bytes());
-        if self.include_host {
-            field(&mut buf, parts.uri.scheme_str().unwrap_or("").as_bytes());
+        let pairs = self.query_pairs(parts.uri.query().unwrap_or(""));
+        let method = method_class(&parts.method).as_bytes();
+        let (scheme, host) = if self.include_host {
             let host = parts
                 .uri
                 .authority()
                 .map(|a| a.as_str().as_bytes())
                 .or_else(|| parts.headers.get(HOST).map(|h| h.as_bytes()));
-            field(&mut buf, &host.unwrap_or_default().to_ascii_lowercase());
+            (
+                parts.uri.scheme_str().unwrap_or("").as_bytes(),
+                host.unwrap_or_default(),
+            )
         } else {
-            field(&mut buf, b"");
-            field(&mut buf, b"");
-        }
+            (&b""[..], &b""[..])
+        };
+        // Sized exactly, so that the buffer becomes the key without a reallocation.
+        let fields = [method, scheme, host, path.as_bytes()];
+        let len = KEY_VERSION.len()
+            + 1
+            + fields.iter().map(|f| 4 + f.len()).sum::<usize>()
+            + 4
+            + pairs.iter().map(|p| 4 + p.len()).sum::<usize>()
+            + 1
+            + identity.map_or(0, |_| 32);
+        let mut buf = Vec::with_capacity(len);
+        buf.extend_from_slice(KEY_VERSION);
+        buf.push(b'P');
+        field(&mut buf, method);
+        field(&mut buf, scheme);
+        buf.extend_from_slice(&(host.len() as u32).to_le_bytes());
+        buf.extend(host.iter().map(u8::to_ascii_lowercase));
         field(&mut buf, path.as_bytes());
-        self.write_query(&mut buf, query);
+        buf.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+        for pair in pairs {
+            field(&mut buf, pair.as_bytes());
+        }
         match identity {
             Some(id) => {
                 buf.push(1);
@@ -109,24 +126,18 @@ impl KeyConfig {
         CacheKey(buf.into())
     }
 
-    fn write_query(&self, buf: &mut Vec<u8>, query: &str) {
-        let pairs = self.query_pairs(query);
-        buf.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
-        for pair in pairs {
-            field(buf, pair.as_bytes());
-        }
-    }
-
     /// Non-empty `name=value` pairs, without ignored names, stably sorted by name so that
     /// repeated parameters keep their relative order (which applications may rely on).
     fn query_pairs<'q>(&self, query: &'q str) -> Vec<&'q str> {
-        let mut pairs: Vec<&str> = query
+        // Names split out once, not on every comparison.
+        let mut pairs: Vec<(&str, &str)> = query
             .split('&')
             .filter(|p| !p.is_empty())
-            .filter(|p| !self.is_ignored(param_name(p)))
+            .map(|p| (param_name(p), p))
+            .filter(|(name, _)| !self.is_ignored(name))
             .collect();
-        pairs.sort_by(|a, b| param_name(a).cmp(param_name(b)));
-        pairs
+        pairs.sort_by(|a, b| a.0.cmp(b.0));
+        pairs.into_iter().map(|(_, pair)| pair).collect()
     }
 
     fn is_ignored(&self, name: &str) -> bool {

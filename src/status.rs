@@ -3,6 +3,7 @@
 use crate::metrics::BypassReason;
 use http::header::{HeaderMap, HeaderName, HeaderValue, AGE};
 use std::fmt::Write;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 /// The `Cache-Status` header name.
@@ -126,14 +127,6 @@ impl Outcome {
         self
     }
 
-    pub(crate) fn is_hit(&self) -> bool {
-        self.hit
-    }
-
-    pub(crate) fn is_stored(&self) -> bool {
-        self.stored
-    }
-
     fn write(self, name: &str, out: &mut String) {
         out.push_str(name);
         if self.hit {
@@ -163,14 +156,41 @@ impl Outcome {
 /// Adds this cache's `Cache-Status` member after any from caches nearer the origin
 /// (RFC 9211 §2), and `Age` on hits.
 pub(crate) fn decorate(headers: &mut HeaderMap, name: &str, outcome: Outcome, age: Option<Duration>) {
-    let mut text = String::with_capacity(name.len() + 48);
+    let mut text = String::with_capacity(name.len() + 64);
     outcome.write(name, &mut text);
-    if let Ok(value) = HeaderValue::from_str(&text) {
+    // The string's buffer becomes the header value: one allocation, no copy.
+    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(text.into_bytes())) {
         headers.append(CACHE_STATUS, value);
     }
     if let Some(age) = age {
-        headers.insert(AGE, HeaderValue::from(age.as_secs()));
+        headers.insert(AGE, age_value(age.as_secs()));
     }
+}
+
+/// `Age` values of the first minutes, built once and shared, so that hits do not format them.
+fn age_value(secs: u64) -> HeaderValue {
+    const SHARED: usize = 1024;
+    static VALUES: LazyLock<Vec<HeaderValue>> = LazyLock::new(|| {
+        (0..SHARED as u64)
+            .map(|s| HeaderValue::from_maybe_shared(bytes::Bytes::from(s.to_string())).expect("digits"))
+            .collect()
+    });
+    match usize::try_from(secs) {
+        Ok(small) if small < SHARED => VALUES[small].clone(),
+        _ => HeaderValue::from(secs),
+    }
+}
+
+/// What this cache's own (last) `Cache-Status` member says: `(hit, stored)`.
+pub(crate) fn read_own(headers: &HeaderMap) -> (bool, bool) {
+    let own = headers
+        .get_all(CACHE_STATUS)
+        .iter()
+        .last()
+        .map(HeaderValue::as_bytes)
+        .unwrap_or_default();
+    let has = |param: &[u8]| own.split(|b| *b == b';').any(|p| p.trim_ascii() == param);
+    (has(b"hit"), has(b"stored"))
 }
 
 /// Whether `name` can stand as the cache's name in `Cache-Status` (an sf-token).
@@ -238,6 +258,22 @@ mod tests {
         let all: Vec<_> = h.get_all(CACHE_STATUS).iter().collect();
         assert_eq!(all, ["origin-cache; hit", "edge; hit; ttl=0"]);
         assert_eq!(h[AGE], "3");
+    }
+
+    #[test]
+    fn reads_back_its_own_member() {
+        let mut h = HeaderMap::new();
+        h.insert(CACHE_STATUS, HeaderValue::from_static("origin; hit"));
+        decorate(
+            &mut h,
+            DEFAULT_NAME,
+            Outcome::miss(MissKind::Miss, 200).stored(true),
+            None,
+        );
+        assert_eq!(read_own(&h), (false, true));
+        decorate(&mut h, DEFAULT_NAME, Outcome::hit(Duration::ZERO), None);
+        assert_eq!(read_own(&h), (true, false));
+        assert_eq!(read_own(&HeaderMap::new()), (false, false));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Filling the cache ahead of traffic.
 
-use crate::status::Outcome;
+use crate::status;
 use crate::{CacheLayer, Store};
 use futures_util::StreamExt;
 use http::{Request, Response};
@@ -64,10 +64,10 @@ impl<St: Store> CacheLayer<St> {
             .buffer_unordered(concurrency.max(1))
             .fold(WarmReport::default(), |mut report, result| async move {
                 report.requested += 1;
-                match result.as_ref().map(|r| r.extensions().get::<Outcome>().copied()) {
+                match result.as_ref().map(|r| status::read_own(r.headers())) {
                     Err(_) => report.failed += 1,
-                    Ok(Some(outcome)) if outcome.is_hit() => report.already_fresh += 1,
-                    Ok(Some(outcome)) if outcome.is_stored() => report.stored += 1,
+                    Ok((true, _)) => report.already_fresh += 1,
+                    Ok((_, true)) => report.stored += 1,
                     Ok(_) => report.not_stored += 1,
                 }
                 report

@@ -133,14 +133,16 @@ where
         .as_ref()
         .and_then(|methods| Some((methods, methods.cached(&parts)?)));
     if let Some(reason) = request_bypass(&shared, &parts, route, grpc_method.is_some()) {
-        return bypass(&shared, inner, parts, body, reason).await;
+        // Boxed here and below: the paths that wait on the inner service would otherwise
+        // make every request's future (hits included) as large as theirs.
+        return Box::pin(bypass(&shared, inner, parts, body, reason)).await;
     }
     // An opted-in gRPC call is keyed by its request message, read here and handed on.
     let (body, grpc) = match grpc_method {
         None => (body, None),
-        Some((methods, method)) => match methods.read_request(body).await {
+        Some((methods, method)) => match Box::pin(methods.read_request(body)).await {
             Ok((body, frame)) => (body, Some((methods, method, frame))),
-            Err((body, reason)) => return bypass(&shared, inner, parts, body, reason).await,
+            Err((body, reason)) => return Box::pin(bypass(&shared, inner, parts, body, reason)).await,
         },
     };
 
@@ -222,7 +224,7 @@ where
     if lookout.head {
         // A HEAD response has no body to store; it must never become the GET entry.
         shared.counters.bypass(BypassReason::Head);
-        let response = inner.call(Request::from_parts(parts, body)).await?;
+        let response = Box::pin(inner.call(Request::from_parts(parts, body))).await?;
         let outcome = Outcome::miss(miss_kind, response.status().as_u16()).detail(BypassReason::Head.as_str());
         return Ok(streamed(&shared, response, outcome));
     }
@@ -236,10 +238,11 @@ where
                     break;
                 }
                 Join::Uncacheable => break,
-                Join::Wait(waiter) => match waiter.wait(config.coalesce_timeout).await {
+                Join::Wait(waiter) => match Box::pin(waiter.wait(config.coalesce_timeout)).await {
                     coalesce::Outcome::Abandoned => continue,
                     coalesce::Outcome::Settled(settlement) => {
-                        if let Some(response) = collapsed(&shared, settlement, &lookout, &parts, miss_kind).await {
+                        let collapsed = collapsed(&shared, settlement, &lookout, &parts, miss_kind);
+                        if let Some(response) = Box::pin(collapsed).await {
                             return Ok(response);
                         }
                         break;
@@ -268,7 +271,7 @@ where
         stale: stale.as_ref(),
         absorb_errors: true,
     };
-    let (response, settlement) = forward(&shared, &mut inner, parts, body, attempt).await?;
+    let (response, settlement) = Box::pin(forward(&shared, &mut inner, parts, body, attempt)).await?;
     if let Some(flight) = flight {
         flight.settle(settlement);
     }

@@ -51,7 +51,12 @@ pub(super) fn from_entry<St, B: Body>(
     };
     let mut response = Response::new(body);
     *response.status_mut() = entry.status;
-    *response.headers_mut() = entry.headers.clone();
+    // Room for Cache-Status and Age, so that adding them does not grow the map.
+    let headers = response.headers_mut();
+    headers.reserve(entry.headers.len() + 2);
+    for (name, value) in &entry.headers {
+        headers.append(name, value.clone());
+    }
     if lookout.head && !entry.headers.contains_key(CONTENT_LENGTH) {
         response
             .headers_mut()
@@ -121,6 +126,5 @@ pub(super) fn finish<St, B>(
     age: Option<Duration>,
 ) -> Response<B> {
     status::decorate(response.headers_mut(), &shared.config.status_name, outcome, age);
-    response.extensions_mut().insert(outcome);
     response
 }
