@@ -186,7 +186,7 @@ pub(crate) fn read_own(headers: &HeaderMap) -> (bool, bool) {
     let own = headers
         .get_all(CACHE_STATUS)
         .iter()
-        .last()
+        .next_back()
         .map(HeaderValue::as_bytes)
         .unwrap_or_default();
     let has = |param: &[u8]| own.split(|b| *b == b';').any(|p| p.trim_ascii() == param);
