@@ -7,7 +7,8 @@
 //! - `store_hit`: `Service::call` on a `CacheService` plus collecting the 1 KiB body, every
 //!   request answered from the warmed store: `memory` (`MemoryStore`), `redis` (`RedisStore`:
 //!   one round trip to Redis and a decode), `tiered` (`TieredStore`: its memory tier answers);
-//!   `no_cache` is the inner service alone, for reference.
+//!   for reference, `no_cache` is the inner service alone and `redis_ping` one `PING` through
+//!   the same Redis client (a multiplexed connection): the floor of any Redis operation here.
 //! - `purge/<store>/<n>`: one `Store::purge` of a tag that `n` entries carry (10, 1,000 and
 //!   100,000 entries). Purges stamp the tag and leave the entries to be judged when read, so
 //!   the cost must not grow with `n`. The entries stay in the store for every iteration (a
@@ -19,7 +20,7 @@
 mod redis_server;
 
 use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{BenchmarkId, Criterion, Throughput};
 use futures_util::{stream, StreamExt};
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, ETAG};
 use http::{Request, Response, Uri};
@@ -31,7 +32,6 @@ use std::fmt::Debug;
 use std::future::{ready, Ready};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
 use tower::{service_fn, Service, ServiceExt};
@@ -46,14 +46,6 @@ const FILL_CONCURRENCY: usize = 256;
 
 type Req = Request<Empty<Bytes>>;
 type Res = Response<Full<Bytes>>;
-
-/// The one `redis-server` of this bench, started on first use (`None` where not installed).
-fn redis() -> Option<&'static RedisServer> {
-    static SERVER: OnceLock<Option<RedisServer>> = OnceLock::new();
-    SERVER
-        .get_or_init(|| redis_server::available().then(RedisServer::start))
-        .as_ref()
-}
 
 async fn redis_store(server: &RedisServer) -> RedisStore {
     static NAMESPACE: AtomicUsize = AtomicUsize::new(0);
@@ -151,7 +143,7 @@ fn bench_hits<St: Store>(
     assert_eq!(stats.misses, 1, "{name}: only the first request may miss: {stats:?}");
 }
 
-fn store_hit(c: &mut Criterion) {
+fn store_hit(c: &mut Criterion, redis: Option<&RedisServer>) {
     let rt = runtime();
     let mut group = c.benchmark_group("store_hit");
     group.throughput(Throughput::Elements(1));
@@ -172,8 +164,18 @@ fn store_hit(c: &mut Criterion) {
     });
 
     bench_hits(&mut group, &rt, "memory", MemoryStore::new());
-    match redis() {
+    match redis {
         Some(server) => {
+            let connection = rt.block_on(async {
+                let client = redis::Client::open(server.url()).expect("redis url");
+                client.get_multiplexed_async_connection().await.expect("connect")
+            });
+            group.bench_function("redis_ping", |b| {
+                b.to_async(&rt).iter(|| {
+                    let mut connection = connection.clone();
+                    async move { redis::cmd("PING").query_async::<String>(&mut connection).await.unwrap() }
+                })
+            });
             let store = rt.block_on(redis_store(server));
             bench_hits(&mut group, &rt, "redis", store);
             let tiered = rt.block_on(async {
@@ -238,10 +240,16 @@ fn bench_purge<St: Store>(
             start.elapsed()
         );
         let purged = [tag.to_owned()];
+        // Unset when a filter on the command line skips this size.
+        let mut measured = false;
         group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
+            measured = true;
             b.to_async(rt)
                 .iter(|| async { store.purge(black_box(&purged), PurgeMode::Hard).await.unwrap() })
         });
+        if !measured {
+            continue;
+        }
         rt.block_on(async {
             for i in [0, n / 2, n - 1] {
                 let key = CacheKey::from_bytes(format!("purge-bench-{i}"));
@@ -255,7 +263,7 @@ fn bench_purge<St: Store>(
     }
 }
 
-fn purge(c: &mut Criterion) {
+fn purge(c: &mut Criterion, redis: Option<&RedisServer>) {
     let rt = runtime();
     let mut group = c.benchmark_group("purge");
     group.throughput(Throughput::Elements(1));
@@ -263,7 +271,7 @@ fn purge(c: &mut Criterion) {
     bench_purge(&mut group, &rt, "memory", || {
         MemoryStore::builder().max_bytes(1 << 30).build()
     });
-    match redis() {
+    match redis {
         Some(server) => {
             bench_purge(&mut group, &rt, "redis", || rt.block_on(redis_store(server)));
             server.cli(&["flushall"]);
@@ -273,12 +281,16 @@ fn purge(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group! {
-    name = benches;
-    config = Criterion::default()
+// A main of its own rather than `criterion_main!`, so that the `redis-server` it starts is
+// dropped, and so stopped, when the bench ends (a static would outlive the process's exit).
+fn main() {
+    let redis = redis_server::available().then(RedisServer::start);
+    let mut criterion = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
-        .sample_size(50);
-    targets = store_hit, purge
+        .sample_size(50)
+        .configure_from_args();
+    store_hit(&mut criterion, redis.as_ref());
+    purge(&mut criterion, redis.as_ref());
+    criterion.final_summary();
 }
-criterion_main!(benches);

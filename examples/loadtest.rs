@@ -1,7 +1,7 @@
 //! Load test: the same workloads against every backend, side by side, over loopback.
 //!
 //! Run: `cargo run --release --example loadtest --features redis`
-//! (about two minutes; `-- --quick` for a smoke run of a few seconds, `-- --help` for options).
+//! (about four minutes; `-- --quick` for a smoke run of a few seconds, `-- --help` for options).
 //!
 //! It starts an axum server on 127.0.0.1:0 and drives it from a separate hyper client, on a
 //! runtime of its own, over `--concurrency` keep-alive connections. Backends: `none` (no cache,
@@ -16,6 +16,9 @@
 //! For each backend and workload it reports requests/s, p50/p99/p999 latency, the hit ratio
 //! (`; hit` in `Cache-Status`), origin calls and the process's resident memory, and writes
 //! `bench-results/loadtest.md` (a table) and `bench-results/loadtest.svg` (grouped bars).
+//! Every scenario runs `--rounds` times (3), one round after another, and each row is its
+//! median run; the ratios between backends are taken within a round, since a shared machine's
+//! speed drifts more over minutes than between neighbouring runs.
 
 #[path = "support/redis_server.rs"]
 mod redis_server;
@@ -143,15 +146,16 @@ usage: cargo run --release --example loadtest --features redis -- [options]
   --duration D        measured time per scenario, e.g. 3s or 300ms (default 3s)
   --warmup D          unmeasured time before it, same workload (default 1s)
   --burst N           concurrent requests per stampede burst (default 1000)
-  --rounds N          run every scenario N times, interleaved, and report for each the
-                      run of median throughput, with the range (default 1)
+  --rounds N          run every scenario N times, the rounds interleaved, and report for
+                      each the run of median throughput, with the range (default 3)
   --server-threads N  worker threads of the server's runtime (default: all cores)
   --client-threads N  worker threads of the client's runtime (default: all cores)
   --backends LIST     comma-separated subset of none,static,memory,redis,tiered
   --workloads LIST    comma-separated subset of hot,zipf,mixed,stampede
   --out DIR           where loadtest.md and loadtest.svg go (default bench-results,
                       or target/loadtest-quick with --quick)
-  --quick             smoke run: 300 ms per scenario after 100 ms of warm-up, bursts of 200
+  --quick             smoke run of about 8 s: one round, 300 ms per scenario after 100 ms
+                      of warm-up, bursts of 200
 ";
 
 #[derive(Debug, Clone)]
@@ -191,7 +195,7 @@ impl Options {
             duration: Duration::from_secs(3),
             warmup: Duration::from_secs(1),
             burst: 1000,
-            rounds: 1,
+            rounds: 3,
             server_threads: cores,
             client_threads: cores,
             backends: Backend::ALL.to_vec(),
@@ -200,7 +204,7 @@ impl Options {
             quick: false,
             command: "cargo run --release --example loadtest --features redis".into(),
         };
-        let (mut duration, mut warmup, mut burst, mut out) = (None, None, None, None);
+        let (mut duration, mut warmup, mut burst, mut rounds, mut out) = (None, None, None, None, None);
         let mut args = args.into_iter();
         let mut shown = Vec::new();
         while let Some(flag) = args.next() {
@@ -211,6 +215,21 @@ impl Options {
             }
             if flag == "--help" || flag == "-h" {
                 return Err(String::new());
+            }
+            const WITH_VALUE: [&str; 10] = [
+                "--concurrency",
+                "--duration",
+                "--warmup",
+                "--burst",
+                "--rounds",
+                "--server-threads",
+                "--client-threads",
+                "--backends",
+                "--workloads",
+                "--out",
+            ];
+            if !WITH_VALUE.contains(&flag.as_str()) {
+                return Err(format!("unknown option {flag}"));
             }
             let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
             shown.push(value.clone());
@@ -226,7 +245,7 @@ impl Options {
                 "--duration" => duration = Some(parse_duration(&value)?),
                 "--warmup" => warmup = Some(parse_duration(&value)?),
                 "--burst" => burst = Some(count()?),
-                "--rounds" => options.rounds = count()?,
+                "--rounds" => rounds = Some(count()?),
                 "--server-threads" => options.server_threads = count()?,
                 "--client-threads" => options.client_threads = count()?,
                 "--backends" => options.backends = parse_names(&value, &Backend::ALL, Backend::name)?,
@@ -239,11 +258,13 @@ impl Options {
             options.duration = Duration::from_millis(300);
             options.warmup = Duration::from_millis(100);
             options.burst = 200;
+            options.rounds = 1;
             options.out = PathBuf::from("target/loadtest-quick");
         }
         options.duration = duration.unwrap_or(options.duration);
         options.warmup = warmup.unwrap_or(options.warmup);
         options.burst = burst.unwrap_or(options.burst);
+        options.rounds = rounds.unwrap_or(options.rounds);
         options.out = out.unwrap_or(options.out);
         if options.duration.is_zero() {
             return Err("--duration must be more than zero".into());
@@ -1268,6 +1289,14 @@ fn svg(rows: &[Row], backends: &[Backend], workloads: &[Workload], subtitle: &st
     plot.svg
 }
 
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
 fn runtime(threads: usize, name: &str) -> Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
@@ -1328,13 +1357,24 @@ fn main() -> ExitCode {
     );
     let mut runs: Vec<Vec<Row>> = scenarios.iter().map(|_| Vec::new()).collect();
     let mut index = 0;
-    for round in 1..=options.rounds {
-        for ((backend, workload), runs) in scenarios.iter().zip(&mut runs) {
-            let row = bench.scenario(*backend, *workload, index);
+    for round in 0..options.rounds {
+        // Each round runs a workload's backends in another order (stepping through them by a
+        // stride coprime with their number), so that no backend always follows the same one:
+        // the one before can leave the machine warmer or busier.
+        let n = backends.len();
+        let strides: Vec<usize> = (1..n.max(2)).filter(|k| gcd(*k, n) == 1).collect();
+        let stride = strides[round % strides.len()];
+        let order = (0..scenarios.len()).map(|i| {
+            let (group, position) = (i / n, i % n);
+            group * n + (round + position * stride) % n
+        });
+        for i in order {
+            let (backend, workload) = scenarios[i];
+            let row = bench.scenario(backend, workload, index);
             index += 1;
             let line = table(std::slice::from_ref(&row));
-            eprintln!("round {round}: {}", line.lines().nth(2).unwrap_or_default());
-            runs.push(row);
+            eprintln!("round {}: {}", round + 1, line.lines().nth(2).unwrap_or_default());
+            runs[i].push(row);
             if let Some(redis) = &redis {
                 redis.cli(&["flushall"]);
             }
@@ -1349,11 +1389,15 @@ fn main() -> ExitCode {
     print!("{}", table(&rows));
 
     let subtitle = format!(
-        "{} ({} cores); {} connections, {} per scenario; 1 KiB bodies; origin handler 2 ms",
+        "{} ({} cores); {} connections, {} per scenario, median of {} round{}; stampede bursts of {}; \
+         1 KiB bodies; origin handler 2 ms",
         cpu_model(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         options.concurrency,
         format_latency(options.duration),
+        options.rounds,
+        if options.rounds == 1 { "" } else { "s" },
+        options.burst,
     );
     let info = RunInfo {
         notes: &notes,
