@@ -23,8 +23,9 @@ pub(crate) enum Settlement {
     Uncacheable,
     /// The origin failed and a stale entry answered instead: waiters may answer with it too.
     StaleOnError,
-    /// The origin failed (a 5xx, a broken body): waiters go to the origin themselves, and
-    /// the key is not remembered as uncacheable, since the failure is likely transient.
+    /// The origin failed (a 5xx, a broken body), or the response belonged to the leader's
+    /// request alone (its credentials, `private`): a waiter takes over, and the key is not
+    /// remembered as uncacheable.
     Failed,
 }
 

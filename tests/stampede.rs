@@ -71,10 +71,17 @@ async fn private(State(gate): State<Gate>, headers: HeaderMap) -> ([(&'static st
     ([("cache-control", "private")], format!("for {user}"))
 }
 
+/// A response no one may share: it sets a cookie.
+async fn cookie(State(gate): State<Gate>) -> ([(&'static str, &'static str); 1], &'static str) {
+    gate.pass().await;
+    ([("set-cookie", "session=1")], "with a cookie")
+}
+
 fn app(gate: &Gate, layer: CacheLayer<MemoryStore>) -> Router {
     Router::new()
         .route("/hot", get(big))
         .route("/private", get(private))
+        .route("/cookie", get(cookie))
         .with_state(gate.clone())
         .layer(layer)
 }
@@ -173,17 +180,17 @@ async fn uncacheable_keys_are_remembered_so_requests_do_not_queue() {
     gate.open();
     let layer = CacheLayer::new(MemoryStore::new());
     let app = app(&gate, layer.clone());
-    get_body(app.clone(), "/private", Some("a".into())).await;
+    get_body(app.clone(), "/cookie", None).await;
 
     // The gate is shut again: had the requests queued behind one another, only one would
     // ever reach the origin.
     let gate_shut = Gate::default();
     let app = Router::new()
-        .route("/private", get(private))
+        .route("/cookie", get(cookie))
         .with_state(gate_shut.clone())
         .layer(layer.clone());
     let requests: Vec<_> = (0..8)
-        .map(|i| tokio::spawn(get_body(app.clone(), "/private", Some(format!("u{i}")))))
+        .map(|_| tokio::spawn(get_body(app.clone(), "/cookie", None)))
         .collect();
     until("8 concurrent origin calls", || gate_shut.calls() == 8).await;
     gate_shut.open();
@@ -191,6 +198,36 @@ async fn uncacheable_keys_are_remembered_so_requests_do_not_queue() {
         assert_eq!(request.await.unwrap().0, StatusCode::OK);
     }
     assert_eq!(gate.calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_with_credentials_does_not_cost_the_others_their_coalescing() {
+    let gate = Gate::default();
+    let layer = CacheLayer::new(MemoryStore::new());
+    let app = app(&gate, layer.clone());
+    let with_token = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let req = Request::get("/hot")
+                .header("authorization", "Bearer t")
+                .body(axum::body::Body::empty());
+            app.oneshot(req.unwrap()).await.unwrap().status()
+        })
+    };
+    until("the leader", || gate.calls() == 1).await;
+    let anonymous: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(get_body(app.clone(), "/hot", None)))
+        .collect();
+    until("20 waiters", || layer.stats().misses == 21).await;
+    gate.open();
+    assert_eq!(with_token.await.unwrap(), StatusCode::OK);
+    for request in anonymous {
+        let (status, _, body) = request.await.unwrap();
+        assert_eq!((status, body.len()), (StatusCode::OK, BODY_LEN));
+    }
+    // The leader's answer was its own; one waiter took over and the rest shared that one.
+    assert_eq!(gate.calls(), 2);
+    assert!(get_body(app.clone(), "/hot", None).await.1.contains("; hit"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -210,7 +210,8 @@ fn upstream_age(entry: &CachedResponse) -> Option<Duration> {
     Some(entry.age(SystemTime::now())).filter(|age| age.as_secs() > 0)
 }
 
-/// A response kept out of the store for a reason that holds for every request to this key.
+/// A response kept out of the store. Waiters go to the origin themselves; the key is
+/// remembered as uncacheable unless the reason belongs to this request alone.
 fn uncacheable<St, B>(
     shared: &Shared<St>,
     parts: response::Parts,
@@ -221,7 +222,13 @@ fn uncacheable<St, B>(
 where
     B: Body,
 {
-    (not_stored(shared, parts, body, reason, kind), Settlement::Uncacheable)
+    // Credentials and `private` depend on this request, not on the key: other requests for
+    // the key may well be shareable, so it is not remembered as uncacheable.
+    let settlement = match reason {
+        BypassReason::Credentials | BypassReason::Private => Settlement::Failed,
+        _ => Settlement::Uncacheable,
+    };
+    (not_stored(shared, parts, body, reason, kind), settlement)
 }
 
 /// Adds `If-None-Match` / `If-Modified-Since` from the stored entry; `false` if it has none.

@@ -239,7 +239,8 @@ where
                 }
                 Join::Uncacheable => break,
                 Join::Wait(waiter) => match Box::pin(waiter.wait(config.coalesce_timeout)).await {
-                    coalesce::Outcome::Abandoned => continue,
+                    // A failed or request-specific answer: one waiter tries again for the rest.
+                    coalesce::Outcome::Abandoned | coalesce::Outcome::Settled(Settlement::Failed) => continue,
                     coalesce::Outcome::Settled(settlement) => {
                         let collapsed = collapsed(&shared, settlement, &lookout, &parts, miss_kind);
                         if let Some(response) = Box::pin(collapsed).await {

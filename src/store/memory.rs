@@ -173,6 +173,19 @@ impl MemoryStore {
         }
     }
 
+    /// Purges as if it happened `ahead` from now: a tier under a remote store stamps like it,
+    /// clock-skew margin included.
+    pub(crate) fn purge_ahead(&self, tags: &[String], mode: PurgeMode, ahead: Duration) {
+        self.shared.stamps.purge(tags, mode, micros_of(ahead));
+        self.shared.purges.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn purge_all_ahead(&self, ahead: Duration) {
+        self.shared.stamps.purge_all(micros_of(ahead));
+        self.shared.cache.clear();
+        self.shared.purges.fetch_add(1, Relaxed);
+    }
+
     fn get_now(&self, key: &CacheKey) -> Lookup {
         let Some(slot) = self.shared.cache.get(key) else {
             return Lookup::Miss;
@@ -224,6 +237,10 @@ impl MemoryStore {
     }
 }
 
+fn micros_of(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(100 * 365 * 86_400)
 }
@@ -243,15 +260,12 @@ impl Store for MemoryStore {
     }
 
     async fn purge(&self, tags: &[String], mode: PurgeMode) -> Result<(), StoreError> {
-        self.shared.stamps.purge(tags, mode);
-        self.shared.purges.fetch_add(1, Relaxed);
+        self.purge_ahead(tags, mode, Duration::ZERO);
         Ok(())
     }
 
     async fn purge_all(&self) -> Result<(), StoreError> {
-        self.shared.stamps.purge_all();
-        self.shared.cache.clear();
-        self.shared.purges.fetch_add(1, Relaxed);
+        self.purge_all_ahead(Duration::ZERO);
         Ok(())
     }
 }

@@ -265,6 +265,10 @@ impl RedisStore {
         }
     }
 
+    pub(crate) fn skew_margin(&self) -> Duration {
+        self.inner.skew_margin
+    }
+
     pub(crate) fn breaker_open(&self) -> bool {
         self.inner.breaker.is_open()
     }

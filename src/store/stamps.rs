@@ -111,34 +111,36 @@ impl TagStamps {
         started >= write_floor && self.judge(started, tags) != Verdict::Purged
     }
 
-    /// Stamps `tags` now. Returns the stamp.
-    pub(crate) fn purge(&self, tags: &[String], mode: PurgeMode) -> u64 {
+    /// Stamps `tags` now, or `ahead_us` later (to match a remote store's clock-skew margin).
+    /// Returns the stamp.
+    pub(crate) fn purge(&self, tags: &[String], mode: PurgeMode, ahead_us: u64) -> u64 {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let now = now_micros();
+        let at = now.saturating_add(ahead_us);
         for tag in tags {
             let stamp = inner.by_tag.entry(tag.as_str().into()).or_default();
             let old = stamp.latest();
             match mode {
-                PurgeMode::Hard => stamp.hard = now,
-                PurgeMode::Soft => stamp.soft = now,
+                PurgeMode::Hard => stamp.hard = stamp.hard.max(at),
+                PurgeMode::Soft => stamp.soft = stamp.soft.max(at),
             }
             let new = stamp.latest();
             inner.by_age.remove(&(old, tag.as_str().into()));
             inner.by_age.insert((new, tag.as_str().into()));
         }
         self.prune(&mut inner, now);
-        self.latest.fetch_max(now, Ordering::AcqRel);
-        now
+        self.latest.fetch_max(at, Ordering::AcqRel);
+        at
     }
 
-    /// Invalidates everything that started until now.
-    pub(crate) fn purge_all(&self) {
+    /// Invalidates everything that started until now (or `ahead_us` later).
+    pub(crate) fn purge_all(&self, ahead_us: u64) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let now = now_micros();
-        inner.floor = now;
+        let at = now_micros().saturating_add(ahead_us);
+        inner.floor = inner.floor.max(at);
         inner.by_tag.clear();
         inner.by_age.clear();
-        self.latest.fetch_max(now, Ordering::AcqRel);
+        self.latest.fetch_max(at, Ordering::AcqRel);
     }
 
     fn prune(&self, inner: &mut Inner, now: u64) {
@@ -178,7 +180,7 @@ mod tests {
         let stamps = TagStamps::new(100);
         stamps.retain_for(60_000_000);
         let before = now_micros();
-        let at = stamps.purge(&tags(&["a"]), PurgeMode::Hard);
+        let at = stamps.purge(&tags(&["a"]), PurgeMode::Hard, 0);
         assert!(at >= before);
         assert_eq!(stamps.judge(before, &tags(&["a", "b"])), Verdict::Purged);
         assert_eq!(stamps.judge(before, &tags(&["b"])), Verdict::Valid);
@@ -190,9 +192,9 @@ mod tests {
         let stamps = TagStamps::new(100);
         stamps.retain_for(60_000_000);
         let started = now_micros();
-        stamps.purge(&tags(&["a"]), PurgeMode::Soft);
+        stamps.purge(&tags(&["a"]), PurgeMode::Soft, 0);
         assert_eq!(stamps.judge(started, &tags(&["a"])), Verdict::SoftPurged);
-        stamps.purge(&tags(&["b"]), PurgeMode::Hard);
+        stamps.purge(&tags(&["b"]), PurgeMode::Hard, 0);
         assert_eq!(stamps.judge(started, &tags(&["a", "b"])), Verdict::Purged);
     }
 
@@ -202,7 +204,7 @@ mod tests {
         stamps.retain_for(u64::MAX / 4);
         let started = now_micros();
         for i in 0..10 {
-            stamps.purge(&tags(&[&format!("t{i}")]), PurgeMode::Hard);
+            stamps.purge(&tags(&[&format!("t{i}")]), PurgeMode::Hard, 0);
         }
         assert_eq!(stamps.len(), 3);
         // t0 was forgotten, yet what it invalidated stays invalid.
@@ -215,7 +217,7 @@ mod tests {
         let stamps = TagStamps::new(1000);
         stamps.retain_for(0);
         for i in 0..50 {
-            stamps.purge(&tags(&[&format!("t{i}")]), PurgeMode::Hard);
+            stamps.purge(&tags(&[&format!("t{i}")]), PurgeMode::Hard, 0);
         }
         assert!(stamps.len() <= 2, "{}", stamps.len());
     }
@@ -225,8 +227,8 @@ mod tests {
         let stamps = TagStamps::new(1000);
         let started = now_micros();
         // No entry lives yet, so the stamp is dropped at once; the slow write must not pass.
-        stamps.purge(&tags(&["a"]), PurgeMode::Hard);
-        stamps.purge(&tags(&["b"]), PurgeMode::Hard);
+        stamps.purge(&tags(&["a"]), PurgeMode::Hard, 0);
+        stamps.purge(&tags(&["b"]), PurgeMode::Hard, 0);
         assert!(!stamps.admits(started, &tags(&["a"])));
         assert!(stamps.admits(now_micros() + 1, &tags(&["a"])));
     }

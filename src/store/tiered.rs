@@ -133,9 +133,10 @@ impl Store for TieredStore {
                 Ok(Lookup::Found(entry))
             }
             Ok(other) => Ok(other),
-            // Redis is unreachable: no purge can be recorded either, so L1 may answer.
+            // Redis failed. L1 answers only while it is trusted: subscribed, or Redis known
+            // to be down (no purge can be recorded anywhere then).
             Err(error) => match local {
-                Lookup::Found(_) | Lookup::SoftPurged(_) => Ok(local),
+                Lookup::Found(_) | Lookup::SoftPurged(_) if self.l1_trusted() => Ok(local),
                 _ => Err(error),
             },
         }
@@ -163,13 +164,14 @@ impl Store for TieredStore {
     }
 
     async fn purge(&self, tags: &[String], mode: PurgeMode) -> Result<(), StoreError> {
-        // This instance sees its own purge at once; the others through the message.
-        self.l1.purge(tags, mode).await?;
+        // This instance sees its own purge at once; the others through the message. L1
+        // stamps with Redis's clock-skew margin, as Redis does.
+        self.l1.purge_ahead(tags, mode, self.l2.skew_margin());
         self.l2.purge(tags, mode).await
     }
 
     async fn purge_all(&self) -> Result<(), StoreError> {
-        self.l1.purge_all().await?;
+        self.l1.purge_all_ahead(self.l2.skew_margin());
         self.l2.purge_all().await
     }
 }
@@ -182,7 +184,8 @@ async fn subscribe(l1: MemoryStore, l2: RedisStore, sync: std::sync::Weak<Subscr
             if pubsub.subscribe(l2.channel()).await.is_ok() {
                 backoff = Duration::from_millis(50);
                 // Messages may have been missed while unsubscribed: start L1 afresh.
-                let _ = l1.purge_all().await;
+                // (Without the skew margin: reads that refill L1 are judged by Redis's stamps.)
+                l1.purge_all_ahead(Duration::ZERO);
                 let Some(state) = sync.upgrade() else { return };
                 state.subscribed.store(true, Relaxed);
                 state.subscriptions.fetch_add(1, Relaxed);
@@ -190,7 +193,7 @@ async fn subscribe(l1: MemoryStore, l2: RedisStore, sync: std::sync::Weak<Subscr
                 let mut messages = pubsub.on_message();
                 while let Some(message) = messages.next().await {
                     let Some(state) = sync.upgrade() else { return };
-                    apply(&l1, message.get_payload_bytes()).await;
+                    apply(&l1, l2.skew_margin(), message.get_payload_bytes());
                     state.messages.fetch_add(1, Relaxed);
                 }
             }
@@ -204,22 +207,22 @@ async fn subscribe(l1: MemoryStore, l2: RedisStore, sync: std::sync::Weak<Subscr
 }
 
 /// A message is `*` (purge all), or `h` / `s` followed by one tag per line.
-async fn apply(l1: &MemoryStore, payload: &[u8]) {
+fn apply(l1: &MemoryStore, margin: Duration, payload: &[u8]) {
     let text = String::from_utf8_lossy(payload);
     let mut lines = text.split('\n');
     let mode = match lines.next() {
         Some("*") => {
-            let _ = l1.purge_all().await;
+            l1.purge_all_ahead(margin);
             return;
         }
         Some("h") => PurgeMode::Hard,
         Some("s") => PurgeMode::Soft,
         _ => {
             // Unknown format: forget everything rather than miss a purge.
-            let _ = l1.purge_all().await;
+            l1.purge_all_ahead(margin);
             return;
         }
     };
     let tags: Vec<String> = lines.filter(|t| !t.is_empty()).map(str::to_owned).collect();
-    let _ = l1.purge(&tags, mode).await;
+    l1.purge_ahead(&tags, mode, margin);
 }
