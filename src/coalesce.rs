@@ -1,12 +1,15 @@
 //! Single flight: concurrent misses on one key make one call to the inner service.
 //!
 //! The first miss becomes the leader of a flight; later misses wait on it. The leader settles
-//! the flight with a shareable entry, or says the response could not be shared (the key is
-//! then remembered as uncacheable for a while, so later requests do not queue behind one
-//! another). A leader that is dropped (cancelled, or its inner service failed) abandons the
-//! flight: waiters wake and one of them takes over. Nothing stays locked.
+//! the flight with what waiters may do: read the stored entry, go alone (the resource cannot
+//! be shared), or answer with the origin's failure. A leader that is dropped (cancelled) or
+//! whose response could not be kept abandons the flight: waiters wake and one takes over.
+//! Every flight has a deadline: past it, the flight no longer holds new misses, and its
+//! waiters stop waiting. Nothing stays locked.
 
 use crate::key::CacheKey;
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,18 +18,28 @@ use tokio::sync::watch;
 
 /// How a flight ended. Waiters read the store again rather than take the leader's response:
 /// the store applies purges that happened after the leader started, and `Vary`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) enum Settlement {
     /// A response was stored: waiters look it up.
     Stored,
-    /// The response may not be shared: each waiter goes to the origin itself.
+    /// The resource may not be shared (its status, `no-store`, its size...): each waiter goes
+    /// to the origin itself, and the key is remembered as uncacheable for a while.
     Uncacheable,
     /// The origin failed and a stale entry answered instead: waiters may answer with it too.
     StaleOnError,
-    /// The origin failed (a 5xx, a broken body), or the response belonged to the leader's
-    /// request alone (its credentials, `private`): a waiter takes over, and the key is not
-    /// remembered as uncacheable.
-    Failed,
+    /// The origin failed (a 5xx, an error): waiters present share that failure rather than
+    /// each calling a failing origin. The next request elects a new leader.
+    Failed(Arc<OriginFailure>),
+    /// The response could not be kept (the store declined or failed, the body broke off, it
+    /// answered the leader's credentials alone): one waiter takes over.
+    Retry,
+}
+
+/// What a failing origin answered, as waiters replay it: a 5xx response, or `None` when the
+/// inner service returned an error (waiters then answer `502 Bad Gateway`).
+#[derive(Debug)]
+pub(crate) struct OriginFailure {
+    pub(crate) response: Option<(StatusCode, HeaderMap, Bytes)>,
 }
 
 #[derive(Debug, Clone)]
@@ -53,30 +66,42 @@ pub(crate) enum Outcome {
     Settled(Settlement),
     /// The leader went away: try to take over.
     Abandoned,
-    /// The leader is taking too long: go to the origin alone.
+    /// The flight passed its deadline, or the waiter its own timeout: go to the origin alone.
     TimedOut,
 }
 
 #[derive(Debug)]
+struct InFlight {
+    tx: watch::Sender<FlightState>,
+    deadline: Instant,
+}
+
+#[derive(Debug)]
 pub(crate) struct Coalescer {
-    flights: Mutex<HashMap<CacheKey, watch::Sender<FlightState>>>,
+    flights: Mutex<HashMap<CacheKey, InFlight>>,
     uncacheable: Mutex<HashMap<CacheKey, Instant>>,
     remember_uncacheable: Duration,
+    /// How long a flight holds new misses (and its waiters) after its leader started.
+    flight_deadline: Duration,
     /// Bumped by every settlement, so that a miss can tell whether a flight may have
     /// finished between its lookup and its join.
     generation: AtomicU64,
+    /// Requests waiting on a flight right now.
+    waiting: Arc<AtomicU64>,
 }
 
 /// Uncacheable keys remembered at most; past it, expired ones are swept, then all dropped.
 const MAX_UNCACHEABLE: usize = 10_000;
 
 impl Coalescer {
-    pub(crate) fn new(remember_uncacheable: Duration) -> Self {
+    pub(crate) fn new(remember_uncacheable: Duration, flight_deadline: Duration) -> Self {
         Coalescer {
             flights: Mutex::default(),
             uncacheable: Mutex::default(),
             remember_uncacheable,
+            flight_deadline,
             generation: AtomicU64::new(0),
+            waiting: Arc::default(),
         }
     }
 
@@ -84,20 +109,32 @@ impl Coalescer {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// Requests waiting on a flight right now.
+    pub(crate) fn waiting(&self) -> u64 {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn join(self: &Arc<Self>, key: &CacheKey) -> Join {
         if self.is_uncacheable(key) {
             return Join::Uncacheable;
         }
+        let now = Instant::now();
         let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = flights.get(key) {
-            return Join::Wait(Waiter { rx: tx.subscribe() });
+        if let Some(flight) = flights.get(key) {
+            // A flight past its deadline no longer holds anyone: this miss leads a new one.
+            if flight.deadline > now {
+                return Join::Wait(Waiter::new(flight, &self.waiting));
+            }
+            tracing::warn!("a call to the inner service outlived its flight deadline; a new one starts");
         }
         let (tx, _) = watch::channel(FlightState::Pending);
-        flights.insert(key.clone(), tx.clone());
+        let deadline = now + self.flight_deadline;
+        flights.insert(key.clone(), InFlight { tx: tx.clone(), deadline });
         Join::Lead(Flight {
             coalescer: self.clone(),
             key: key.clone(),
             tx,
+            deadline,
             settled: false,
         })
     }
@@ -139,7 +176,7 @@ impl Coalescer {
         {
             let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
             // Only remove our own flight, never a successor's.
-            if flights.get(key).is_some_and(|current| current.same_channel(tx)) {
+            if flights.get(key).is_some_and(|current| current.tx.same_channel(tx)) {
                 flights.remove(key);
             }
         }
@@ -159,15 +196,22 @@ pub(crate) struct Flight {
     coalescer: Arc<Coalescer>,
     key: CacheKey,
     tx: watch::Sender<FlightState>,
+    deadline: Instant,
     settled: bool,
 }
 
 impl Flight {
+    /// The instant past which the flight holds no one: the leader's own call may be bounded
+    /// by it (background refreshes are).
+    pub(crate) fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
     pub(crate) fn settle(mut self, settlement: Settlement) {
         match &settlement {
             Settlement::Uncacheable => self.coalescer.remember(&self.key),
             Settlement::Stored => self.coalescer.forget(&self.key),
-            Settlement::StaleOnError | Settlement::Failed => {}
+            Settlement::StaleOnError | Settlement::Failed(_) | Settlement::Retry => {}
         }
         self.settled = true;
         self.coalescer
@@ -186,20 +230,39 @@ impl Drop for Flight {
 #[derive(Debug)]
 pub(crate) struct Waiter {
     rx: watch::Receiver<FlightState>,
+    deadline: Instant,
+    waiting: Arc<AtomicU64>,
 }
 
 impl Waiter {
+    fn new(flight: &InFlight, waiting: &Arc<AtomicU64>) -> Self {
+        waiting.fetch_add(1, Ordering::Relaxed);
+        Waiter {
+            rx: flight.tx.subscribe(),
+            deadline: flight.deadline,
+            waiting: waiting.clone(),
+        }
+    }
+
+    /// Waits for the leader, at most `timeout` and never past the flight's deadline.
     pub(crate) async fn wait(mut self, timeout: Duration) -> Outcome {
+        let timeout = timeout.min(self.deadline.saturating_duration_since(Instant::now()));
         let settled = self.rx.wait_for(|state| !matches!(state, FlightState::Pending));
         match tokio::time::timeout(timeout, settled).await {
             Err(_) => Outcome::TimedOut,
             // The sender is gone without a word: treat as abandoned.
             Ok(Err(_)) => Outcome::Abandoned,
             Ok(Ok(state)) => match &*state {
-                FlightState::Settled(settlement) => Outcome::Settled(*settlement),
+                FlightState::Settled(settlement) => Outcome::Settled(settlement.clone()),
                 FlightState::Abandoned | FlightState::Pending => Outcome::Abandoned,
             },
         }
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -213,7 +276,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_leader_and_waiters_get_its_entry() {
-        let c = Arc::new(Coalescer::new(Duration::from_secs(5)));
+        let c = Arc::new(Coalescer::new(Duration::from_secs(5), Duration::from_secs(60)));
         let Join::Lead(flight) = c.join(&key("a")) else {
             panic!("first is leader")
         };
@@ -233,7 +296,7 @@ mod tests {
 
     #[tokio::test]
     async fn dropped_leader_abandons_and_a_waiter_takes_over() {
-        let c = Arc::new(Coalescer::new(Duration::from_secs(5)));
+        let c = Arc::new(Coalescer::new(Duration::from_secs(5), Duration::from_secs(60)));
         let Join::Lead(flight) = c.join(&key("a")) else {
             panic!()
         };
@@ -245,7 +308,7 @@ mod tests {
 
     #[tokio::test]
     async fn uncacheable_keys_are_remembered_then_forgotten() {
-        let c = Arc::new(Coalescer::new(Duration::from_secs(60)));
+        let c = Arc::new(Coalescer::new(Duration::from_secs(60), Duration::from_secs(60)));
         let Join::Lead(flight) = c.join(&key("a")) else {
             panic!()
         };
@@ -261,7 +324,7 @@ mod tests {
 
     #[tokio::test]
     async fn waits_are_bounded() {
-        let c = Arc::new(Coalescer::new(Duration::ZERO));
+        let c = Arc::new(Coalescer::new(Duration::ZERO, Duration::from_secs(60)));
         let Join::Lead(_flight) = c.join(&key("a")) else {
             panic!()
         };
@@ -271,12 +334,50 @@ mod tests {
 
     #[test]
     fn generation_moves_on_every_settlement() {
-        let c = Arc::new(Coalescer::new(Duration::ZERO));
+        let c = Arc::new(Coalescer::new(Duration::ZERO, Duration::from_secs(60)));
         let before = c.generation();
         let Join::Lead(flight) = c.join(&key("a")) else {
             panic!()
         };
         flight.settle(Settlement::Uncacheable);
         assert!(c.generation() > before);
+    }
+
+    #[tokio::test]
+    async fn a_flight_past_its_deadline_holds_no_one() {
+        let c = Arc::new(Coalescer::new(Duration::ZERO, Duration::from_millis(20)));
+        let Join::Lead(hung) = c.join(&key("a")) else { panic!() };
+        let Join::Wait(w) = c.join(&key("a")) else { panic!() };
+        // The waiter stops at the flight's deadline, not at its own (longer) timeout.
+        assert!(matches!(w.wait(Duration::from_secs(30)).await, Outcome::TimedOut));
+        assert_eq!(c.waiting(), 0);
+        let Join::Lead(next) = c.join(&key("a")) else {
+            panic!("past its deadline the hung flight no longer holds new misses")
+        };
+        // The hung leader finishing late does not remove its successor's flight.
+        hung.settle(Settlement::Retry);
+        assert!(matches!(c.join(&key("a")), Join::Wait(_)));
+        drop(next);
+    }
+
+    #[tokio::test]
+    async fn failures_reach_every_waiter_and_are_not_remembered() {
+        let c = Arc::new(Coalescer::new(Duration::from_secs(60), Duration::from_secs(60)));
+        let Join::Lead(flight) = c.join(&key("a")) else { panic!() };
+        let waiters: Vec<_> = (0..3)
+            .map(|_| match c.join(&key("a")) {
+                Join::Wait(w) => w,
+                _ => panic!("waits"),
+            })
+            .collect();
+        assert_eq!(c.waiting(), 3);
+        flight.settle(Settlement::Failed(Arc::new(OriginFailure { response: None })));
+        for w in waiters {
+            assert!(matches!(
+                w.wait(Duration::from_secs(5)).await,
+                Outcome::Settled(Settlement::Failed(_))
+            ));
+        }
+        assert!(matches!(c.join(&key("a")), Join::Lead(_)), "the next request leads");
     }
 }

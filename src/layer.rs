@@ -43,6 +43,14 @@ pub(crate) struct Config {
     pub(crate) grpc: Option<GrpcMethods>,
 }
 
+impl<St> Shared<St> {
+    pub(crate) fn stats(&self) -> CacheStats {
+        let mut stats = self.counters.snapshot();
+        stats.waiting = self.coalescer.waiting();
+        stats
+    }
+}
+
 impl Config {
     pub(crate) fn identity(&self, parts: &request::Parts) -> Option<String> {
         self.identity.as_ref().and_then(|f| f(parts))
@@ -146,7 +154,7 @@ impl<St: Store> CacheLayer<St> {
     /// Counters of hits, misses, stores and bypasses, shared by every clone of this layer
     /// and every service it made.
     pub fn stats(&self) -> CacheStats {
-        self.shared.counters.snapshot()
+        self.shared.stats()
     }
 
     /// The store this layer reads and writes.
@@ -339,7 +347,9 @@ impl<St: Store> CacheLayerBuilder<St> {
         self
     }
 
-    /// How long a miss waits for another request's call before making its own.
+    /// The deadline of a flight: how long, from the start of a leader's call, misses on the
+    /// same key wait for it. Past it they make their own call, the next miss leads a new
+    /// flight, and a background refresh still running is abandoned.
     pub fn coalesce_timeout(mut self, timeout: Duration) -> Self {
         self.config.coalesce_timeout = timeout;
         self
@@ -399,7 +409,7 @@ impl<St: Store> CacheLayerBuilder<St> {
 
     /// Builds the layer.
     pub fn build(self) -> CacheLayer<St> {
-        let coalescer = Arc::new(Coalescer::new(self.config.remember_uncacheable));
+        let coalescer = Arc::new(Coalescer::new(self.config.remember_uncacheable, self.config.coalesce_timeout));
         CacheLayer {
             shared: Arc::new(Shared {
                 store: self.store,

@@ -141,6 +141,11 @@ pub struct CacheStats {
     /// Misses that waited for another request's call to the inner service instead of
     /// making their own.
     pub coalesced: u64,
+    /// Requests waiting for another request's call right now (a gauge, not a counter).
+    pub waiting: u64,
+    /// Waiters answered with their leader's origin failure (a 5xx, or `502` for an error)
+    /// instead of each calling a failing origin.
+    pub failures_shared: u64,
     /// Refreshes run in the background while a stale entry was served.
     pub background_refreshes: u64,
     /// Conditional requests that revalidated a stored entry (the origin answered 304).
@@ -165,6 +170,7 @@ pub(crate) struct Counters {
     store_errors: AtomicU64,
     pub(crate) stale_hits: AtomicU64,
     pub(crate) coalesced: AtomicU64,
+    pub(crate) failures_shared: AtomicU64,
     pub(crate) background_refreshes: AtomicU64,
     pub(crate) revalidations: AtomicU64,
     pub(crate) errors_absorbed: AtomicU64,
@@ -203,6 +209,8 @@ impl Counters {
             store_errors: self.store_errors.load(Relaxed),
             stale_hits: self.stale_hits.load(Relaxed),
             coalesced: self.coalesced.load(Relaxed),
+            waiting: 0,
+            failures_shared: self.failures_shared.load(Relaxed),
             background_refreshes: self.background_refreshes.load(Relaxed),
             revalidations: self.revalidations.load(Relaxed),
             errors_absorbed: self.errors_absorbed.load(Relaxed),

@@ -119,7 +119,14 @@ pub(crate) fn storable(
     if cc.private && !request.identity_scoped {
         return Err(BypassReason::Private);
     }
-    let explicitly_shareable = cc.public || cc.s_maxage.is_some() || cc.must_revalidate;
+    // RFC 9111 §3.5: `public`, `s-maxage` and `must-revalidate` let an answer to a request
+    // with credentials be shared, but only while it is fresh by the origin's own word (or
+    // the route's): `default_ttl` and the heuristic never make one shareable.
+    let explicit_freshness = cc.s_maxage.is_some()
+        || cc.max_age.is_some()
+        || headers.contains_key(EXPIRES)
+        || matches!(route, Some(RouteOverride::Ttl(_)));
+    let explicitly_shareable = (cc.public || cc.s_maxage.is_some() || cc.must_revalidate) && explicit_freshness;
     if request.credentials && !request.identity_scoped && !explicitly_shareable {
         return Err(BypassReason::Credentials);
     }
@@ -356,9 +363,38 @@ mod tests {
             ..facts()
         };
         assert_eq!(decide_with(&config(), creds, 200, &[]), Err(BypassReason::Credentials));
-        for cc in [&b"public"[..], b"s-maxage=5", b"must-revalidate"] {
+        for cc in [&b"public, max-age=5"[..], b"s-maxage=5", b"must-revalidate, max-age=5"] {
             let f = decide_with(&config(), creds, 200, &[("cache-control", cc)]).unwrap();
             assert!(f.shareable_with_credentials);
+        }
+        let expires = [("cache-control", &b"public"[..]), ("expires", b"Thu, 01 Jan 2099 00:00:00 GMT")];
+        assert!(decide_with(&config(), creds, 200, &expires).unwrap().shareable_with_credentials);
+    }
+
+    #[test]
+    fn default_ttl_and_heuristic_never_share_a_credentialed_response() {
+        let creds = RequestFacts {
+            credentials: true,
+            ..facts()
+        };
+        let last_modified = ("last-modified", &b"Thu, 01 Jan 2015 00:00:00 GMT"[..]);
+        for cc in [&b"public"[..], b"must-revalidate"] {
+            // `config()` has a default TTL; the heuristic would apply without one.
+            assert_eq!(
+                decide_with(&config(), creds, 200, &[("cache-control", cc)]),
+                Err(BypassReason::Credentials)
+            );
+            let heuristic = PolicyConfig {
+                default_ttl: Duration::ZERO,
+                ..config()
+            };
+            assert_eq!(
+                decide_with(&heuristic, creds, 200, &[("cache-control", cc), last_modified]),
+                Err(BypassReason::Credentials)
+            );
+            // Without credentials the same response is stored, but not for credentialed reuse.
+            let f = decide_with(&config(), facts(), 200, &[("cache-control", cc)]).unwrap();
+            assert!(!f.shareable_with_credentials);
         }
     }
 

@@ -4,13 +4,13 @@
 use super::lookup::{Lookout, Stale};
 use super::respond::{finish, from_entry, not_stored};
 use crate::body::{collect_bounded, collect_within, Collected};
-use crate::coalesce::Settlement;
+use crate::coalesce::{OriginFailure, Settlement};
 use crate::entry::{CachedResponse, Entry};
 use crate::grpc;
 use crate::key::{self, CacheKey};
 use crate::layer::{Config, Shared};
 use crate::metrics::{BypassReason, Counters};
-use crate::policy;
+use crate::policy::{self, RequestFacts};
 use crate::status::{MissKind, Outcome};
 use crate::store::{PurgeMode, Store};
 use crate::tags::{detached, string_list, CACHE_GROUPS};
@@ -68,6 +68,9 @@ where
     let revalidating = stale.filter(|s| lookout.grpc.is_none() && add_validators(&mut parts.headers, &s.entry.headers));
     let fallback = stale.filter(|s| absorb_errors && s.serves_if_error(SystemTime::now()));
 
+    // Freshness counts from when the origin was asked (RFC 9111 §4.2.3 `request_time`), not
+    // from when this request arrived: it may have waited on another's flight first.
+    let sent = SystemTime::now();
     let call = inner.call(Request::from_parts(parts, body));
     let result = match (fallback, shared.config.origin_timeout) {
         // The timeout only bounds how long a stale answer is held back.
@@ -92,30 +95,38 @@ where
         if let Some(stale) = fallback {
             return Ok(stale_on_error(shared, stale, lookout, Some(status), "stale-if-error"));
         }
+        if grpc_failure {
+            // Errors are not a property of the key: a waiter takes over.
+            let reason = BypassReason::GrpcStatus;
+            let response = not_stored(shared, res_parts, CacheBody::streamed(res_body), reason, miss_kind);
+            return Ok((response, Settlement::Retry));
+        }
         if stale.is_some() {
             // A 5xx never replaces a stored response.
-            let reason = if grpc_failure {
-                BypassReason::GrpcStatus
-            } else {
-                BypassReason::Status
-            };
-            let response = not_stored(shared, res_parts, CacheBody::streamed(res_body), reason, miss_kind);
-            return Ok((response, Settlement::Failed));
+            return Ok(origin_failure(shared, res_parts, res_body, miss_kind).await);
         }
     }
+    let facts = RequestFacts {
+        request_time: sent,
+        ..lookout.facts
+    };
     if let (StatusCode::NOT_MODIFIED, Some(stale)) = (status, revalidating) {
-        return Ok(revalidated(shared, stale, res_parts, lookout, &request, response_time).await);
+        return Ok(revalidated(shared, stale, res_parts, lookout, &facts, &request, response_time).await);
     }
 
     if let Some(reason) = lookout.grpc.as_ref().and_then(|_| grpc::head_refusal(&res_parts)) {
-        // Errors are not a property of the key: waiters go to the origin themselves.
+        // Errors are not a property of the key: a waiter takes over.
         let response = not_stored(shared, res_parts, CacheBody::streamed(res_body), reason, miss_kind);
-        return Ok((response, Settlement::Failed));
+        return Ok((response, Settlement::Retry));
     }
 
     let config = &shared.config;
-    let freshness = match policy::storable(&config.policy, &lookout.facts, &res_parts, lookout.route, response_time) {
+    let freshness = match policy::storable(&config.policy, &facts, &res_parts, lookout.route, response_time) {
         Ok(freshness) => freshness,
+        // A failing origin is not a property of the key: it is never remembered as uncacheable.
+        Err(_) if status.is_server_error() => {
+            return Ok(origin_failure(shared, res_parts, res_body, miss_kind).await);
+        }
         Err(reason) => {
             return Ok(uncacheable(
                 shared,
@@ -123,6 +134,7 @@ where
                 CacheBody::streamed(res_body),
                 reason,
                 miss_kind,
+                lookout.facts.credentials,
             ))
         }
     };
@@ -132,7 +144,7 @@ where
         .map(|v| v.as_bytes().starts_with(b"text/event-stream"));
     if event_stream == Some(true) {
         let body = CacheBody::streamed(res_body);
-        return Ok(uncacheable(shared, res_parts, body, BypassReason::Streaming, miss_kind));
+        return Ok(uncacheable(shared, res_parts, body, BypassReason::Streaming, miss_kind, false));
     }
     let max = config.max_body_bytes;
     let mut declared = None;
@@ -146,11 +158,11 @@ where
         Collected::Complete { data, trailers } => (data, trailers),
         Collected::TooLarge(body) => {
             let reason = grpc::too_large_reason(declared, max, BypassReason::BodyTooLarge);
-            return Ok(uncacheable(shared, res_parts, body, reason, miss_kind));
+            return Ok(uncacheable(shared, res_parts, body, reason, miss_kind, false));
         }
         Collected::Failed(body) => {
             let response = not_stored(shared, res_parts, body, BypassReason::BodyError, miss_kind);
-            return Ok((response, Settlement::Failed));
+            return Ok((response, Settlement::Retry));
         }
     };
     if let Some(reason) = lookout
@@ -160,7 +172,7 @@ where
     {
         let settlement = match reason {
             BypassReason::Streaming => Settlement::Uncacheable,
-            _ => Settlement::Failed,
+            _ => Settlement::Retry,
         };
         let response = not_stored(shared, res_parts, CacheBody::cached(data, trailers), reason, miss_kind);
         return Ok((response, settlement));
@@ -172,7 +184,7 @@ where
         .unwrap_or_default();
     let Some(tags) = entry_tags(config, &request, &res_parts, &call_tags) else {
         let body = CacheBody::cached(data, trailers);
-        return Ok(uncacheable(shared, res_parts, body, BypassReason::Tags, miss_kind));
+        return Ok(uncacheable(shared, res_parts, body, BypassReason::Tags, miss_kind, false));
     };
     let ttl = freshness.store_ttl();
     let request_time = lookout.facts.request_time;
@@ -192,7 +204,7 @@ fn settled(stored: bool) -> Settlement {
     if stored {
         Settlement::Stored
     } else {
-        Settlement::Failed
+        Settlement::Retry
     }
 }
 
@@ -218,17 +230,44 @@ fn uncacheable<St, B>(
     body: CacheBody<B>,
     reason: BypassReason,
     kind: MissKind,
+    credentials: bool,
 ) -> Forwarded<B>
 where
     B: Body,
 {
-    // Credentials and `private` depend on this request, not on the key: other requests for
-    // the key may well be shareable, so it is not remembered as uncacheable.
-    let settlement = match reason {
-        BypassReason::Credentials | BypassReason::Private => Settlement::Failed,
-        _ => Settlement::Uncacheable,
+    // An answer kept private because of the leader's credentials says nothing of the key:
+    // other requests for it may well be shareable, so one waiter takes over.
+    let personal = reason == BypassReason::Credentials || (reason == BypassReason::Private && credentials);
+    let settlement = if personal {
+        Settlement::Retry
+    } else {
+        Settlement::Uncacheable
     };
     (not_stored(shared, parts, body, reason, kind), settlement)
+}
+
+/// The origin answered 5xx: the client gets that answer, and waiters on the same key a copy
+/// of it (bounded by `max_body_bytes`) rather than each calling a failing origin.
+async fn origin_failure<St, B: Body>(
+    shared: &Shared<St>,
+    parts: response::Parts,
+    body: B,
+    kind: MissKind,
+) -> Forwarded<B> {
+    let (body, copy) = match collect_bounded(body, shared.config.max_body_bytes).await {
+        Collected::Complete { data, trailers } => (CacheBody::cached(data.clone(), trailers), Some(data)),
+        Collected::TooLarge(body) | Collected::Failed(body) => (body, None),
+    };
+    let mut headers = parts.headers.clone();
+    if copy.is_none() {
+        // Waiters get the head alone: its length no longer describes what they receive.
+        headers.remove(CONTENT_LENGTH);
+    }
+    let failure = OriginFailure {
+        response: Some((parts.status, headers, copy.unwrap_or_default())),
+    };
+    let response = not_stored(shared, parts, body, BypassReason::Status, kind);
+    (response, Settlement::Failed(Arc::new(failure)))
 }
 
 /// Adds `If-None-Match` / `If-Modified-Since` from the stored entry; `false` if it has none.
@@ -275,6 +314,7 @@ async fn revalidated<St: Store, B: Body>(
     stale: &Stale,
     not_modified: response::Parts,
     lookout: &Lookout,
+    facts: &RequestFacts,
     request: &request::Parts,
     response_time: SystemTime,
 ) -> Forwarded<B> {
@@ -297,7 +337,7 @@ async fn revalidated<St: Store, B: Body>(
     Counters::count(&shared.counters.revalidations);
     let config = &shared.config;
     let body = old.body.clone();
-    let freshness = policy::storable(&config.policy, &lookout.facts, &parts, lookout.route, response_time);
+    let freshness = policy::storable(&config.policy, facts, &parts, lookout.route, response_time);
     let tags = entry_tags(config, request, &parts, &old.tags);
     let (Ok(freshness), Some(tags)) = (freshness, tags) else {
         let response = not_stored(

@@ -5,7 +5,7 @@ mod forward;
 mod lookup;
 mod respond;
 
-use crate::coalesce::{self, Flight, Join, Settlement};
+use crate::coalesce::{self, Flight, Join, OriginFailure, Settlement};
 use crate::future::ResponseFuture;
 use crate::grpc::{self, GrpcCall};
 use crate::invalidate;
@@ -77,7 +77,7 @@ impl<S, St> CacheService<S, St> {
 
     /// The counters shared with the layer that made this service.
     pub fn stats(&self) -> crate::CacheStats {
-        self.shared.counters.snapshot()
+        self.shared.stats()
     }
 }
 
@@ -191,16 +191,12 @@ where
         Found::Stale(stale) => {
             let now = SystemTime::now();
             if stale.serves_while_revalidating(now) && tokio::runtime::Handle::try_current().is_ok() {
-                if let Some(flight) = shared.coalescer.try_lead(&lookout.primary) {
-                    let refresh = refresh(
-                        shared.clone(),
-                        inner,
-                        parts,
-                        body,
-                        lookout.clone(),
-                        stale.clone(),
-                        flight,
-                    );
+                // A HEAD never refreshes: its answer has no body, and the service behind the
+                // layer may be a HEAD-only handler (`Router::layer` wraps each method's own),
+                // so not even a GET made from it could be trusted. The next GET refreshes.
+                let flight = (!lookout.head).then(|| shared.coalescer.try_lead(&lookout.primary));
+                if let Some(flight) = flight.flatten() {
+                    let refresh = refresh(shared.clone(), inner, parts, body, lookout.clone(), stale.clone(), flight);
                     tokio::spawn(refresh);
                 }
                 Counters::count(&shared.counters.stale_hits);
@@ -230,7 +226,15 @@ where
     }
 
     let mut flight = None;
-    if config.coalesce {
+    // A request with credentials (and no identity) gets its own answer, unless the stored
+    // response shows that the resource answers them with a shareable one: it waits for no
+    // one, so that per-user pages are not served one after another.
+    let personal = lookout.facts.credentials
+        && !lookout.facts.identity_scoped
+        && !stale.as_ref().is_some_and(|s| s.entry.shareable_with_credentials);
+    if config.coalesce && personal {
+        flight = shared.coalescer.try_lead(&lookout.primary);
+    } else if config.coalesce {
         for _ in 0..MAX_TAKEOVERS {
             match shared.coalescer.join(&lookout.primary) {
                 Join::Lead(lead) => {
@@ -239,8 +243,13 @@ where
                 }
                 Join::Uncacheable => break,
                 Join::Wait(waiter) => match Box::pin(waiter.wait(config.coalesce_timeout)).await {
-                    // A failed or request-specific answer: one waiter tries again for the rest.
-                    coalesce::Outcome::Abandoned | coalesce::Outcome::Settled(Settlement::Failed) => continue,
+                    // The leader went away or its response could not be kept: one waiter
+                    // takes over for the rest.
+                    coalesce::Outcome::Abandoned | coalesce::Outcome::Settled(Settlement::Retry) => continue,
+                    coalesce::Outcome::Settled(Settlement::Uncacheable) => break,
+                    coalesce::Outcome::Settled(Settlement::Failed(failure)) => {
+                        return Ok(shared_failure(&shared, &failure, miss_kind));
+                    }
                     coalesce::Outcome::Settled(settlement) => {
                         let collapsed = collapsed(&shared, settlement, &lookout, &parts, miss_kind);
                         if let Some(response) = Box::pin(collapsed).await {
@@ -265,18 +274,27 @@ where
         flight = Some(lead);
     }
 
-    // On error the flight is dropped unsettled: waiters take over.
     let attempt = Attempt {
         lookout: &lookout,
         miss_kind,
         stale: stale.as_ref(),
         absorb_errors: true,
     };
-    let (response, settlement) = Box::pin(forward(&shared, &mut inner, parts, body, attempt)).await?;
-    if let Some(flight) = flight {
-        flight.settle(settlement);
+    match Box::pin(forward(&shared, &mut inner, parts, body, attempt)).await {
+        Ok((response, settlement)) => {
+            if let Some(flight) = flight {
+                flight.settle(settlement);
+            }
+            Ok(response)
+        }
+        Err(error) => {
+            // Waiters share the failure (as a 502) rather than each calling a failing origin.
+            if let Some(flight) = flight {
+                flight.settle(Settlement::Failed(Arc::new(OriginFailure { response: None })));
+            }
+            Err(error)
+        }
     }
-    Ok(response)
 }
 
 /// Forwards a request the cache does not look up, and (RFC 9111 §4.4) purges the target of
@@ -328,7 +346,7 @@ async fn collapsed<St: Store, B: Body>(
     parts: &request::Parts,
     miss_kind: MissKind,
 ) -> Option<Response<CacheBody<B>>> {
-    if matches!(settlement, Settlement::Uncacheable | Settlement::Failed) {
+    if !matches!(settlement, Settlement::Stored | Settlement::StaleOnError) {
         return None;
     }
     let now = SystemTime::now();
@@ -372,10 +390,37 @@ async fn refresh<S, St, ReqB, ResB>(
         stale: Some(&stale),
         absorb_errors: false,
     };
-    match forward(&shared, &mut inner, parts, body, attempt).await {
-        Ok((_response, settlement)) => flight.settle(settlement),
-        Err(_) => tracing::warn!("background refresh failed; the stale entry stays"),
+    // A refresh that outlives its flight is abandoned: nothing waits on it any more, and
+    // the next stale hit starts a new one.
+    let deadline = tokio::time::Instant::from_std(flight.deadline());
+    match tokio::time::timeout_at(deadline, forward(&shared, &mut inner, parts, body, attempt)).await {
+        Ok(Ok((_response, settlement))) => flight.settle(settlement),
+        Ok(Err(_)) => tracing::warn!("background refresh failed; the stale entry stays"),
+        Err(_) => tracing::warn!("background refresh passed its deadline; abandoned"),
     }
+}
+
+/// Answers a waiter whose leader's origin call failed with that failure: a copy of the 5xx
+/// response, or `502 Bad Gateway` when the inner service returned an error.
+fn shared_failure<St, B: Body>(shared: &Shared<St>, failure: &OriginFailure, kind: MissKind) -> Response<CacheBody<B>> {
+    Counters::count(&shared.counters.failures_shared);
+    let response = match &failure.response {
+        Some((status, headers, body)) => {
+            let mut response = Response::new(CacheBody::cached(body.clone(), None));
+            *response.status_mut() = *status;
+            *response.headers_mut() = headers.clone();
+            response
+        }
+        None => {
+            let mut response = Response::new(CacheBody::empty());
+            *response.status_mut() = http::StatusCode::BAD_GATEWAY;
+            response
+        }
+    };
+    let outcome = Outcome::miss(kind, response.status().as_u16())
+        .collapsed()
+        .detail("origin-error");
+    respond::finish(shared, response, outcome, None)
 }
 
 /// The request-side safety rules: what is never looked up nor stored.
