@@ -129,7 +129,13 @@ impl Coalescer {
         }
         let (tx, _) = watch::channel(FlightState::Pending);
         let deadline = now + self.flight_deadline;
-        flights.insert(key.clone(), InFlight { tx: tx.clone(), deadline });
+        flights.insert(
+            key.clone(),
+            InFlight {
+                tx: tx.clone(),
+                deadline,
+            },
+        );
         Join::Lead(Flight {
             coalescer: self.clone(),
             key: key.clone(),
@@ -363,7 +369,9 @@ mod tests {
     #[tokio::test]
     async fn failures_reach_every_waiter_and_are_not_remembered() {
         let c = Arc::new(Coalescer::new(Duration::from_secs(60), Duration::from_secs(60)));
-        let Join::Lead(flight) = c.join(&key("a")) else { panic!() };
+        let Join::Lead(flight) = c.join(&key("a")) else {
+            panic!()
+        };
         let waiters: Vec<_> = (0..3)
             .map(|_| match c.join(&key("a")) {
                 Join::Wait(w) => w,

@@ -409,7 +409,10 @@ impl<St: Store> CacheLayerBuilder<St> {
 
     /// Builds the layer.
     pub fn build(self) -> CacheLayer<St> {
-        let coalescer = Arc::new(Coalescer::new(self.config.remember_uncacheable, self.config.coalesce_timeout));
+        let coalescer = Arc::new(Coalescer::new(
+            self.config.remember_uncacheable,
+            self.config.coalesce_timeout,
+        ));
         CacheLayer {
             shared: Arc::new(Shared {
                 store: self.store,

@@ -41,7 +41,11 @@ impl Seen {
     fn assert_complete(&self) {
         if let Some(length) = self.headers.get("content-length") {
             let length: usize = length.to_str().unwrap().parse().unwrap();
-            assert_eq!(self.body.len(), length, "body shorter than its content-length: {self:?}");
+            assert_eq!(
+                self.body.len(),
+                length,
+                "body shorter than its content-length: {self:?}"
+            );
         }
     }
 }
@@ -119,7 +123,10 @@ async fn stale_page(State(origin): State<Origin>) -> ([(&'static str, &'static s
     origin.enter();
     origin.leave();
     (
-        [("cache-control", "max-age=60, stale-while-revalidate=600"), ("age", "61")],
+        [
+            ("cache-control", "max-age=60, stale-while-revalidate=600"),
+            ("age", "61"),
+        ],
         PAGE,
     )
 }
@@ -189,4 +196,369 @@ async fn a_head_refresh_never_poisons_the_get_entry_of_an_explicit_head_route() 
         .with_state(origin.clone())
         .layer(layer.clone());
     head_then_get_stays_whole(app, &origin, &layer).await;
+}
+
+// --- 2. Credentialed responses are shared only on the origin's freshness -----------------
+
+async fn who(State(origin): State<Origin>, headers: HeaderMap) -> ([(&'static str, &'static str); 1], String) {
+    origin.enter();
+    origin.leave();
+    let caller = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("anonymous");
+    let cc = headers
+        .get("x-cc")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("must-revalidate");
+    let cc: &'static str = match cc {
+        "public" => "public",
+        "public-fresh" => "public, max-age=60",
+        _ => "must-revalidate",
+    };
+    ([("cache-control", cc)], format!("for {caller}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credentialed_response_is_never_shared_on_a_ttl_the_origin_did_not_give() {
+    let origin = Origin::default();
+    let layer = CacheLayer::new(MemoryStore::new());
+    let app = Router::new()
+        .route("/who", get(who))
+        .with_state(origin.clone())
+        .layer(layer.clone());
+    let (addr, server) = serve(app).await;
+    let client = client();
+    for cc in ["must-revalidate", "public"] {
+        let path = format!("/who?cc={cc}");
+        let alice = fetch(
+            &client,
+            addr,
+            "GET",
+            &path,
+            &[("authorization", "Bearer alice"), ("x-cc", cc)],
+        )
+        .await;
+        assert_eq!(alice.body, "for Bearer alice");
+        assert!(
+            alice.cache_status().contains("detail=credentials"),
+            "{}",
+            alice.cache_status()
+        );
+        let bob = fetch(
+            &client,
+            addr,
+            "GET",
+            &path,
+            &[("authorization", "Bearer bob"), ("x-cc", cc)],
+        )
+        .await;
+        assert_eq!(bob.body, "for Bearer bob", "{cc}: alice's answer served to bob");
+        let anonymous = fetch(&client, addr, "GET", &path, &[("x-cc", cc)]).await;
+        assert_eq!(
+            anonymous.body, "for anonymous",
+            "{cc}: alice's answer served to anonymous"
+        );
+    }
+    assert_eq!(origin.calls(), 6);
+    // With freshness from the origin, RFC 9111 §3.5 lets it be shared.
+    let fresh = "/who?cc=public-fresh";
+    let alice = fetch(
+        &client,
+        addr,
+        "GET",
+        fresh,
+        &[("authorization", "Bearer alice"), ("x-cc", "public-fresh")],
+    )
+    .await;
+    assert!(alice.cache_status().contains("stored"), "{}", alice.cache_status());
+    let bob = fetch(
+        &client,
+        addr,
+        "GET",
+        fresh,
+        &[("authorization", "Bearer bob"), ("x-cc", "public-fresh")],
+    )
+    .await;
+    assert!(bob.cache_status().contains("hit"));
+    assert_eq!(bob.body, "for Bearer alice", "explicitly public and fresh: shared");
+    server.abort();
+}
+
+// --- 7. A failing origin keeps its stampede protection -----------------------------------
+
+/// The first call fails with a 503 once the whole burst is waiting on it; later calls succeed.
+async fn flaky(
+    State((origin, layer)): State<(Origin, CacheLayer<MemoryStore>)>,
+) -> (StatusCode, [(&'static str, &'static str); 1], &'static str) {
+    let call = origin.enter();
+    if call == 1 || call == 2 {
+        // Hold the leader until every other request of the burst waits on it.
+        let waiters = BURST as u64 - 1;
+        until("the burst to wait", || layer.stats().waiting == waiters).await;
+    }
+    origin.leave();
+    if call == 1 {
+        (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "1")], "try again")
+    } else {
+        (StatusCode::OK, [("cache-control", "max-age=60")], PAGE)
+    }
+}
+
+const BURST: usize = 200;
+
+async fn burst(client: &Client<HttpConnector, Empty<Bytes>>, addr: SocketAddr) -> Vec<Seen> {
+    let requests: Vec<_> = (0..BURST)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { fetch(&client, addr, "GET", "/flaky", &[]).await })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for request in requests {
+        seen.push(request.await.unwrap());
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_against_a_failing_origin_makes_one_call_and_so_does_the_next() {
+    let origin = Origin::default();
+    let layer = CacheLayer::new(MemoryStore::new());
+    let app = Router::new()
+        .route("/flaky", get(flaky))
+        .with_state((origin.clone(), layer.clone()))
+        .layer(layer.clone());
+    let (addr, server) = serve(app).await;
+    let client = client();
+
+    let first = burst(&client, addr).await;
+    assert_eq!(origin.calls(), 1, "the failure was shared, not retried by every waiter");
+    for seen in &first {
+        assert_eq!(
+            (seen.status, &seen.body[..]),
+            (StatusCode::SERVICE_UNAVAILABLE, &b"try again"[..])
+        );
+        assert_eq!(seen.headers["retry-after"], "1");
+    }
+    assert_eq!(layer.stats().failures_shared, BURST as u64 - 1);
+
+    // The origin is healthy again: the key was not marked uncacheable, so one call again.
+    let second = burst(&client, addr).await;
+    assert_eq!(origin.calls(), 2);
+    for seen in &second {
+        assert_eq!((seen.status, &seen.body[..]), (StatusCode::OK, PAGE.as_bytes()));
+    }
+    assert!(fetch(&client, addr, "GET", "/flaky", &[])
+        .await
+        .cache_status()
+        .contains("hit"));
+    server.abort();
+}
+
+// --- 8. A hung origin call does not stall the key ---------------------------------------
+
+/// The first call never returns; the others answer at once.
+async fn hangs_first(State(origin): State<Origin>) -> ([(&'static str, &'static str); 2], &'static str) {
+    if origin.enter() == 1 {
+        std::future::pending::<()>().await;
+    }
+    origin.leave();
+    (
+        [
+            ("cache-control", "max-age=60, stale-while-revalidate=600"),
+            ("age", "61"),
+        ],
+        PAGE,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_hung_call_the_next_request_does_not_wait_for_it() {
+    let origin = Origin::default();
+    let deadline = Duration::from_secs(2);
+    let layer = CacheLayer::builder(MemoryStore::new())
+        .coalesce_timeout(deadline)
+        .build();
+    let app = Router::new()
+        .route("/hung", get(hangs_first))
+        .with_state(origin.clone())
+        .layer(layer.clone());
+    let (addr, server) = serve(app).await;
+    let client = client();
+    let hung = {
+        let client = client.clone();
+        tokio::spawn(async move { fetch(&client, addr, "GET", "/hung", &[]).await })
+    };
+    until("the hung call", || origin.calls() == 1).await;
+    // This one waits on the hung flight until its deadline, then goes alone.
+    let waiter = fetch(&client, addr, "GET", "/hung", &[]).await;
+    assert_eq!(waiter.body, PAGE);
+    // The flight is past its deadline: the next miss leads its own rather than waiting again.
+    layer.store().purge_all().await.unwrap();
+    let started = Instant::now();
+    let next = fetch(&client, addr, "GET", "/hung", &[]).await;
+    assert_eq!(next.body, PAGE);
+    assert!(!next.cache_status().contains("collapsed"), "{}", next.cache_status());
+    assert!(
+        started.elapsed() < deadline / 2,
+        "waited {:?} on a dead flight",
+        started.elapsed()
+    );
+    assert_eq!(origin.calls(), 3);
+    hung.abort();
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_refresh_that_never_returns_is_abandoned_at_its_deadline() {
+    let origin = Origin::default();
+    let layer = CacheLayer::builder(MemoryStore::new())
+        .coalesce_timeout(Duration::from_millis(200))
+        .build();
+    // Call 1 hangs, so make the first fill through a second route sharing the key.
+    let app = Router::new()
+        .route("/refresh", get(hangs_after_first))
+        .with_state(origin.clone())
+        .layer(layer.clone());
+    let (addr, server) = serve(app).await;
+    let client = client();
+    assert!(fetch(&client, addr, "GET", "/refresh", &[])
+        .await
+        .cache_status()
+        .contains("stored"));
+    // Stale on arrival: this hit starts a refresh that hangs.
+    let stale = fetch(&client, addr, "GET", "/refresh", &[]).await;
+    assert!(stale.cache_status().contains("fwd=stale"));
+    until("the hung refresh", || origin.calls() == 2).await;
+    // Stale hits keep being answered; once the hung refresh passes its deadline, one of them
+    // starts a new refresh, which lands.
+    let refreshed = async {
+        while layer.stats().stores < 2 {
+            let seen = fetch(&client, addr, "GET", "/refresh", &[]).await;
+            assert_eq!(seen.body, PAGE);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), refreshed)
+        .await
+        .expect("no refresh after the hung one: its flight stayed locked");
+    assert_eq!(layer.stats().background_refreshes, 2);
+    assert_eq!(origin.calls(), 3);
+    server.abort();
+}
+
+/// The second call (the first refresh) never returns.
+async fn hangs_after_first(State(origin): State<Origin>) -> ([(&'static str, &'static str); 2], &'static str) {
+    if origin.enter() == 2 {
+        std::future::pending::<()>().await;
+    }
+    origin.leave();
+    (
+        [
+            ("cache-control", "max-age=60, stale-while-revalidate=600"),
+            ("age", "61"),
+        ],
+        PAGE,
+    )
+}
+
+// --- 9. Waiting is not counted as age ----------------------------------------------------
+
+/// The first call hangs until its client goes away; the next answers `max-age=1`.
+async fn slow_then_fresh(State(origin): State<Origin>) -> ([(&'static str, &'static str); 1], &'static str) {
+    if origin.enter() == 1 {
+        std::future::pending::<()>().await;
+    }
+    origin.leave();
+    ([("cache-control", "max-age=1")], PAGE)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_that_takes_over_counts_age_from_its_own_origin_call() {
+    let origin = Origin::default();
+    let layer = CacheLayer::new(MemoryStore::new());
+    let app = Router::new()
+        .route("/slow", get(slow_then_fresh))
+        .with_state(origin.clone())
+        .layer(layer.clone());
+    let (addr, server) = serve(app).await;
+    let client = client();
+    let leader = {
+        let client = client.clone();
+        tokio::spawn(async move { fetch(&client, addr, "GET", "/slow", &[]).await })
+    };
+    until("the leader", || origin.calls() == 1).await;
+    let waiter = {
+        let client = client.clone();
+        tokio::spawn(async move { fetch(&client, addr, "GET", "/slow", &[]).await })
+    };
+    until("the waiter", || layer.stats().waiting == 1).await;
+    // Waiting longer than the answer's max-age...
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // ...then the leader's client leaves: the waiter takes over and gets a fresh answer.
+    leader.abort();
+    let waiter = waiter.await.unwrap();
+    assert_eq!(waiter.body, PAGE);
+    assert!(waiter.cache_status().contains("stored"), "{}", waiter.cache_status());
+    assert!(fetch(&client, addr, "GET", "/slow", &[])
+        .await
+        .cache_status()
+        .contains("hit"));
+    server.abort();
+}
+
+// --- 12. Per-user pages are not served one after another --------------------------------
+
+const USERS: usize = 100;
+
+/// A per-user page that answers only once every user's request is at the origin.
+async fn per_user(State(origin): State<Origin>, headers: HeaderMap) -> ([(&'static str, &'static str); 1], String) {
+    origin.enter();
+    // Every user's call reaches the origin while this one is held: none waited on another.
+    let all_in = async {
+        while origin.calls() < USERS {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    let concurrent = tokio::time::timeout(Duration::from_secs(3), all_in).await.is_ok();
+    origin.leave();
+    let user = headers
+        .get("cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let body = if concurrent {
+        format!("page for {user}")
+    } else {
+        "served one after another".into()
+    };
+    ([("cache-control", "private")], body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_for_a_private_page_with_distinct_cookies_do_not_queue() {
+    let origin = Origin::default();
+    let layer = CacheLayer::new(MemoryStore::new());
+    let app = Router::new()
+        .route("/me", get(per_user))
+        .with_state(origin.clone())
+        .layer(layer.clone());
+    let (addr, server) = serve(app).await;
+    let client = client();
+    let requests: Vec<_> = (0..USERS)
+        .map(|user| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let cookie = format!("session={user}");
+                (user, fetch(&client, addr, "GET", "/me", &[("cookie", &cookie)]).await)
+            })
+        })
+        .collect();
+    for request in requests {
+        let (user, seen) = request.await.unwrap();
+        assert_eq!(seen.body, format!("page for session={user}"), "{}", seen.cache_status());
+    }
+    assert_eq!(origin.calls(), USERS);
+    server.abort();
 }

@@ -367,8 +367,15 @@ mod tests {
             let f = decide_with(&config(), creds, 200, &[("cache-control", cc)]).unwrap();
             assert!(f.shareable_with_credentials);
         }
-        let expires = [("cache-control", &b"public"[..]), ("expires", b"Thu, 01 Jan 2099 00:00:00 GMT")];
-        assert!(decide_with(&config(), creds, 200, &expires).unwrap().shareable_with_credentials);
+        let expires = [
+            ("cache-control", &b"public"[..]),
+            ("expires", b"Thu, 01 Jan 2099 00:00:00 GMT"),
+        ];
+        assert!(
+            decide_with(&config(), creds, 200, &expires)
+                .unwrap()
+                .shareable_with_credentials
+        );
     }
 
     #[test]

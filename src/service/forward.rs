@@ -144,7 +144,14 @@ where
         .map(|v| v.as_bytes().starts_with(b"text/event-stream"));
     if event_stream == Some(true) {
         let body = CacheBody::streamed(res_body);
-        return Ok(uncacheable(shared, res_parts, body, BypassReason::Streaming, miss_kind, false));
+        return Ok(uncacheable(
+            shared,
+            res_parts,
+            body,
+            BypassReason::Streaming,
+            miss_kind,
+            false,
+        ));
     }
     let max = config.max_body_bytes;
     let mut declared = None;
@@ -184,7 +191,14 @@ where
         .unwrap_or_default();
     let Some(tags) = entry_tags(config, &request, &res_parts, &call_tags) else {
         let body = CacheBody::cached(data, trailers);
-        return Ok(uncacheable(shared, res_parts, body, BypassReason::Tags, miss_kind, false));
+        return Ok(uncacheable(
+            shared,
+            res_parts,
+            body,
+            BypassReason::Tags,
+            miss_kind,
+            false,
+        ));
     };
     let ttl = freshness.store_ttl();
     let request_time = lookout.facts.request_time;

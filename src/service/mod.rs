@@ -196,7 +196,15 @@ where
                 // so not even a GET made from it could be trusted. The next GET refreshes.
                 let flight = (!lookout.head).then(|| shared.coalescer.try_lead(&lookout.primary));
                 if let Some(flight) = flight.flatten() {
-                    let refresh = refresh(shared.clone(), inner, parts, body, lookout.clone(), stale.clone(), flight);
+                    let refresh = refresh(
+                        shared.clone(),
+                        inner,
+                        parts,
+                        body,
+                        lookout.clone(),
+                        stale.clone(),
+                        flight,
+                    );
                     tokio::spawn(refresh);
                 }
                 Counters::count(&shared.counters.stale_hits);
