@@ -562,3 +562,138 @@ async fn requests_for_a_private_page_with_distinct_cookies_do_not_queue() {
     assert_eq!(origin.calls(), USERS);
     server.abort();
 }
+
+// --- HEAD, GET and conditional requests in random order ----------------------------------
+
+/// A versioned page: the body and `ETag` name the version, its length differs per version,
+/// and the response is stale on arrival or fresh as the test asks (`x-age`).
+#[derive(Clone, Default)]
+struct Versioned {
+    version: Arc<AtomicUsize>,
+    calls: Arc<AtomicUsize>,
+}
+
+fn versioned_body(version: usize) -> String {
+    format!("v{version}:{}", "x".repeat(version % 7 * 10 + 5))
+}
+
+async fn versioned(State(page): State<Versioned>, headers: HeaderMap) -> ([(&'static str, String); 4], String) {
+    page.calls.fetch_add(1, SeqCst);
+    let version = page.version.load(SeqCst);
+    let age = headers
+        .get("x-age")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("0")
+        .to_string();
+    (
+        [
+            ("cache-control", "max-age=60, stale-while-revalidate=600".into()),
+            ("age", age),
+            ("etag", format!("\"v{version}\"")),
+            ("cache-groups", "\"page\"".into()),
+        ],
+        versioned_body(version),
+    )
+}
+
+async fn versioned_head(State(page): State<Versioned>, headers: HeaderMap) -> ([(&'static str, String); 5], ()) {
+    let ([cc, age, etag, groups], body) = versioned(State(page), headers).await;
+    ([cc, age, etag, groups, ("content-length", body.len().to_string())], ())
+}
+
+/// A small deterministic generator, so that a failure replays from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+async fn random_heads_and_gets(app: Router, page: Versioned, layer: CacheLayer<MemoryStore>, seed: u64) {
+    let (addr, server) = serve(app).await;
+    let client = client();
+    let mut rng = Rng(seed);
+    let (mut gets, mut heads, mut not_modified) = (0, 0, 0);
+    for step in 0..1_500 {
+        let age = if rng.below(2) == 0 { "0" } else { "61" };
+        let current = page.version.load(SeqCst);
+        let tag = format!("\"v{}\"", rng.below(current as u64 + 2));
+        let mut headers = vec![("x-age", age)];
+        if rng.below(3) == 0 {
+            headers.push(("if-none-match", &tag));
+        }
+        match rng.below(10) {
+            0 => {
+                page.version.fetch_add(1, SeqCst);
+            }
+            1 => layer.store().purge_tags(["page"]).await.unwrap(),
+            2 => layer.store().soft_purge_tags(["page"]).await.unwrap(),
+            3..=5 => {
+                let seen = fetch(&client, addr, "HEAD", "/v", &headers).await;
+                heads += 1;
+                assert!(seen.body.is_empty(), "step {step}: a HEAD with a body");
+                if seen.status == StatusCode::OK {
+                    let etag = seen.headers["etag"].to_str().unwrap();
+                    let version: usize = etag.trim_matches('"')[1..].parse().unwrap();
+                    let length = seen.headers["content-length"].to_str().unwrap();
+                    assert_eq!(
+                        length,
+                        versioned_body(version).len().to_string(),
+                        "step {step}: {seen:?}"
+                    );
+                }
+            }
+            _ => {
+                let seen = fetch(&client, addr, "GET", "/v", &headers).await;
+                gets += 1;
+                if seen.status == StatusCode::NOT_MODIFIED {
+                    not_modified += 1;
+                    assert_eq!(seen.headers["etag"].to_str().unwrap(), tag, "step {step}: {seen:?}");
+                    assert!(seen.body.is_empty());
+                    continue;
+                }
+                assert_eq!(seen.status, StatusCode::OK, "step {step}: {seen:?}");
+                seen.assert_complete();
+                let etag = seen.headers["etag"].to_str().unwrap();
+                let version: usize = etag.trim_matches('"')[1..].parse().unwrap();
+                assert!(version <= page.version.load(SeqCst));
+                assert_eq!(
+                    seen.body,
+                    versioned_body(version),
+                    "step {step}: body and ETag disagree"
+                );
+            }
+        }
+    }
+    assert!(
+        gets > 500 && heads > 300 && not_modified > 0,
+        "{gets} GETs, {heads} HEADs, {not_modified} 304s"
+    );
+    assert!(page.calls.load(SeqCst) > 10);
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_heads_gets_and_conditionals_always_get_whole_bodies() {
+    for seed in [0x9e37_79b9_7f4a_7c15, 0x2545_f491_4f6c_dd1d] {
+        let page = Versioned::default();
+        let layer = CacheLayer::new(MemoryStore::new());
+        let whole_router = Router::new()
+            .route("/v", get(versioned))
+            .with_state(page.clone())
+            .layer(layer.clone());
+        random_heads_and_gets(whole_router, page, layer, seed).await;
+
+        let page = Versioned::default();
+        let layer = CacheLayer::new(MemoryStore::new());
+        let explicit_head = Router::new()
+            .route("/v", get(versioned).head(versioned_head))
+            .with_state(page.clone())
+            .layer(layer.clone());
+        random_heads_and_gets(explicit_head, page, layer, seed).await;
+    }
+}
