@@ -4,7 +4,9 @@
 //! Run: `cargo bench --bench stampede`
 //!
 //! For N = 10, 100 and 1,000 it prints the origin calls per burst and the p50 / p99 latency
-//! of the burst's requests (each burst uses a fresh key; 5 bursts per row).
+//! of the burst's requests (each burst uses a fresh key; 5 bursts per row). A second table
+//! does the same for a per-user page: 100 requests with distinct cookies for one `private`
+//! page, which the cache must not make wait on one another.
 
 use axum::extract::{Query, State};
 use axum::routing::get;
@@ -21,10 +23,21 @@ use tower_response_cache::{CacheLayer, MemoryStore};
 const BURSTS: usize = 5;
 const ORIGIN_DELAY: Duration = Duration::from_millis(20);
 
-async fn slow(State(calls): State<Arc<AtomicUsize>>, Query(q): Query<HashMap<String, String>>) -> String {
+async fn slow(
+    State(calls): State<Arc<AtomicUsize>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ([(&'static str, &'static str); 1], String) {
     calls.fetch_add(1, SeqCst);
     tokio::time::sleep(ORIGIN_DELAY).await;
-    format!("value of {}", q.get("key").map(String::as_str).unwrap_or("?"))
+    let cc = if q.contains_key("private") {
+        "private"
+    } else {
+        "max-age=60"
+    };
+    (
+        [("cache-control", cc)],
+        format!("value of {}", q.get("key").map(String::as_str).unwrap_or("?")),
+    )
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -32,7 +45,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[index.min(sorted.len() - 1)]
 }
 
-async fn run(cached: bool, n: usize, round: &mut usize) -> (f64, Duration, Duration) {
+/// One row: `private` bursts carry a distinct cookie per request and get a `private` page.
+async fn run(cached: bool, n: usize, private: bool, round: &mut usize) -> (f64, Duration, Duration) {
     let calls = Arc::new(AtomicUsize::new(0));
     let mut app = Router::new().route("/slow", get(slow)).with_state(calls.clone());
     if cached {
@@ -50,13 +64,19 @@ async fn run(cached: bool, n: usize, round: &mut usize) -> (f64, Duration, Durat
     let mut latencies = Vec::with_capacity(n * BURSTS);
     for _ in 0..BURSTS {
         *round += 1;
-        let uri: http::Uri = format!("http://{addr}/slow?key=k{round}").parse().expect("uri");
+        let query = if private { "&private=1" } else { "" };
+        let uri: http::Uri = format!("http://{addr}/slow?key=k{round}{query}").parse().expect("uri");
         let requests: Vec<_> = (0..n)
-            .map(|_| {
+            .map(|user| {
                 let (client, uri) = (client.clone(), uri.clone());
+                let mut request = http::Request::get(uri);
+                if private {
+                    request = request.header("cookie", format!("session={user}"));
+                }
+                let request = request.body(Empty::new()).expect("request");
                 tokio::spawn(async move {
                     let start = Instant::now();
-                    let response = client.get(uri).await.expect("request");
+                    let response = client.request(request).await.expect("request");
                     response.into_body().collect().await.expect("body");
                     start.elapsed()
                 })
@@ -86,9 +106,19 @@ fn main() {
     let mut round = 0;
     for n in [10, 100, 1000] {
         for cached in [false, true] {
-            let (calls, p50, p99) = runtime.block_on(run(cached, n, &mut round));
+            let (calls, p50, p99) = runtime.block_on(run(cached, n, false, &mut round));
             let layer = if cached { "CacheLayer + MemoryStore" } else { "no cache" };
             println!("| {n} | {layer} | {calls:.1} | {p50:.1?} | {p99:.1?} |");
         }
+    }
+    println!();
+    println!("Per-user `private` page, 100 distinct cookies at once:");
+    println!();
+    println!("| layer | origin calls / burst | p50 | p99 |");
+    println!("|---|---:|---:|---:|");
+    for cached in [false, true] {
+        let (calls, p50, p99) = runtime.block_on(run(cached, 100, true, &mut round));
+        let layer = if cached { "CacheLayer + MemoryStore" } else { "no cache" };
+        println!("| {layer} | {calls:.1} | {p50:.1?} | {p99:.1?} |");
     }
 }

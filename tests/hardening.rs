@@ -697,3 +697,61 @@ async fn random_heads_gets_and_conditionals_always_get_whole_bodies() {
         random_heads_and_gets(explicit_head, page, layer, seed).await;
     }
 }
+
+/// A 503 that carries what belongs to its caller; answered once the other requests wait.
+async fn personal_failure(
+    State((origin, layer)): State<(Origin, CacheLayer<MemoryStore>)>,
+    headers: HeaderMap,
+) -> (StatusCode, [(&'static str, &'static str); 1], String) {
+    origin.enter();
+    until("the waiters", || layer.stats().waiting == 19).await;
+    origin.leave();
+    let caller = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("anonymous");
+    let cookie = if caller == "anonymous" { "session=secret" } else { "x=1" };
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [("set-cookie", cookie)],
+        format!("sorry, {caller}"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_failure_never_carries_what_belongs_to_the_leader() {
+    for leader_headers in [&[][..], &[("authorization", "Bearer alice")][..]] {
+        let origin = Origin::default();
+        let layer = CacheLayer::new(MemoryStore::new());
+        let app = Router::new()
+            .route("/fails", get(personal_failure))
+            .with_state((origin.clone(), layer.clone()))
+            .layer(layer.clone());
+        let (addr, server) = serve(app).await;
+        let client = client();
+        let leader = {
+            let (client, headers) = (client.clone(), leader_headers.to_vec());
+            tokio::spawn(async move { fetch(&client, addr, "GET", "/fails", &headers).await })
+        };
+        until("the leader", || origin.calls() == 1).await;
+        let waiters: Vec<_> = (0..19)
+            .map(|_| {
+                let client = client.clone();
+                tokio::spawn(async move { fetch(&client, addr, "GET", "/fails", &[]).await })
+            })
+            .collect();
+        let leader = leader.await.unwrap();
+        assert!(leader.body.starts_with(b"sorry"));
+        for waiter in waiters {
+            let seen = waiter.await.unwrap();
+            assert_eq!(seen.status, StatusCode::SERVICE_UNAVAILABLE);
+            assert!(
+                seen.body.is_empty(),
+                "the leader's failure body reached a waiter: {seen:?}"
+            );
+            assert!(!seen.headers.contains_key("set-cookie"), "{seen:?}");
+        }
+        assert_eq!(origin.calls(), 1);
+        server.abort();
+    }
+}

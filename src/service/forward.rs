@@ -10,14 +10,15 @@ use crate::grpc;
 use crate::key::{self, CacheKey};
 use crate::layer::{Config, Shared};
 use crate::metrics::{BypassReason, Counters};
+use crate::policy::cache_control::CacheControl;
 use crate::policy::{self, RequestFacts};
 use crate::status::{MissKind, Outcome};
 use crate::store::{PurgeMode, Store};
 use crate::tags::{detached, string_list, CACHE_GROUPS};
 use crate::{CacheBody, CacheTags};
 use http::header::{
-    HeaderMap, HeaderName, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
-    TRANSFER_ENCODING,
+    HeaderMap, HeaderName, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH,
+    LAST_MODIFIED, SET_COOKIE, TRANSFER_ENCODING,
 };
 use http::{request, response, Request, Response, StatusCode};
 use http_body::Body;
@@ -103,7 +104,7 @@ where
         }
         if stale.is_some() {
             // A 5xx never replaces a stored response.
-            return Ok(origin_failure(shared, res_parts, res_body, miss_kind).await);
+            return Ok(origin_failure(shared, res_parts, res_body, lookout, miss_kind).await);
         }
     }
     let facts = RequestFacts {
@@ -125,7 +126,7 @@ where
         Ok(freshness) => freshness,
         // A failing origin is not a property of the key: it is never remembered as uncacheable.
         Err(_) if status.is_server_error() => {
-            return Ok(origin_failure(shared, res_parts, res_body, miss_kind).await);
+            return Ok(origin_failure(shared, res_parts, res_body, lookout, miss_kind).await);
         }
         Err(reason) => {
             return Ok(uncacheable(
@@ -261,22 +262,37 @@ where
 }
 
 /// The origin answered 5xx: the client gets that answer, and waiters on the same key a copy
-/// of it (bounded by `max_body_bytes`) rather than each calling a failing origin.
+/// of it (bounded by `max_body_bytes`) rather than each calling a failing origin. A failure
+/// that may carry what belongs to the leader's request alone (it had credentials, or the
+/// answer sets a cookie or is `private`) reaches waiters as its status code only.
 async fn origin_failure<St, B: Body>(
     shared: &Shared<St>,
     parts: response::Parts,
     body: B,
+    lookout: &Lookout,
     kind: MissKind,
 ) -> Forwarded<B> {
-    let (body, copy) = match collect_bounded(body, shared.config.max_body_bytes).await {
-        Collected::Complete { data, trailers } => (CacheBody::cached(data.clone(), trailers), Some(data)),
-        Collected::TooLarge(body) | Collected::Failed(body) => (body, None),
+    let personal = (lookout.facts.credentials && !lookout.facts.identity_scoped)
+        || parts.headers.contains_key(SET_COOKIE)
+        || CacheControl::from_headers(&parts.headers, &CACHE_CONTROL).private;
+    let (body, copy) = if personal {
+        (CacheBody::streamed(body), None)
+    } else {
+        match collect_bounded(body, shared.config.max_body_bytes).await {
+            Collected::Complete { data, trailers } => (CacheBody::cached(data.clone(), trailers), Some(data)),
+            Collected::TooLarge(body) | Collected::Failed(body) => (body, None),
+        }
     };
-    let mut headers = parts.headers.clone();
-    if copy.is_none() {
-        // Waiters get the head alone: its length no longer describes what they receive.
-        headers.remove(CONTENT_LENGTH);
-    }
+    let headers = match copy {
+        Some(_) => parts.headers.clone(),
+        None if personal => HeaderMap::new(),
+        None => {
+            // The head alone: its length no longer describes what waiters receive.
+            let mut headers = parts.headers.clone();
+            headers.remove(CONTENT_LENGTH);
+            headers
+        }
+    };
     let failure = OriginFailure {
         response: Some((parts.status, headers, copy.unwrap_or_default())),
     };
