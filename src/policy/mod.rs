@@ -138,7 +138,9 @@ pub(crate) fn storable(
     }
     .min(config.max_ttl);
     let initial_age = initial_age(headers, request.request_time, response_time);
-    let may_serve_stale = !(cc.must_revalidate || cc.proxy_revalidate || cc.no_cache);
+    // For a shared cache `s-maxage` also means `proxy-revalidate` (RFC 9111 §5.2.2.10).
+    let revalidate = cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some();
+    let may_serve_stale = !(revalidate || cc.no_cache);
     let window = |directive: Option<Duration>, default: Duration| {
         if may_serve_stale {
             directive.unwrap_or(default).min(config.max_ttl)
@@ -152,7 +154,7 @@ pub(crate) fn storable(
         stale_while_revalidate: window(cc.stale_while_revalidate, config.stale_while_revalidate),
         stale_if_error: window(cc.stale_if_error, config.stale_if_error),
         no_cache: cc.no_cache,
-        must_revalidate: cc.must_revalidate || cc.proxy_revalidate,
+        must_revalidate: revalidate,
         shareable_with_credentials: explicitly_shareable,
         vary,
         revalidation_grace: if headers.contains_key(ETAG) || headers.contains_key(LAST_MODIFIED) {
@@ -201,18 +203,23 @@ fn initial_age(headers: &HeaderMap, request_time: SystemTime, response_time: Sys
     let apparent = date
         .and_then(|d| response_time.duration_since(d).ok())
         .unwrap_or_default();
-    let age_value = headers
-        .get(AGE)
-        .map(|v| {
-            let text = std::str::from_utf8(v.as_bytes()).unwrap_or("");
-            // An unreadable Age is read as "very old" rather than "new".
-            text.trim()
-                .parse::<u64>()
-                .map_or(u64::from(u32::MAX), |s| s.min(1 << 31))
-        })
-        .unwrap_or(0);
+    let age_value = headers.get(AGE).map_or(0, |v| age_seconds(v.as_bytes()));
     let delay = response_time.duration_since(request_time).unwrap_or_default();
     apparent.max(Duration::from_secs(age_value) + delay)
+}
+
+/// An `Age` value in seconds (RFC 9111 §5.1): of a list, the first member; an invalid value
+/// (anything but digits) is ignored; huge values are capped at 2^31.
+fn age_seconds(value: &[u8]) -> u64 {
+    let first = value.split(|b| *b == b',').next().unwrap_or_default().trim_ascii();
+    if first.is_empty() || !first.iter().all(u8::is_ascii_digit) {
+        return 0;
+    }
+    // All digits: only an overflow can fail, and that is "very old".
+    first
+        .iter()
+        .try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+        .map_or(1 << 31, |n| n.min(1 << 31))
 }
 
 /// The field names in `Vary`, lower-cased, sorted and deduplicated; `None` for `Vary: *`.
@@ -406,6 +413,41 @@ mod tests {
     }
 
     #[test]
+    fn age_uses_the_first_member_and_ignores_invalid_values() {
+        for (value, seconds) in [
+            (&b"60"[..], 60),
+            (b" 60 ", 60),
+            (b"60, 7200", 60),
+            (b"0, old", 0),
+            (b"0, 0", 0),
+            (b"abc", 0),
+            (b"-7200", 0),
+            (b"7200.0", 0),
+            (b"", 0),
+            (b"99999999999999999999999", 1 << 31),
+        ] {
+            assert_eq!(age_seconds(value), seconds, "{:?}", String::from_utf8_lossy(value));
+        }
+        let f = decide(200, &[("cache-control", b"max-age=60"), ("age", b"abc")]).unwrap();
+        assert_eq!(f.initial_age, Duration::ZERO, "an invalid Age is not read as very old");
+    }
+
+    #[test]
+    fn s_maxage_forbids_serving_stale() {
+        for cc in [
+            &b"s-maxage=1, stale-while-revalidate=60"[..],
+            b"s-maxage=1, stale-if-error=60",
+        ] {
+            let f = decide(200, &[("cache-control", cc)]).unwrap();
+            assert_eq!(f.stale_while_revalidate, Duration::ZERO);
+            assert_eq!(f.stale_if_error, Duration::ZERO);
+            assert!(f.must_revalidate);
+        }
+        let f = decide(200, &[("cache-control", b"max-age=1, stale-while-revalidate=60")]).unwrap();
+        assert_eq!(f.stale_while_revalidate, Duration::from_secs(60));
+    }
+
+    #[test]
     fn absurd_values_never_panic_and_are_capped() {
         let f = decide(200, &[("cache-control", b"max-age=99999999999999999999")]).unwrap();
         assert_eq!(f.lifetime, Duration::from_secs(86_400));
@@ -418,7 +460,11 @@ mod tests {
             &[("age", b"garbage"), ("cache-control", b"max-age=60, stale-if-error=60")],
         )
         .unwrap();
-        assert!(f.initial_age > f.lifetime);
+        assert_eq!(
+            f.initial_age,
+            Duration::ZERO,
+            "an invalid Age is ignored (RFC 9111 §5.1)"
+        );
         assert!(decide(200, &[("vary", b"\xff")]).is_err());
     }
 
