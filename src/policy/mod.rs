@@ -1,6 +1,7 @@
 //! RFC 9111 decisions: may this response be stored, and for how long is it fresh?
 
 pub(crate) mod cache_control;
+mod http_date;
 
 use crate::metrics::BypassReason;
 use cache_control::CacheControl;
@@ -246,7 +247,7 @@ pub(crate) fn vary_names(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
 
 /// Parses an HTTP-date; anything else is `None`.
 pub(crate) fn http_date(bytes: &[u8]) -> Option<SystemTime> {
-    httpdate::parse_http_date(std::str::from_utf8(bytes).ok()?).ok()
+    http_date::parse(bytes, SystemTime::now())
 }
 
 #[cfg(test)]
