@@ -93,3 +93,38 @@ async fn max_age_alone_still_serves_stale_within_its_windows() {
     assert!(cache_status(&second).contains("fwd=stale"), "{}", cache_status(&second));
     assert_eq!(text(second).await, "call 1");
 }
+
+// RFC 9110 §13: conditional requests answered from a fresh entry.
+
+async fn tagged() -> [(&'static str, &'static str); 3] {
+    [
+        ("cache-control", "max-age=60"),
+        ("etag", r#"W/"v1,2""#),
+        ("date", "Sun, 06 Nov 1994 08:49:37 GMT"),
+    ]
+}
+
+#[tokio::test]
+async fn conditional_requests_follow_rfc_9110_section_13() {
+    let app = Router::new()
+        .route("/t", get(tagged))
+        .layer(CacheLayer::new(MemoryStore::new()));
+    assert_eq!(send(&app, common::get("/t")).await.status(), StatusCode::OK);
+    let conditional = |headers: &[(&str, &str)]| send(&app, common::get_with("/t", headers));
+    // A list of entity tags, one of which holds a comma; weak comparison.
+    let list = conditional(&[("if-none-match", r#""other", "v1,2""#)]).await;
+    assert_eq!(list.status(), StatusCode::NOT_MODIFIED, "{}", cache_status(&list));
+    assert_eq!(
+        conditional(&[("if-none-match", r#""v1""#)]).await.status(),
+        StatusCode::OK,
+        "a tag is not split at its comma"
+    );
+    // No Last-Modified: If-Modified-Since is judged against Date.
+    let later = [("if-modified-since", "Mon, 07 Nov 1994 00:00:00 GMT")];
+    assert_eq!(conditional(&later).await.status(), StatusCode::NOT_MODIFIED);
+    let earlier = [("if-modified-since", "Sat, 05 Nov 1994 00:00:00 GMT")];
+    assert_eq!(conditional(&earlier).await.status(), StatusCode::OK);
+    // If-None-Match takes precedence over If-Modified-Since.
+    let both = [("if-none-match", r#""other""#), later[0]];
+    assert_eq!(conditional(&both).await.status(), StatusCode::OK);
+}

@@ -65,17 +65,19 @@ pub(super) fn from_entry<St, B: Body>(
     finish(shared, response, outcome, age)
 }
 
-/// Whether the client's `If-None-Match` / `If-Modified-Since` match the entry (RFC 9110 §13.2.2).
+/// Whether the client's `If-None-Match` / `If-Modified-Since` match the entry (RFC 9110
+/// §13.1.2, §13.1.3, §13.2.2): `If-None-Match` decides when present; `If-Modified-Since` is
+/// judged against `Last-Modified`, or `Date` when the entry has none.
 fn not_modified(lookout: &Lookout, headers: &HeaderMap) -> bool {
     if let Some(condition) = &lookout.if_none_match {
-        let Some(etag) = headers.get(ETAG) else {
+        let Some(etag) = headers.get(ETAG).and_then(|v| entity_tags(v.as_bytes()).next()) else {
             return false;
         };
-        return condition
-            .as_bytes()
-            .split(|b| *b == b',')
-            .map(<[u8]>::trim_ascii)
-            .any(|candidate| candidate == b"*" || weak_tag(candidate) == weak_tag(etag.as_bytes()));
+        // `*` is a list of its own; a malformed list matches nothing.
+        if condition.as_bytes().trim_ascii() == b"*" {
+            return true;
+        }
+        return entity_tags(condition.as_bytes()).any(|candidate| weak_tag(candidate) == weak_tag(etag));
     }
     let Some(since) = lookout
         .if_modified_since
@@ -86,8 +88,28 @@ fn not_modified(lookout: &Lookout, headers: &HeaderMap) -> bool {
     };
     headers
         .get(LAST_MODIFIED)
+        .or_else(|| headers.get(DATE))
         .and_then(|v| policy::http_date(v.as_bytes()))
         .is_some_and(|modified| modified <= since)
+}
+
+/// The entity tags of a list (`W/"a,b", "c"`): a tag is quoted and may hold a comma, so the
+/// list is read tag by tag, not split at commas. Reading stops at the first malformed one.
+fn entity_tags(list: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = list;
+    std::iter::from_fn(move || {
+        rest = rest.trim_ascii_start();
+        while let Some(after) = rest.strip_prefix(b",") {
+            rest = after.trim_ascii_start();
+        }
+        let start = rest;
+        let quoted = rest.strip_prefix(b"W/").unwrap_or(rest).strip_prefix(b"\"")?;
+        let end = quoted.iter().position(|b| *b == b'"')?;
+        let tag_len = start.len() - quoted.len() + end + 1;
+        let (tag, after) = start.split_at(tag_len);
+        rest = after;
+        Some(tag)
+    })
 }
 
 /// The opaque part of an entity tag, for weak comparison.
@@ -127,4 +149,17 @@ pub(super) fn finish<St, B>(
 ) -> Response<B> {
     status::decorate(response.headers_mut(), &shared.config.status_name, outcome, age);
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::entity_tags;
+
+    #[test]
+    fn entity_tags_may_hold_commas() {
+        let tags: Vec<&[u8]> = entity_tags(br#"W/"a,b" , "c",,"d""#).collect();
+        assert_eq!(tags, [&br#"W/"a,b""#[..], br#""c""#, br#""d""#]);
+        assert_eq!(entity_tags(b"unquoted, \"x\"").count(), 0, "stops at a malformed tag");
+        assert_eq!(entity_tags(br#""open"#).count(), 0);
+    }
 }
