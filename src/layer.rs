@@ -238,7 +238,11 @@ impl<St: Store> CacheLayerBuilder<St> {
         self
     }
 
-    /// The status codes that may be stored (206 never is).
+    /// The status codes stored on freshness the layer supplies (`default_ttl`, a route's
+    /// TTL) or the RFC heuristic, which applies only to heuristically cacheable statuses in
+    /// this list (RFC 9110 §15.1), so widening it never lets the heuristic keep a 403 or a
+    /// 502. A response with freshness from the origin (`max-age`, `s-maxage`, `Expires`) may
+    /// be stored whatever its final status (RFC 9111 §3); 206 and 304 never are.
     pub fn cacheable_statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
         self.config.policy.cacheable_statuses = statuses
             .into_iter()

@@ -19,8 +19,15 @@ pub(crate) struct CacheControl {
     pub(crate) public: bool,
     pub(crate) must_revalidate: bool,
     pub(crate) proxy_revalidate: bool,
+    /// `must-understand`: store only a status whose caching rules the cache knows, and then
+    /// regardless of `no-store` (RFC 9111 §5.2.2.3).
+    pub(crate) must_understand: bool,
     /// Request only: `only-if-cached`.
     pub(crate) only_if_cached: bool,
+    /// Request only: `max-stale` (`Some(None)`: any staleness is accepted).
+    pub(crate) max_stale: Option<Option<Duration>>,
+    /// Request only: `min-fresh`.
+    pub(crate) min_fresh: Option<Duration>,
     /// The field could not be read at all (bytes outside visible ASCII and whitespace).
     pub(crate) unreadable: bool,
 }
@@ -59,6 +66,25 @@ impl CacheControl {
                     "must-revalidate" => cc.must_revalidate = true,
                     "proxy-revalidate" => cc.proxy_revalidate = true,
                     "only-if-cached" => cc.only_if_cached = true,
+                    "must-understand" => cc.must_understand = true,
+                    "max-stale" => match argument.map(|a| parse_delta(Some(a))) {
+                        None => cc.max_stale = Some(None),
+                        Some(Delta::Valid(secs)) => {
+                            // Of conflicting values, the smaller one is the safe reading.
+                            let d = Duration::from_secs(secs);
+                            cc.max_stale = Some(Some(match cc.max_stale {
+                                Some(Some(old)) => old.min(d),
+                                _ => d,
+                            }));
+                        }
+                        Some(Delta::Invalid) => {}
+                    },
+                    "min-fresh" => {
+                        if let Delta::Valid(secs) = parse_delta(argument) {
+                            let d = Duration::from_secs(secs);
+                            cc.min_fresh = Some(cc.min_fresh.map_or(d, |old| old.max(d)));
+                        }
+                    }
                     "max-age" => merge_delta(&mut seen_max_age, parse_delta(argument)),
                     "s-maxage" => merge_delta(&mut seen_s_maxage, parse_delta(argument)),
                     "stale-while-revalidate" => {
@@ -141,7 +167,10 @@ fn split_directives(text: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
             continue;
         }
         return Some(match item.split_once('=') {
-            Some((name, arg)) => (name.trim(), Some(arg.trim())),
+            // `max-age = 3600` is not a directive (no whitespace around `=`): it is
+            // ignored, under a name that matches none.
+            Some((name, arg)) if name.ends_with([' ', '\t']) || arg.starts_with([' ', '\t']) => ("", None),
+            Some((name, arg)) => (name, Some(arg)),
             None => (item, None),
         });
     })
@@ -224,5 +253,29 @@ mod tests {
     fn empty_items_and_stray_commas_are_ignored() {
         let cc = parse(&[b" , ,no-cache,, "]);
         assert!(cc.no_cache);
+    }
+
+    #[test]
+    fn whitespace_around_equals_makes_a_directive_invalid() {
+        for v in [&b"max-age = 3600"[..], b"max-age= 3600", b"max-age =3600"] {
+            assert_eq!(parse(&[v]).max_age, None, "{:?}", String::from_utf8_lossy(v));
+        }
+        assert_eq!(parse(&[b"max-age=3600"]).max_age, Some(Duration::from_secs(3600)));
+        assert_eq!(parse(&[b"s-maxage = 5, public"]).s_maxage, None);
+        assert!(parse(&[b"s-maxage = 5, public"]).public);
+    }
+
+    #[test]
+    fn request_directives() {
+        let cc = parse(&[b"max-stale, min-fresh=5"]);
+        assert_eq!(cc.max_stale, Some(None));
+        assert_eq!(cc.min_fresh, Some(Duration::from_secs(5)));
+        assert_eq!(parse(&[b"max-stale=30"]).max_stale, Some(Some(Duration::from_secs(30))));
+        assert_eq!(
+            parse(&[b"max-stale=30, max-stale=10"]).max_stale,
+            Some(Some(Duration::from_secs(10)))
+        );
+        assert_eq!(parse(&[b"max-stale=abc"]).max_stale, None);
+        assert!(parse(&[b"must-understand, no-store"]).must_understand);
     }
 }

@@ -34,8 +34,32 @@ pub enum RouteOverride {
     Ttl(Duration),
 }
 
-/// Which status codes the layer may store (RFC 9110 §15.1 "heuristically cacheable", less 206).
+/// The statuses the layer stores on freshness it supplies itself (`default_ttl`, a route's
+/// TTL): RFC 9110 §15.1 "heuristically cacheable", less 206.
 pub(crate) const DEFAULT_CACHEABLE_STATUSES: &[u16] = &[200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
+
+/// The statuses RFC 9110 §15.1 calls heuristically cacheable (206 aside, never stored): the
+/// only ones the RFC heuristic (a tenth of the time since `Last-Modified`) may apply to,
+/// whatever `cacheable_statuses` says, unless the response is `public`.
+const HEURISTICALLY_CACHEABLE: &[u16] = &[200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
+
+/// The final statuses whose caching rules this cache knows (RFC 9110 §15), for
+/// `must-understand` (RFC 9111 §5.2.2.3). 206 and 304 are never stored.
+const UNDERSTOOD: &[u16] = &[
+    200, 201, 202, 203, 204, 205, 300, 301, 302, 303, 307, 308, 400, 401, 402, 403, 404, 405, 406, 407, 408, 409, 410,
+    411, 412, 413, 414, 415, 416, 417, 421, 422, 426, 500, 501, 502, 503, 504, 505,
+];
+
+/// Where a response's freshness lifetime came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// `s-maxage`, `max-age` or `Expires`: the origin's own word.
+    Explicit,
+    /// `default_ttl` or a route's TTL: the application's configuration.
+    Configured,
+    /// RFC 9111 §4.2.2: a tenth of the time since `Last-Modified`.
+    Heuristic,
+}
 
 /// The policy knobs that come from the layer's configuration.
 #[derive(Debug, Clone)]
@@ -100,10 +124,12 @@ pub(crate) fn storable(
     if route == Some(RouteOverride::Bypass) {
         return Err(BypassReason::Route);
     }
+    let status = response.status.as_u16();
     if response.status == StatusCode::PARTIAL_CONTENT {
         return Err(BypassReason::Range);
     }
-    if !config.cacheable_statuses.contains(&response.status.as_u16()) {
+    // Interim and 304 answers are never a response to store.
+    if status < 200 || response.status == StatusCode::NOT_MODIFIED {
         return Err(BypassReason::Status);
     }
     let headers = &response.headers;
@@ -114,7 +140,13 @@ pub(crate) fn storable(
     if cc.unreadable {
         return Err(BypassReason::Unreadable);
     }
-    if cc.no_store {
+    // `must-understand`: a status the cache does not know is not stored; one it knows is,
+    // whatever `no-store` says (RFC 9111 §5.2.2.3).
+    let understood = UNDERSTOOD.contains(&status);
+    if cc.must_understand && !understood {
+        return Err(BypassReason::Status);
+    }
+    if cc.no_store && !(cc.must_understand && understood) {
         return Err(BypassReason::NoStore);
     }
     if cc.private && !request.identity_scoped {
@@ -133,11 +165,24 @@ pub(crate) fn storable(
     }
     let vary = vary_names(headers).ok_or(BypassReason::VaryStar)?;
 
-    let lifetime = match route {
-        Some(RouteOverride::Ttl(ttl)) => ttl,
+    let (lifetime, source) = match route {
+        Some(RouteOverride::Ttl(ttl)) => (ttl, Source::Configured),
         _ => freshness_lifetime(config, &cc, headers, response_time),
+    };
+    // Which statuses may be stored depends on whose word the freshness is (RFC 9111 §3,
+    // §4.2.2): any final status on the origin's; on the application's, those it lists (or
+    // a `public` one short of a server error); on the heuristic's, the heuristically
+    // cacheable ones it lists, or a `public` one.
+    let listed = config.cacheable_statuses.contains(&status);
+    let status_storable = match source {
+        Source::Explicit => true,
+        Source::Configured => listed || (cc.public && status < 500),
+        Source::Heuristic => (listed && HEURISTICALLY_CACHEABLE.contains(&status)) || cc.public,
+    };
+    if !status_storable {
+        return Err(BypassReason::Status);
     }
-    .min(config.max_ttl);
+    let lifetime = lifetime.min(config.max_ttl);
     let initial_age = initial_age(headers, request.request_time, response_time);
     // For a shared cache `s-maxage` also means `proxy-revalidate` (RFC 9111 §5.2.2.10).
     let revalidate = cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some();
@@ -171,31 +216,37 @@ pub(crate) fn storable(
 }
 
 /// s-maxage > max-age > Expires − Date > configured default > heuristic (RFC 9111 §4.2.1-2).
-fn freshness_lifetime(config: &PolicyConfig, cc: &CacheControl, headers: &HeaderMap, now: SystemTime) -> Duration {
+fn freshness_lifetime(
+    config: &PolicyConfig,
+    cc: &CacheControl,
+    headers: &HeaderMap,
+    now: SystemTime,
+) -> (Duration, Source) {
     if let Some(d) = cc.s_maxage.or(cc.max_age) {
-        return d;
+        return (d, Source::Explicit);
     }
     let mut expires = headers.get_all(EXPIRES).iter();
     if let Some(first) = expires.next() {
         // Several Expires lines, or one that is not an HTTP-date, mean "already expired".
         if expires.next().is_some() {
-            return Duration::ZERO;
+            return (Duration::ZERO, Source::Explicit);
         }
         let Some(expires) = http_date(first.as_bytes()) else {
-            return Duration::ZERO;
+            return (Duration::ZERO, Source::Explicit);
         };
         let date = headers.get(DATE).and_then(|d| http_date(d.as_bytes())).unwrap_or(now);
-        return expires.duration_since(date).unwrap_or(Duration::ZERO);
+        return (expires.duration_since(date).unwrap_or(Duration::ZERO), Source::Explicit);
     }
     if !config.default_ttl.is_zero() {
-        return config.default_ttl;
+        return (config.default_ttl, Source::Configured);
     }
     // Heuristic: a tenth of the time since Last-Modified, at most a day (RFC 9111 §4.2.2).
-    headers
+    let heuristic = headers
         .get(LAST_MODIFIED)
         .and_then(|lm| http_date(lm.as_bytes()))
         .and_then(|lm| now.duration_since(lm).ok())
-        .map_or(Duration::ZERO, |since| (since / 10).min(Duration::from_secs(86_400)))
+        .map_or(Duration::ZERO, |since| (since / 10).min(Duration::from_secs(86_400)));
+    (heuristic, Source::Heuristic)
 }
 
 /// The age the response already had when it arrived (RFC 9111 §4.2.3).
@@ -446,6 +497,70 @@ mod tests {
         }
         let f = decide(200, &[("cache-control", b"max-age=1, stale-while-revalidate=60")]).unwrap();
         assert_eq!(f.stale_while_revalidate, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn explicit_freshness_stores_any_final_status_and_configured_freshness_only_listed_ones() {
+        for status in [403, 500, 502, 503, 418, 299] {
+            assert!(decide(status, &[("cache-control", b"max-age=5")]).is_ok(), "{status}");
+            assert!(
+                decide(status, &[("expires", b"Thu, 01 Jan 2099 00:00:00 GMT")]).is_ok(),
+                "{status}"
+            );
+            assert_eq!(
+                decide(status, &[]),
+                Err(BypassReason::Status),
+                "{status} on default_ttl"
+            );
+        }
+        assert!(
+            decide(403, &[("cache-control", b"public")]).is_ok(),
+            "public, on default_ttl"
+        );
+        assert_eq!(decide(503, &[("cache-control", b"public")]), Err(BypassReason::Status));
+        for status in [100, 304] {
+            assert_eq!(
+                decide(status, &[("cache-control", b"max-age=5")]),
+                Err(BypassReason::Status)
+            );
+        }
+    }
+
+    #[test]
+    fn widening_the_list_never_lets_the_heuristic_store_an_error() {
+        let heuristic = PolicyConfig {
+            default_ttl: Duration::ZERO,
+            cacheable_statuses: (200..600).collect(),
+            ..config()
+        };
+        let last_modified = ("last-modified", &b"Thu, 01 Jan 2015 00:00:00 GMT"[..]);
+        for status in [403, 502] {
+            assert_eq!(
+                decide_with(&heuristic, facts(), status, &[last_modified]),
+                Err(BypassReason::Status)
+            );
+            let public = [last_modified, ("cache-control", b"public")];
+            assert!(
+                decide_with(&heuristic, facts(), status, &public).is_ok(),
+                "{status} public"
+            );
+        }
+        assert!(decide_with(&heuristic, facts(), 200, &[last_modified]).is_ok());
+    }
+
+    #[test]
+    fn must_understand_overrides_no_store_for_known_statuses() {
+        let cc = ("cache-control", &b"must-understand, no-store, max-age=60"[..]);
+        assert!(decide(200, &[cc]).is_ok());
+        assert_eq!(
+            decide(299, &[cc]),
+            Err(BypassReason::Status),
+            "an unknown status is not stored"
+        );
+        assert_eq!(
+            decide(200, &[("cache-control", b"no-store, max-age=60")]),
+            Err(BypassReason::NoStore)
+        );
     }
 
     #[test]
