@@ -128,3 +128,94 @@ async fn conditional_requests_follow_rfc_9110_section_13() {
     let both = [("if-none-match", r#""other""#), later[0]];
     assert_eq!(conditional(&both).await.status(), StatusCode::OK);
 }
+
+// RFC 9111 §5.2.1: request directives, when honoured (the reverse-proxy configuration).
+
+#[derive(serde::Deserialize)]
+struct Answer {
+    cc: String,
+    age: u64,
+}
+
+async fn answer(
+    State(calls): State<Arc<AtomicUsize>>,
+    axum::extract::Query(a): axum::extract::Query<Answer>,
+) -> ([(&'static str, String); 3], String) {
+    let call = calls.fetch_add(1, SeqCst) + 1;
+    // The validator keeps a stale entry stored, so that it can be revalidated.
+    let headers = [
+        ("cache-control", a.cc),
+        ("age", a.age.to_string()),
+        ("etag", "\"x\"".into()),
+    ];
+    (headers, format!("call {call}"))
+}
+
+#[tokio::test]
+async fn request_directives_are_honoured_as_rfc_9111_section_5_2_1_says() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let app = Router::new().route("/d", get(answer)).with_state(calls.clone()).layer(
+        CacheLayer::builder(MemoryStore::new())
+            .honor_request_directives(true)
+            .build(),
+    );
+    let ask = |uri: &'static str, cc: &'static str| {
+        let app = app.clone();
+        async move {
+            let response = send(&app, common::get_with(uri, &[("cache-control", cc)])).await;
+            (cache_status(&response).to_string(), response.status())
+        }
+    };
+    let calls_now = || calls.load(SeqCst);
+    // Fresh, 30 s old, 30 s left.
+    let fresh = "/d?cc=max-age%3D60&age=30";
+    assert_eq!(text(send(&app, common::get(fresh)).await).await, "call 1");
+    for accepted in [
+        "max-age=60",
+        "max-age=3600",
+        "min-fresh=10",
+        "max-age = 1",
+        "min-fresh = 50",
+    ] {
+        let (status, _) = ask(fresh, accepted).await;
+        assert!(status.contains("; hit"), "{accepted}: {status}");
+    }
+    assert_eq!(calls_now(), 1);
+    for refused in ["max-age=10", "min-fresh=40", "no-cache", "max-age=0"] {
+        let before = calls_now();
+        let (status, _) = ask(fresh, refused).await;
+        assert!(status.contains("fwd=request"), "{refused}: {status}");
+        assert_eq!(calls_now(), before + 1, "{refused} reaches the origin");
+    }
+
+    // Stale by about a second.
+    let stale = "/d?cc=max-age%3D60&age=61";
+    send(&app, common::get(stale)).await;
+    let before = calls_now();
+    for accepted in ["max-stale", "max-stale=30", "max-stale=30, max-age=3600"] {
+        let (status, _) = ask(stale, accepted).await;
+        assert!(
+            status.contains("fwd=stale") && status.contains("max-stale"),
+            "{accepted}: {status}"
+        );
+    }
+    assert_eq!(calls_now(), before, "accepted stale answers never reach the origin");
+    for refused in ["max-stale=0", "max-stale, max-age=30", "max-stale, min-fresh=1"] {
+        let (status, _) = ask(stale, refused).await;
+        assert!(!status.contains("max-stale"), "{refused}: {status}");
+    }
+    let (status, code) = ask(stale, "only-if-cached").await;
+    assert_eq!(code, StatusCode::GATEWAY_TIMEOUT, "{status}");
+
+    // `must-revalidate` (and `s-maxage`) forbid it whatever the client accepts.
+    for uri in [
+        "/d?cc=max-age%3D60,must-revalidate&age=61",
+        "/d?cc=s-maxage%3D60&age=61",
+    ] {
+        send(&app, common::get(uri)).await;
+        let before = calls_now();
+        let (status, _) = ask(uri, "max-stale").await;
+        assert!(!status.contains("max-stale"), "{uri}: {status}");
+        assert_eq!(calls_now(), before + 1);
+    }
+}

@@ -26,7 +26,7 @@ use respond::{from_entry, streamed};
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 use tower_service::Service;
 
 /// Middleware that answers requests from a [`Store`] and stores the responses it may keep.
@@ -176,18 +176,35 @@ where
     let directives = config
         .honor_request_directives
         .then(|| CacheControl::from_headers(&parts.headers, &CACHE_CONTROL));
-    let skip_lookup = directives
-        .as_ref()
-        .is_some_and(|cc| cc.no_cache || cc.max_age == Some(Duration::ZERO));
 
     let generation = shared.coalescer.generation();
-    let found = if skip_lookup {
-        Found::Miss(MissKind::Request)
-    } else {
-        lookup(&shared, &lookout, &parts.headers).await
-    };
+    let mut found = lookup(&shared, &lookout, &parts.headers).await;
+    // The client's own limits, when honoured (RFC 9111 §5.2.1): an entry too old for them
+    // goes to the origin (revalidated when it can be); one they accept stale is served.
+    let mut client_refuses_stored = false;
+    if let Some(cc) = &directives {
+        let now = SystemTime::now();
+        found = match found {
+            Found::Fresh(entry) if requires_newer(cc, &entry, now) => {
+                client_refuses_stored = true;
+                Found::Stale(Stale { entry })
+            }
+            Found::Stale(stale) if accepts_stale(cc, &stale, now) => {
+                Counters::count(&shared.counters.stale_hits);
+                let outcome = Outcome::stale_hit(stale.stale_for(now), "max-stale");
+                let age = Some(stale.entry.age(now));
+                return Ok(from_entry(&shared, &stale.entry, &lookout, outcome, age));
+            }
+            Found::Stale(stale) => {
+                client_refuses_stored = requires_newer(cc, &stale.entry, now);
+                Found::Stale(stale)
+            }
+            other => other,
+        };
+    }
     let (stale, miss_kind) = match found {
         Found::Fresh(entry) => return Ok(hit(&shared, &entry, &lookout)),
+        Found::Stale(stale) if client_refuses_stored => (Some(stale), MissKind::Request),
         Found::Stale(stale) => {
             let now = SystemTime::now();
             if stale.serves_while_revalidating(now) && tokio::runtime::Handle::try_current().is_ok() {
@@ -429,6 +446,25 @@ fn shared_failure<St, B: Body>(shared: &Shared<St>, failure: &OriginFailure, kin
         .collapsed()
         .detail("origin-error");
     respond::finish(shared, response, outcome, None)
+}
+
+/// The client asks for something newer than `entry` (`no-cache`, `max-age`, `min-fresh`).
+fn requires_newer(cc: &CacheControl, entry: &crate::CachedResponse, now: SystemTime) -> bool {
+    cc.no_cache
+        || cc.max_age.is_some_and(|max| entry.age(now) > max)
+        || cc.min_fresh.is_some_and(|min| entry.ttl(now) < min)
+}
+
+/// The client accepts `stale` as it is (`max-stale`), and the response allows it.
+fn accepts_stale(cc: &CacheControl, stale: &Stale, now: SystemTime) -> bool {
+    let Some(limit) = cc.max_stale else {
+        return false;
+    };
+    let entry = &stale.entry;
+    !entry.must_revalidate
+        && !entry.no_cache
+        && !requires_newer(cc, entry, now)
+        && limit.is_none_or(|max| stale.stale_for(now) <= max)
 }
 
 /// The request-side safety rules: what is never looked up nor stored.
