@@ -44,7 +44,7 @@ mod layer;
 mod service;
 
 pub use body::InvalidateBody;
-pub use layer::{InvalidateLayer, InvalidateStats};
+pub use layer::{InvalidateLayer, InvalidateLayerBuilder, InvalidateStats};
 pub use service::{InvalidateFuture, InvalidateService};
 
 use crate::key::path_tag;
