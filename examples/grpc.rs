@@ -146,7 +146,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         )
         .method("/catalog.Catalog/AddReview", GrpcMethod::mutation().tags(review_tags));
     let cache = CacheLayer::builder(store.clone()).grpc(grpc.clone()).build();
-    let invalidate = InvalidateLayer::new(store.clone()).grpc(grpc);
+    let invalidate = InvalidateLayer::builder(store.clone()).grpc(grpc).build();
 
     let library = Library::new();
     let listener = within("bind", TcpListener::bind("127.0.0.1:0")).await??;

@@ -23,7 +23,7 @@ pub use body::CacheBody;
 pub use entry::{CachedResponse, DecodeError, Entry};
 pub use future::ResponseFuture;
 pub use grpc::{GrpcMethod, GrpcMethods, GrpcRequest};
-pub use invalidate::{Invalidate, InvalidateLayer};
+pub use invalidate::{Invalidate, InvalidateLayer, InvalidateLayerBuilder};
 pub use key::CacheKey;
 pub use layer::{CacheLayer, CacheLayerBuilder};
 pub use metrics::{BypassReason, CacheStats};

@@ -202,7 +202,7 @@ async fn start_ordered(
 ) -> Harness {
     let store = MemoryStore::new();
     let cache = configure(CacheLayer::builder(store.clone()).grpc(methods.clone())).build();
-    let invalidate = InvalidateLayer::new(store).grpc(methods);
+    let invalidate = InvalidateLayer::builder(store).grpc(methods).build();
     let library = Library::new();
     let service = CatalogServer::new(library.clone())
         .send_compressed(CompressionEncoding::Gzip)

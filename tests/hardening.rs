@@ -15,7 +15,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 mod common;
 use common::{until, WAIT};
@@ -94,7 +93,6 @@ async fn fetch(
 struct Origin {
     calls: Arc<AtomicUsize>,
     in_flight: Arc<AtomicUsize>,
-    gate: Arc<Notify>,
 }
 
 impl Origin {

@@ -69,6 +69,7 @@ fn routes(origin: &Origin) -> Router {
         .route("/books/{id}", get(book).delete(|| async { StatusCode::NO_CONTENT }))
         .route("/books/top", get(grouped))
         .route("/books/{id}/reviews", post(review_by_extension))
+        .route("/books/{id}/ratings", post(|| async { StatusCode::NO_CONTENT }))
         .route("/reviews", post(review_by_header))
         .route("/rejected", post(rejected_review))
         .route(
@@ -217,23 +218,58 @@ async fn errors_and_cancelled_mutations_purge_nothing() {
     );
 }
 
+/// Rules for `POST /books/{id}/ratings`, which names nothing itself and whose target URI
+/// is not the book's: only the rules purge the book.
+fn rating_rules(req: &http::request::Parts, _status: StatusCode) -> Vec<String> {
+    let id = req
+        .uri
+        .path()
+        .strip_prefix("/books/")
+        .and_then(|rest| rest.strip_suffix("/ratings"));
+    id.map(|id| vec![format!("book:{id}")]).unwrap_or_default()
+}
+
 #[tokio::test]
 async fn rules_function_purges_by_route() {
     let (origin, store) = (Origin::default(), MemoryStore::new());
-    let rules = |req: &http::request::Parts, _status: StatusCode| -> Vec<String> {
-        match req.uri.path().strip_prefix("/books/") {
-            Some(id) => vec![format!("book:{id}")],
-            None => vec![],
-        }
-    };
     let app = routes(&origin)
-        .layer(InvalidateLayer::new(store.clone()).rules(rules))
+        .layer(InvalidateLayer::builder(store.clone()).rules(rating_rules).build())
         .layer(CacheLayer::new(store.clone()));
     send(&app, "GET", "/books/3").await;
     send(&app, "GET", "/books/1").await;
-    assert_eq!(send(&app, "DELETE", "/books/3").await.status, StatusCode::NO_CONTENT);
+    assert!(is_hit(&send(&app, "GET", "/books/3").await));
+    assert_eq!(
+        send(&app, "POST", "/books/3/ratings").await.status,
+        StatusCode::NO_CONTENT
+    );
     assert!(!is_hit(&send(&app, "GET", "/books/3").await));
     assert!(is_hit(&send(&app, "GET", "/books/1").await));
+}
+
+#[tokio::test]
+async fn a_built_layer_purges_alike_in_every_clone() {
+    let (origin, store) = (Origin::default(), MemoryStore::new());
+    let layer = InvalidateLayer::builder(store.clone())
+        .rules(rating_rules)
+        .mode(PurgeMode::Hard)
+        .build();
+    let clone = layer.clone();
+    let first = routes(&origin)
+        .layer(layer.clone())
+        .layer(CacheLayer::new(store.clone()));
+    let second = routes(&origin).layer(clone).layer(CacheLayer::new(store.clone()));
+    for id in [3, 4] {
+        send(&first, "GET", &format!("/books/{id}")).await;
+        assert!(is_hit(&send(&second, "GET", &format!("/books/{id}")).await));
+    }
+    send(&first, "POST", "/books/3/ratings").await;
+    send(&second, "POST", "/books/4/ratings").await;
+    assert!(
+        !is_hit(&send(&second, "GET", "/books/3").await),
+        "the original's rules ran"
+    );
+    assert!(!is_hit(&send(&first, "GET", "/books/4").await), "the clone's rules ran");
+    assert_eq!(layer.stats().purges, 2, "every clone counts into the same stats");
 }
 
 #[tokio::test]

@@ -64,7 +64,7 @@
 //!
 //! let store = MemoryStore::new();
 //! let server = tonic::transport::Server::builder()
-//!     .layer(InvalidateLayer::new(store.clone()).grpc(grpc.clone()))
+//!     .layer(InvalidateLayer::builder(store.clone()).grpc(grpc.clone()).build())
 //!     .layer(CacheLayer::builder(store).grpc(grpc).build());
 //! // server.add_service(CatalogServer::new(catalog)).serve(addr).await?;
 //! # drop(server);

@@ -43,6 +43,15 @@ pub struct InvalidateStats {
 
 /// A [`Layer`] that purges tags from a store after successful mutations (see the
 /// [module docs](crate::invalidate)).
+///
+/// Made with [`InvalidateLayer::new`] (defaults) or [`InvalidateLayer::builder`]. Once made,
+/// its configuration is fixed: every clone, and every service it makes, purges alike.
+///
+/// ```
+/// use tower_response_cache::{InvalidateLayer, MemoryStore, PurgeMode};
+/// let layer = InvalidateLayer::builder(MemoryStore::new()).mode(PurgeMode::Soft).build();
+/// let same = layer.clone();
+/// ```
 #[must_use]
 pub struct InvalidateLayer<St> {
     shared: Arc<Shared<St>>,
@@ -68,32 +77,71 @@ impl<St: fmt::Debug> fmt::Debug for InvalidateLayer<St> {
 }
 
 impl<St> InvalidateLayer<St> {
-    /// Purges from `store` what successful mutations name, with hard purges.
+    /// Purges from `store` what successful mutations name, with hard purges (the defaults
+    /// of [`InvalidateLayerBuilder`]).
     pub fn new(store: St) -> Self {
-        InvalidateLayer {
-            shared: Arc::new(Shared {
-                store,
-                rules: None,
-                mode: PurgeMode::Hard,
-                counters: Counters::default(),
-                grpc: None,
-            }),
+        Self::builder(store).build()
+    }
+
+    /// Starts configuring a layer that purges from `store`.
+    pub fn builder(store: St) -> InvalidateLayerBuilder<St> {
+        InvalidateLayerBuilder {
+            store,
+            rules: None,
+            mode: PurgeMode::Hard,
+            grpc: None,
         }
     }
 
-    fn map_shared(self, f: impl FnOnce(&mut Shared<St>)) -> Self {
-        match Arc::try_unwrap(self.shared) {
-            Ok(mut shared) => {
-                f(&mut shared);
-                InvalidateLayer {
-                    shared: Arc::new(shared),
-                }
-            }
-            // Already cloned: configuration is fixed once the layer is shared.
-            Err(shared) => InvalidateLayer { shared },
+    /// Counters of purges, skipped failures and errors, shared by every clone of this layer
+    /// and every service it made.
+    pub fn stats(&self) -> InvalidateStats {
+        let c = &self.shared.counters;
+        InvalidateStats {
+            purges: c.purges.load(Relaxed),
+            tags_purged: c.tags_purged.load(Relaxed),
+            skipped: c.skipped.load(Relaxed),
+            errors: c.errors.load(Relaxed),
         }
     }
+}
 
+/// Configures an [`InvalidateLayer`]; made by [`InvalidateLayer::builder`].
+///
+/// | setting | default |
+/// |---|---|
+/// | [`rules`](Self::rules) | none (tags come from the response and RFC 9111 §4.4) |
+/// | [`mode`](Self::mode) | [`PurgeMode::Hard`] |
+/// | [`grpc`](Self::grpc) | none: gRPC calls purge only what their response names |
+///
+/// The configuration lives here only: a built layer has no setters, so none can be called
+/// on a clone and lost.
+///
+/// ```compile_fail
+/// use tower_response_cache::{InvalidateLayer, MemoryStore};
+/// let layer = InvalidateLayer::new(MemoryStore::new());
+/// let layer = layer.rules(|_, _| vec!["books".to_string()]); // no such method
+/// ```
+#[must_use]
+pub struct InvalidateLayerBuilder<St> {
+    store: St,
+    rules: Option<Box<RulesFn>>,
+    mode: PurgeMode,
+    grpc: Option<GrpcMethods>,
+}
+
+impl<St: fmt::Debug> fmt::Debug for InvalidateLayerBuilder<St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InvalidateLayerBuilder")
+            .field("store", &self.store)
+            .field("rules", &self.rules.is_some())
+            .field("mode", &self.mode)
+            .field("grpc", &self.grpc)
+            .finish()
+    }
+}
+
+impl<St> InvalidateLayerBuilder<St> {
     /// Derives tags to purge from the request and the (successful) status, e.g. from the
     /// route: `POST /books/7/reviews` → `book:7`. For the gRPC mutations declared with
     /// [`grpc`](Self::grpc) it is called with `200 OK`, and its tags are purged once the
@@ -101,18 +149,21 @@ impl<St> InvalidateLayer<St> {
     ///
     /// ```
     /// use tower_response_cache::{InvalidateLayer, MemoryStore};
-    /// let layer = InvalidateLayer::new(MemoryStore::new()).rules(|req, _status| {
-    ///     match req.uri.path().strip_prefix("/books/").and_then(|rest| rest.split('/').next()) {
-    ///         Some(id) => vec![format!("book:{id}"), "books".to_string()],
-    ///         None => vec![],
-    ///     }
-    /// });
+    /// let layer = InvalidateLayer::builder(MemoryStore::new())
+    ///     .rules(|req, _status| {
+    ///         match req.uri.path().strip_prefix("/books/").and_then(|rest| rest.split('/').next()) {
+    ///             Some(id) => vec![format!("book:{id}"), "books".to_string()],
+    ///             None => vec![],
+    ///         }
+    ///     })
+    ///     .build();
     /// ```
-    pub fn rules<F>(self, rules: F) -> Self
+    pub fn rules<F>(mut self, rules: F) -> Self
     where
         F: Fn(&request::Parts, StatusCode) -> Vec<String> + Send + Sync + 'static,
     {
-        self.map_shared(|s| s.rules = Some(Box::new(rules)))
+        self.rules = Some(Box::new(rules));
+        self
     }
 
     /// Purges after the gRPC mutations `methods` declares ([`GrpcMethod::mutation`]) once
@@ -124,28 +175,35 @@ impl<St> InvalidateLayer<St> {
     ///
     /// ```
     /// use tower_response_cache::{GrpcMethod, GrpcMethods, InvalidateLayer, MemoryStore};
-    /// let layer = InvalidateLayer::new(MemoryStore::new()).grpc(
-    ///     GrpcMethods::new().method("/catalog.Catalog/AddBook", GrpcMethod::mutation().tags(|_| vec!["books".into()])),
-    /// );
+    /// let layer = InvalidateLayer::builder(MemoryStore::new())
+    ///     .grpc(GrpcMethods::new().method(
+    ///         "/catalog.Catalog/AddBook",
+    ///         GrpcMethod::mutation().tags(|_| vec!["books".into()]),
+    ///     ))
+    ///     .build();
     /// ```
-    pub fn grpc(self, methods: GrpcMethods) -> Self {
-        self.map_shared(|s| s.grpc = Some(methods))
+    pub fn grpc(mut self, methods: GrpcMethods) -> Self {
+        self.grpc = Some(methods);
+        self
     }
 
     /// The mode of purges named by the header, the rules and RFC 9111 (default hard).
     /// An [`Invalidate`](super::Invalidate) extension carries its own mode.
-    pub fn mode(self, mode: PurgeMode) -> Self {
-        self.map_shared(|s| s.mode = mode)
+    pub fn mode(mut self, mode: PurgeMode) -> Self {
+        self.mode = mode;
+        self
     }
 
-    /// Counters of purges, skipped failures and errors.
-    pub fn stats(&self) -> InvalidateStats {
-        let c = &self.shared.counters;
-        InvalidateStats {
-            purges: c.purges.load(Relaxed),
-            tags_purged: c.tags_purged.load(Relaxed),
-            skipped: c.skipped.load(Relaxed),
-            errors: c.errors.load(Relaxed),
+    /// The layer, configured.
+    pub fn build(self) -> InvalidateLayer<St> {
+        InvalidateLayer {
+            shared: Arc::new(Shared {
+                store: self.store,
+                rules: self.rules,
+                mode: self.mode,
+                counters: Counters::default(),
+                grpc: self.grpc,
+            }),
         }
     }
 }

@@ -10,8 +10,12 @@
 //! - the target path, and same-origin `Location` and `Content-Location` paths (RFC 9111 §4.4).
 //!
 //! A failed mutation (4xx, 5xx, an error, or a request cancelled before its response) purges
-//! nothing. The layer may sit inside or outside a [`CacheLayer`](crate::CacheLayer): both
-//! only meet in the store.
+//! nothing. Once the mutation has succeeded, its purge runs to completion even if the client
+//! goes away meanwhile: on a Tokio runtime it is a task of its own, which the response waits
+//! for. The layer may sit inside or outside a [`CacheLayer`](crate::CacheLayer): both only
+//! meet in the store. Put it inside, as below: outside, a client that leaves while the
+//! `CacheLayer` purges the target URI (RFC 9111 §4.4) cancels this layer before it has seen
+//! the response, and so before it knows what else to purge.
 //!
 //! gRPC calls are judged by their `grpc-status`, not their HTTP status, and purge only what
 //! their response names or, for the mutations declared with [`InvalidateLayer::grpc`], what
@@ -40,13 +44,15 @@ mod layer;
 mod service;
 
 pub use body::InvalidateBody;
-pub use layer::{InvalidateLayer, InvalidateStats};
+pub use layer::{InvalidateLayer, InvalidateLayerBuilder, InvalidateStats};
 pub use service::{InvalidateFuture, InvalidateService};
 
 use crate::key::path_tag;
 use crate::store::PurgeMode;
 use http::header::{HeaderMap, CONTENT_LOCATION, HOST, LOCATION};
 use http::{request, Method, StatusCode, Uri};
+use std::future::Future;
+use tracing::Instrument;
 
 /// Tags to purge once a mutation succeeds, returned by a handler as a response extension.
 ///
@@ -89,6 +95,23 @@ impl Invalidate {
     /// Hard or soft.
     pub fn mode(&self) -> PurgeMode {
         self.mode
+    }
+}
+
+/// Runs `purge` to its end even if the caller stops waiting for it (a client that goes away
+/// drops its response future, but its mutation happened all the same): on a Tokio runtime
+/// it runs as a task of its own, which the caller awaits; without one it runs inline.
+pub(crate) async fn run_to_completion<F>(purge: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            if let Err(error) = runtime.spawn(purge.in_current_span()).await {
+                tracing::error!(%error, "purge task failed: entries it names may be served until they expire");
+            }
+        }
+        Err(_) => purge.await,
     }
 }
 
@@ -151,6 +174,36 @@ mod tests {
         rfc9111_tags(&parts, &headers)
     }
     use http::Request;
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    use std::sync::Arc;
+
+    #[test]
+    fn without_a_runtime_a_purge_runs_inline() {
+        use futures_util::FutureExt;
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = ran.clone();
+        let done = run_to_completion(async move { flag.store(true, SeqCst) }).now_or_never();
+        assert_eq!(done, Some(()));
+        assert!(ran.load(SeqCst));
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_stops_waiting_does_not_cancel_the_purge() {
+        use futures_util::FutureExt;
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let (done, finished) = tokio::sync::oneshot::channel();
+        let mut caller = Box::pin(run_to_completion(async move {
+            let _ = released.await;
+            let _ = done.send(());
+        }));
+        assert_eq!((&mut caller).now_or_never(), None, "the purge is under way");
+        drop(caller);
+        release.send(()).expect("the purge still runs");
+        tokio::time::timeout(std::time::Duration::from_secs(5), finished)
+            .await
+            .expect("the purge ended in time")
+            .expect("the purge completed");
+    }
 
     #[test]
     fn same_origin_locations_are_invalidated_others_are_not() {

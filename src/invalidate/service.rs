@@ -124,7 +124,7 @@ where
                     _ => None,
                 };
                 match purges {
-                    Some(purges) => purge(&shared, purges).await,
+                    Some(purges) => purge(shared, purges).await,
                     None => {
                         shared.counters.skipped.fetch_add(1, Relaxed);
                     }
@@ -244,13 +244,13 @@ where
         return Ok(response.map(InvalidateBody::plain));
     }
     if trailers_only == Some(0) {
-        purge(&shared, purges).await;
+        purge(shared, purges).await;
         return Ok(response.map(InvalidateBody::plain));
     }
     let on_trailers: OnTrailers = Box::new(move |trailers| match trailers {
         Some(trailers) if grpc::status_code(trailers) == Some(0) => {
             purges.add_named(shared.mode, trailers);
-            Some(Box::pin(async move { purge(&shared, purges).await }))
+            Some(Box::pin(purge(shared, purges)))
         }
         _ => {
             shared.counters.skipped.fetch_add(1, Relaxed);
@@ -260,8 +260,13 @@ where
     Ok(response.map(|body| InvalidateBody::watched(body, on_trailers)))
 }
 
-/// Runs the purges; the response waits for them (read-your-own-writes).
-async fn purge<St: Store>(shared: &Shared<St>, purges: Purges) {
+/// Runs the purges to their end whatever the client does; the response waits for them
+/// (read-your-own-writes).
+async fn purge<St: Store>(shared: Arc<Shared<St>>, purges: Purges) {
+    super::run_to_completion(apply(shared, purges)).await;
+}
+
+async fn apply<St: Store>(shared: Arc<Shared<St>>, purges: Purges) {
     for (mode, mut tags) in [(PurgeMode::Hard, purges.hard), (PurgeMode::Soft, purges.soft)] {
         tags.sort_unstable();
         tags.dedup();

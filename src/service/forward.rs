@@ -461,13 +461,22 @@ async fn store<St: Store>(
 }
 
 /// RFC 9111 §4.4: after a successful unsafe request, the target URI (and same-origin
-/// `Location` / `Content-Location`) must not be served from the cache any more.
-pub(super) async fn invalidate_target<St: Store>(shared: &Shared<St>, request: &request::Parts, response: &HeaderMap) {
+/// `Location` / `Content-Location`) must not be served from the cache any more. The purge
+/// runs to its end even if the client goes away while it is under way.
+pub(super) async fn invalidate_target<St: Store>(
+    shared: &Arc<Shared<St>>,
+    request: &request::Parts,
+    response: &HeaderMap,
+) {
     let tags = crate::invalidate::rfc9111_tags(request, response);
-    if let Err(error) = shared.store.purge(&tags, PurgeMode::Hard).await {
-        shared.counters.store_error();
-        tracing::error!(%error, ?tags, "purge of a mutated URI failed");
-    }
+    let shared = shared.clone();
+    crate::invalidate::run_to_completion(async move {
+        if let Err(error) = shared.store.purge(&tags, PurgeMode::Hard).await {
+            shared.counters.store_error();
+            tracing::error!(%error, ?tags, "purge of a mutated URI failed");
+        }
+    })
+    .await;
 }
 
 /// Answers a `504` to `only-if-cached` requests that missed.

@@ -323,9 +323,9 @@ where
 }
 
 /// Forwards a request the cache does not look up, and (RFC 9111 §4.4) purges the target of
-/// a successful unsafe request.
+/// a successful unsafe request, to its end even if the client goes away meanwhile.
 async fn bypass<S, St, ReqB, ResB>(
-    shared: &Shared<St>,
+    shared: &Arc<Shared<St>>,
     mut inner: S,
     parts: request::Parts,
     body: ReqB,
