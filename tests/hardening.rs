@@ -88,7 +88,7 @@ async fn fetch(
     tokio::time::timeout(WAIT, exchange).await.expect("the exchange hung")
 }
 
-/// An origin that counts its calls and holds some of them at a gate.
+/// An origin that counts its calls and those under way.
 #[derive(Clone, Default)]
 struct Origin {
     calls: Arc<AtomicUsize>,
