@@ -197,14 +197,7 @@ fn write_fields<'n>(buf: &mut Vec<u8>, names: impl Iterator<Item = &'n HeaderNam
     for name in names {
         field(buf, name.as_str().as_bytes());
         value.clear();
-        // Several field lines combine into one list value (RFC 9110 §5.3); spaces around
-        // the commas do not select another variant.
-        for (i, line) in headers.get_all(name).iter().enumerate() {
-            if i > 0 {
-                value.push(b',');
-            }
-            value.extend_from_slice(line.as_bytes().trim_ascii());
-        }
+        normalised_value(&mut value, name, headers);
         if headers.contains_key(name) {
             buf.push(1);
             if is_credential(name) {
@@ -217,6 +210,67 @@ fn write_fields<'n>(buf: &mut Vec<u8>, names: impl Iterator<Item = &'n HeaderNam
             buf.push(0);
         }
     }
+}
+
+/// A field's value as one list (RFC 9111 §4.1): field lines and their members joined with
+/// `,`, whitespace around members and empty members dropped, so that neither the split into
+/// lines nor the spacing selects another variant. `Accept-*` members are also compared as a
+/// set of case-insensitive tokens: lower-cased, without spaces around `;` and `=`, sorted
+/// (their order and case say nothing; q-values do, and are kept).
+fn normalised_value(value: &mut Vec<u8>, name: &HeaderName, headers: &HeaderMap) {
+    let as_set = name.as_str().starts_with("accept");
+    let mut members: Vec<Vec<u8>> = Vec::new();
+    for line in headers.get_all(name) {
+        for member in list_members(line.as_bytes()) {
+            let member = member.trim_ascii();
+            if member.is_empty() {
+                continue;
+            }
+            if as_set {
+                let mut token: Vec<u8> = member
+                    .iter()
+                    .filter(|b| !b.is_ascii_whitespace())
+                    .map(u8::to_ascii_lowercase)
+                    .collect();
+                members.push(token);
+            } else {
+                members.push(member.to_vec());
+            }
+        }
+    }
+    if as_set {
+        members.sort();
+        members.dedup();
+    }
+    for (i, member) in members.iter().enumerate() {
+        if i > 0 {
+            value.push(b',');
+        }
+        value.extend_from_slice(member);
+    }
+}
+
+/// The members of a comma-separated list; a comma inside a quoted string does not split.
+fn list_members(line: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(line);
+    std::iter::from_fn(move || {
+        let text = rest?;
+        let (mut quoted, mut escaped) = (false, false);
+        for (i, b) in text.iter().enumerate() {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' if quoted => escaped = true,
+                b'"' => quoted = !quoted,
+                b',' if !quoted => {
+                    rest = Some(&text[i + 1..]);
+                    return Some(&text[..i]);
+                }
+                _ => {}
+            }
+        }
+        rest = None;
+        Some(text)
+    })
 }
 
 fn is_credential(name: &HeaderName) -> bool {
@@ -329,6 +383,38 @@ mod tests {
         assert_ne!(k(&[("accept-language", "")]), k(&[]));
         assert_eq!(k(&[("accept-language", " en ")]), k(&[("accept-language", "en")]));
         assert_eq!(k(&[("x-other", "1")]), k(&[]));
+    }
+
+    #[test]
+    fn vary_values_are_normalised_as_rfc_9111_section_4_1_allows() {
+        let c = KeyConfig::default();
+        let k = |name: &'static str, h: &[(&str, &str)]| {
+            let p = parts("GET", "/a", h);
+            variant(&c.primary(&p, None), &[HeaderName::from_static(name)], &p.headers)
+        };
+        let one = k("accept-language", &[("accept-language", "en, fr;q=0.5")]);
+        for same in [
+            &[("accept-language", "en,fr;q=0.5")][..],
+            &[("accept-language", "en ,  fr;q=0.5 ,")],
+            &[("accept-language", "en"), ("accept-language", "fr;q=0.5")],
+            &[("accept-language", "fr; q=0.5, EN")],
+        ] {
+            assert_eq!(k("accept-language", same), one, "{same:?}");
+        }
+        assert_ne!(
+            k("accept-language", &[("accept-language", "en, fr;q=0.9")]),
+            one,
+            "q-values count"
+        );
+        let gzip = k("accept-encoding", &[("accept-encoding", "gzip, br")]);
+        assert_eq!(k("accept-encoding", &[("accept-encoding", "BR,gzip")]), gzip);
+        // Other fields keep their order and case; only the list's spacing is ignored.
+        let x = k("x-variant", &[("x-variant", "a, B")]);
+        assert_eq!(k("x-variant", &[("x-variant", "a"), ("x-variant", "B")]), x);
+        assert_ne!(k("x-variant", &[("x-variant", "B, a")]), x);
+        assert_ne!(k("x-variant", &[("x-variant", "a, b")]), x);
+        // A quoted comma is part of its member.
+        assert_ne!(k("x-variant", &[("x-variant", "\"a,B\"")]), x);
     }
 
     #[test]
