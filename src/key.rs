@@ -227,7 +227,7 @@ fn normalised_value(value: &mut Vec<u8>, name: &HeaderName, headers: &HeaderMap)
                 continue;
             }
             if as_set {
-                let mut token: Vec<u8> = member
+                let token: Vec<u8> = member
                     .iter()
                     .filter(|b| !b.is_ascii_whitespace())
                     .map(u8::to_ascii_lowercase)

@@ -8,7 +8,7 @@ use crate::service::CacheService;
 use crate::status;
 use crate::tags::TagLimits;
 use crate::{CacheKey, GrpcMethods, Store};
-use http::{request, response, StatusCode};
+use http::{request, response, HeaderName, StatusCode};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +35,7 @@ pub(crate) struct Config {
     pub(crate) tag_fn: Option<Arc<TagFn>>,
     pub(crate) tag_limits: TagLimits,
     pub(crate) honor_request_directives: bool,
+    pub(crate) strip_targeted: bool,
     pub(crate) status_name: Box<str>,
     pub(crate) coalesce: bool,
     pub(crate) coalesce_timeout: Duration,
@@ -68,6 +69,7 @@ impl fmt::Debug for Config {
             .field("tag_fn", &self.tag_fn.is_some())
             .field("tag_limits", &self.tag_limits)
             .field("honor_request_directives", &self.honor_request_directives)
+            .field("strip_targeted", &self.strip_targeted)
             .field("status_name", &self.status_name)
             .field("coalesce", &self.coalesce)
             .field("coalesce_timeout", &self.coalesce_timeout)
@@ -133,6 +135,7 @@ impl<St: Store> CacheLayer<St> {
                     stale_while_revalidate: Duration::ZERO,
                     stale_if_error: Duration::ZERO,
                     cacheable_statuses: DEFAULT_CACHEABLE_STATUSES.to_vec(),
+                    targeted: Vec::new(),
                 },
                 key: KeyConfig::default(),
                 max_body_bytes: 1 << 20,
@@ -141,6 +144,7 @@ impl<St: Store> CacheLayer<St> {
                 tag_fn: None,
                 tag_limits: TagLimits::default(),
                 honor_request_directives: false,
+                strip_targeted: false,
                 status_name: status::DEFAULT_NAME.into(),
                 coalesce: true,
                 coalesce_timeout: Duration::from_secs(10),
@@ -371,6 +375,33 @@ impl<St: Store> CacheLayerBuilder<St> {
     /// default so that clients cannot force traffic onto the origin.
     pub fn honor_request_directives(mut self, honor: bool) -> Self {
         self.config.honor_request_directives = honor;
+        self
+    }
+
+    /// Targeted cache-control fields this cache obeys, in order of precedence (RFC 9213):
+    /// when one of them is present and valid (a structured-field dictionary), it replaces
+    /// `Cache-Control` and `Expires` for every decision of this cache. An invalid one is
+    /// ignored. The fields are passed on downstream unless
+    /// [`strip_targeted_cache_control`](Self::strip_targeted_cache_control) is set.
+    ///
+    /// ```
+    /// use http::HeaderName;
+    /// use tower_response_cache::{CacheLayer, MemoryStore};
+    ///
+    /// // Browsers get `Cache-Control: no-cache`; this cache keeps the page 60 s.
+    /// let layer = CacheLayer::builder(MemoryStore::new())
+    ///     .targeted_cache_control([HeaderName::from_static("app-cache-control"), HeaderName::from_static("cdn-cache-control")])
+    ///     .build();
+    /// ```
+    pub fn targeted_cache_control(mut self, fields: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.config.policy.targeted = fields.into_iter().collect();
+        self
+    }
+
+    /// Removes the targeted fields this cache obeys from the responses it sends (they are
+    /// passed on by default, so that a cache further downstream can use them too).
+    pub fn strip_targeted_cache_control(mut self, strip: bool) -> Self {
+        self.config.strip_targeted = strip;
         self
     }
 

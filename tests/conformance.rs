@@ -219,3 +219,75 @@ async fn request_directives_are_honoured_as_rfc_9111_section_5_2_1_says() {
         assert_eq!(calls_now(), before + 1);
     }
 }
+
+// RFC 9213: targeted cache-control fields.
+
+#[derive(serde::Deserialize)]
+struct Targeted {
+    cc: String,
+    cdn: String,
+}
+
+async fn targeted(axum::extract::Query(t): axum::extract::Query<Targeted>) -> [(&'static str, String); 3] {
+    [
+        ("cache-control", t.cc),
+        ("cdn-cache-control", t.cdn),
+        ("expires", "Thu, 01 Jan 2099 00:00:00 GMT".into()),
+    ]
+}
+
+#[tokio::test]
+async fn a_targeted_field_replaces_cache_control_and_expires_for_this_cache() {
+    let cdn = http::HeaderName::from_static("cdn-cache-control");
+    let app = |strip: bool| {
+        Router::new().route("/t", get(targeted)).layer(
+            CacheLayer::builder(MemoryStore::new())
+                .targeted_cache_control([cdn.clone()])
+                .strip_targeted_cache_control(strip)
+                .build(),
+        )
+    };
+    let twice = |app: Router, uri: &'static str| async move {
+        send(&app, common::get(uri)).await;
+        send(&app, common::get(uri)).await
+    };
+    // Browsers are told `no-cache`; this cache keeps the page on the targeted field's word.
+    let kept = twice(app(false), "/t?cc=no-cache&cdn=max-age%3D60").await;
+    assert!(cache_status(&kept).contains("; hit"), "{}", cache_status(&kept));
+    assert_eq!(kept.headers()["cache-control"], "no-cache");
+    assert_eq!(
+        kept.headers()["cdn-cache-control"],
+        "max-age=60",
+        "passed on by default"
+    );
+    let stripped = twice(app(true), "/t?cc=no-cache&cdn=max-age%3D60").await;
+    assert!(cache_status(&stripped).contains("; hit"));
+    assert!(!stripped.headers().contains_key("cdn-cache-control"));
+    // Its `no-store` wins over `Cache-Control`, and `Expires` is ignored with it.
+    for refused in ["/t?cc=max-age%3D60&cdn=no-store", "/t?cc=max-age%3D60&cdn=private"] {
+        let response = twice(app(false), refused).await;
+        assert!(
+            !cache_status(&response).contains("; hit"),
+            "{refused}: {}",
+            cache_status(&response)
+        );
+    }
+    // Without a default TTL, `Expires` alone would keep it; with a targeted field it may not.
+    let no_default = Router::new().route("/t", get(targeted)).layer(
+        CacheLayer::builder(MemoryStore::new())
+            .default_ttl(std::time::Duration::ZERO)
+            .targeted_cache_control([cdn.clone()])
+            .build(),
+    );
+    let expires_ignored = twice(no_default, "/t?cc=public&cdn=public").await;
+    assert!(
+        !cache_status(&expires_ignored).contains("; hit"),
+        "{}",
+        cache_status(&expires_ignored)
+    );
+    // An invalid targeted field is ignored: `Cache-Control` decides.
+    let invalid = twice(app(false), "/t?cc=max-age%3D60&cdn=max-age%3D60%2C").await;
+    assert!(cache_status(&invalid).contains("; hit"), "{}", cache_status(&invalid));
+    let invalid = twice(app(false), "/t?cc=no-store&cdn=max-age%20%3D%2060").await;
+    assert!(!cache_status(&invalid).contains("; hit"), "{}", cache_status(&invalid));
+}

@@ -110,6 +110,55 @@ impl CacheControl {
     }
 }
 
+impl CacheControl {
+    /// Reads a targeted field (RFC 9213), a structured-field dictionary of cache directives.
+    /// `None` when it is absent, empty or not a valid dictionary: it is then ignored.
+    pub(crate) fn from_targeted(headers: &HeaderMap, name: &HeaderName) -> Option<Self> {
+        let mut combined = Vec::new();
+        for (i, line) in headers.get_all(name).iter().enumerate() {
+            if i > 0 {
+                combined.extend_from_slice(b", ");
+            }
+            combined.extend_from_slice(line.as_bytes());
+        }
+        let dictionary = sfv::Parser::new(&combined).parse::<sfv::Dictionary>().ok()?;
+        if dictionary.is_empty() {
+            return None;
+        }
+        let mut cc = CacheControl::default();
+        for (key, member) in &dictionary {
+            let sfv::ListEntry::Item(item) = member else {
+                continue;
+            };
+            let value = &item.bare_item;
+            // A directive without an argument is Boolean true; `no-cache="f"` and
+            // `private="f"` are read as their unqualified (stricter) forms.
+            let set = value.as_boolean().unwrap_or(value.as_string().is_some());
+            let seconds = value
+                .as_integer()
+                .map(i64::from)
+                .filter(|n| *n >= 0)
+                .map(|n| Duration::from_secs((n as u64).min(DELTA_SECONDS_CAP)));
+            match key.as_str() {
+                "no-store" => cc.no_store |= set,
+                "no-cache" => cc.no_cache |= set,
+                "private" => cc.private |= set,
+                "public" => cc.public |= set,
+                "must-revalidate" => cc.must_revalidate |= set,
+                "proxy-revalidate" => cc.proxy_revalidate |= set,
+                "must-understand" => cc.must_understand |= set,
+                // An unreadable lifetime is read as already stale, as in `Cache-Control`.
+                "max-age" => cc.max_age = Some(seconds.unwrap_or(Duration::ZERO)),
+                "s-maxage" => cc.s_maxage = Some(seconds.unwrap_or(Duration::ZERO)),
+                "stale-while-revalidate" => cc.stale_while_revalidate = seconds,
+                "stale-if-error" => cc.stale_if_error = seconds,
+                _ => {}
+            }
+        }
+        Some(cc)
+    }
+}
+
 /// Records one occurrence; `None` inside means "invalid or conflicting: treat as stale".
 fn merge_delta(seen: &mut Option<Option<u64>>, delta: Delta) {
     let new = match delta {
@@ -277,5 +326,34 @@ mod tests {
         );
         assert_eq!(parse(&[b"max-stale=abc"]).max_stale, None);
         assert!(parse(&[b"must-understand, no-store"]).must_understand);
+    }
+
+    #[test]
+    fn targeted_fields_are_structured_dictionaries() {
+        let name = HeaderName::from_static("cdn-cache-control");
+        let read = |v: &[u8]| {
+            let mut headers = HeaderMap::new();
+            headers.append(&name, HeaderValue::from_bytes(v).unwrap());
+            CacheControl::from_targeted(&headers, &name)
+        };
+        let cc = read(b"max-age=60, stale-while-revalidate=30, must-revalidate").unwrap();
+        assert_eq!(cc.max_age, Some(Duration::from_secs(60)));
+        assert_eq!(cc.stale_while_revalidate, Some(Duration::from_secs(30)));
+        assert!(cc.must_revalidate);
+        assert!(read(b"no-store").unwrap().no_store);
+        assert!(read(b"no-cache=\"set-cookie\"").unwrap().no_cache);
+        assert_eq!(read(b"max-age=-5").unwrap().max_age, Some(Duration::ZERO));
+        assert_eq!(read(b"max-age=1.5").unwrap().max_age, Some(Duration::ZERO));
+        // Invalid dictionaries, or an empty field, are ignored altogether.
+        for invalid in [
+            &b""[..],
+            b"max-age=60,",
+            b"MAX-AGE=60",
+            b"max-age=\"60",
+            b"max-age = 60",
+        ] {
+            assert_eq!(read(invalid), None, "{:?}", String::from_utf8_lossy(invalid));
+        }
+        assert_eq!(CacheControl::from_targeted(&HeaderMap::new(), &name), None);
     }
 }

@@ -69,6 +69,8 @@ pub(crate) struct PolicyConfig {
     pub(crate) stale_while_revalidate: Duration,
     pub(crate) stale_if_error: Duration,
     pub(crate) cacheable_statuses: Vec<u16>,
+    /// Targeted cache-control fields this cache obeys, in order of precedence (RFC 9213).
+    pub(crate) targeted: Vec<HeaderName>,
 }
 
 /// Facts about the request that decide whether its response may be shared.
@@ -136,7 +138,13 @@ pub(crate) fn storable(
     if headers.contains_key(SET_COOKIE) {
         return Err(BypassReason::SetCookie);
     }
-    let cc = CacheControl::from_headers(headers, &CACHE_CONTROL);
+    // The first valid targeted field replaces `Cache-Control` and `Expires` (RFC 9213 §2.1).
+    let targeted = config
+        .targeted
+        .iter()
+        .find_map(|name| CacheControl::from_targeted(headers, name));
+    let use_expires = targeted.is_none();
+    let cc = targeted.unwrap_or_else(|| CacheControl::from_headers(headers, &CACHE_CONTROL));
     if cc.unreadable {
         return Err(BypassReason::Unreadable);
     }
@@ -157,7 +165,7 @@ pub(crate) fn storable(
     // the route's): `default_ttl` and the heuristic never make one shareable.
     let explicit_freshness = cc.s_maxage.is_some()
         || cc.max_age.is_some()
-        || headers.contains_key(EXPIRES)
+        || (use_expires && headers.contains_key(EXPIRES))
         || matches!(route, Some(RouteOverride::Ttl(_)));
     let explicitly_shareable = (cc.public || cc.s_maxage.is_some() || cc.must_revalidate) && explicit_freshness;
     if request.credentials && !request.identity_scoped && !explicitly_shareable {
@@ -167,7 +175,7 @@ pub(crate) fn storable(
 
     let (lifetime, source) = match route {
         Some(RouteOverride::Ttl(ttl)) => (ttl, Source::Configured),
-        _ => freshness_lifetime(config, &cc, headers, response_time),
+        _ => freshness_lifetime(config, &cc, headers, use_expires, response_time),
     };
     // Which statuses may be stored depends on whose word the freshness is (RFC 9111 §3,
     // §4.2.2): any final status on the origin's; on the application's, those it lists (or
@@ -220,12 +228,13 @@ fn freshness_lifetime(
     config: &PolicyConfig,
     cc: &CacheControl,
     headers: &HeaderMap,
+    use_expires: bool,
     now: SystemTime,
 ) -> (Duration, Source) {
     if let Some(d) = cc.s_maxage.or(cc.max_age) {
         return (d, Source::Explicit);
     }
-    let mut expires = headers.get_all(EXPIRES).iter();
+    let mut expires = headers.get_all(EXPIRES).iter().filter(|_| use_expires);
     if let Some(first) = expires.next() {
         // Several Expires lines, or one that is not an HTTP-date, mean "already expired".
         if expires.next().is_some() {
@@ -313,6 +322,7 @@ mod tests {
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::ZERO,
             cacheable_statuses: DEFAULT_CACHEABLE_STATUSES.to_vec(),
+            targeted: Vec::new(),
         }
     }
 

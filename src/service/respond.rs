@@ -147,7 +147,13 @@ pub(super) fn finish<St, B>(
     outcome: Outcome,
     age: Option<Duration>,
 ) -> Response<B> {
-    status::decorate(response.headers_mut(), &shared.config.status_name, outcome, age);
+    let config = &shared.config;
+    if config.strip_targeted {
+        for name in &config.policy.targeted {
+            response.headers_mut().remove(name);
+        }
+    }
+    status::decorate(response.headers_mut(), &config.status_name, outcome, age);
     response
 }
 
