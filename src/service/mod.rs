@@ -271,6 +271,7 @@ where
         miss_kind,
         stale: stale.as_ref(),
         absorb_errors: true,
+        client: Some(&mut flight),
     };
     let (response, settlement) = Box::pin(forward(&shared, &mut inner, parts, body, attempt)).await?;
     if let Some(flight) = flight {
@@ -371,6 +372,7 @@ async fn refresh<S, St, ReqB, ResB>(
         miss_kind: MissKind::Stale,
         stale: Some(&stale),
         absorb_errors: false,
+        client: None,
     };
     match forward(&shared, &mut inner, parts, body, attempt).await {
         Ok((_response, settlement)) => flight.settle(settlement),
