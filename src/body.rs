@@ -438,8 +438,8 @@ async fn collect<B: Body>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures_util::stream;
-    use http_body_util::{Full, StreamBody};
+    use futures_util::{stream, StreamExt};
+    use http_body_util::{BodyExt, Full, StreamBody};
     use std::convert::Infallible;
 
     type Chunks = Vec<Result<Frame<Bytes>, &'static str>>;
@@ -539,6 +539,107 @@ mod tests {
             "replayed without a Content-Length, as sent"
         );
         assert_eq!(body.size_hint().lower(), 3);
+    }
+
+    /// What a copied body told its store.
+    #[derive(Default)]
+    struct Told {
+        complete: std::sync::Mutex<Option<(Bytes, Option<HeaderMap>)>>,
+        too_large: std::sync::atomic::AtomicBool,
+        failed: std::sync::atomic::AtomicBool,
+    }
+
+    struct Recorder(std::sync::Arc<Told>);
+
+    impl StoreWhenWhole for Recorder {
+        fn complete(self: Box<Self>, data: Bytes, trailers: Option<HeaderMap>) -> BoxFuture<'static, ()> {
+            Box::pin(async move {
+                tokio::task::yield_now().await;
+                *self.0.complete.lock().unwrap() = Some((data, trailers));
+            })
+        }
+        fn too_large(self: Box<Self>) {
+            self.0.too_large.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        fn failed(self: Box<Self>) {
+            self.0.failed.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    fn copied(read: &'static str, rest: Chunks, limit: usize) -> (CacheBody<StreamBody<Frames>>, std::sync::Arc<Told>) {
+        let told = std::sync::Arc::<Told>::default();
+        let arriving = Arriving {
+            read: VecDeque::from([Bytes::from(read)]),
+            total: read.len(),
+            rest: Box::pin(stream_body(rest)),
+        };
+        (
+            CacheBody::copied(arriving, limit, Box::new(Recorder(told.clone()))),
+            told,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_body_still_arriving_is_not_waited_for() {
+        let frames = stream::iter([Ok::<_, Infallible>(Frame::data(Bytes::from("ab")))]).chain(stream::pending());
+        let Err(arriving) = collect_ready(StreamBody::new(frames), 10).await else {
+            panic!("the body has not ended")
+        };
+        assert_eq!(arriving.read, [Bytes::from("ab")]);
+        let whole = collect_ready(stream_body(vec![Ok(Frame::data(Bytes::from("ab")))]), 10).await;
+        assert!(
+            matches!(whole, Ok(Collected::Complete { .. })),
+            "a body there at once is read whole"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_copied_body_is_stored_whole_before_its_trailers_go_on() {
+        let mut t = HeaderMap::new();
+        t.insert("x-sum", "1".parse().unwrap());
+        let (body, told) = copied(
+            "ab",
+            vec![Ok(Frame::data(Bytes::from("cd"))), Ok(Frame::trailers(t))],
+            10,
+        );
+        let mut body = std::pin::pin!(body);
+        let mut data = Vec::new();
+        while let Some(frame) = body.frame().await {
+            match frame.unwrap().into_data() {
+                Ok(d) => data.extend_from_slice(&d),
+                Err(trailers) => {
+                    assert!(trailers.is_trailers());
+                    let stored = told.complete.lock().unwrap().clone();
+                    let (whole, trailers) = stored.expect("stored before the trailers went on");
+                    assert_eq!(whole, "abcd");
+                    assert_eq!(trailers.unwrap()["x-sum"], "1");
+                }
+            }
+        }
+        assert_eq!(data, b"abcd");
+        assert!(body.is_end_stream());
+    }
+
+    #[tokio::test]
+    async fn a_copied_body_past_the_limit_or_failing_is_not_stored() {
+        let over = (0..4).map(|_| Ok(Frame::data(Bytes::from("xxxx")))).collect();
+        let (body, told) = copied("ab", over, 6);
+        let (data, _, err) = read_all(body).await;
+        assert_eq!(data.len(), 2 + 16, "the rest streams on");
+        assert!(err.is_none());
+        assert!(told.too_large.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(told.complete.lock().unwrap().is_none());
+
+        let (body, told) = copied("ab", vec![Ok(Frame::data(Bytes::from("cd"))), Err("boom")], 10);
+        let (data, _, err) = read_all(body).await;
+        assert_eq!((data.as_slice(), err), (&b"abcd"[..], Some("boom")));
+        assert!(told.failed.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(told.complete.lock().unwrap().is_none());
+
+        let (body, told) = copied("ab", vec![Ok(Frame::data(Bytes::from("cd")))], 10);
+        drop(body);
+        let nothing = !told.failed.load(std::sync::atomic::Ordering::SeqCst) && told.complete.lock().unwrap().is_none();
+        assert!(nothing, "a cancelled body tells its store nothing");
     }
 
     #[tokio::test]
