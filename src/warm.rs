@@ -53,8 +53,10 @@ impl<St: Store> CacheLayer<St> {
         I: IntoIterator<Item = Request<ReqB>>,
     {
         let service = self.layer(inner);
-        let calls = futures_util::stream::iter(requests).map(|request| {
+        let calls = futures_util::stream::iter(requests).map(|mut request| {
             let mut service = service.clone();
+            // No one reads these bodies: have them read whole and stored before the answer.
+            request.extensions_mut().insert(crate::body::ReadWhole);
             async move {
                 poll_fn(|cx| service.poll_ready(cx)).await?;
                 service.call(request).await

@@ -18,7 +18,7 @@
 //! the response, and so before it knows what else to purge.
 //!
 //! gRPC calls are judged by their `grpc-status`, not their HTTP status, and purge only what
-//! their response names or, for the mutations declared with [`InvalidateLayer::grpc`], what
+//! their response names or, for the mutations declared with [`InvalidateLayerBuilder::grpc`], what
 //! their tag function and the rules name. Their purge runs before their trailers are passed
 //! on (see the [`grpc`](crate::grpc) module).
 //!

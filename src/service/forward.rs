@@ -3,19 +3,21 @@
 
 use super::lookup::{Lookout, Stale};
 use super::respond::{finish, from_entry, not_stored};
-use crate::body::{collect_bounded, collect_within, Collected};
-use crate::coalesce::{OriginFailure, Settlement};
+use crate::body::{collect_bounded, collect_ready, collect_within, Collected, ReadWhole, StoreWhenWhole};
+use crate::coalesce::{Flight, OriginFailure, Settlement};
 use crate::entry::{CachedResponse, Entry};
 use crate::grpc;
 use crate::key::{self, CacheKey};
 use crate::layer::{Config, Shared};
 use crate::metrics::{BypassReason, Counters};
 use crate::policy::cache_control::CacheControl;
-use crate::policy::{self, RequestFacts};
+use crate::policy::{self, Freshness, RequestFacts};
 use crate::status::{MissKind, Outcome};
 use crate::store::{PurgeMode, Store};
 use crate::tags::{detached, string_list, CACHE_GROUPS};
 use crate::{CacheBody, CacheTags};
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use http::header::{
     HeaderMap, HeaderName, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH,
     LAST_MODIFIED, SET_COOKIE, TRANSFER_ENCODING,
@@ -38,13 +40,17 @@ pub(super) struct Attempt<'a> {
     /// Whether a failing origin may be answered for by `stale` (not in background refreshes,
     /// which have no one to answer).
     pub(super) absorb_errors: bool,
+    /// Set when a client reads the response: a body still arriving is then passed on to it
+    /// as it comes, and takes this request's flight (if it leads one) along, to settle once
+    /// the body is stored. `None` (background refreshes) reads the body whole first.
+    pub(super) client: Option<&'a mut Option<Flight>>,
 }
 
 /// Calls the inner service for a miss, revalidating the stale entry when it has validators,
 /// serving it instead of an error while its stale-if-error window lasts, and storing a
 /// storable response.
 pub(super) async fn forward<S, St, ReqB, ResB>(
-    shared: &Shared<St>,
+    shared: &Arc<Shared<St>>,
     inner: &mut S,
     mut parts: request::Parts,
     body: ReqB,
@@ -60,7 +66,10 @@ where
         miss_kind,
         stale,
         absorb_errors,
+        client,
     } = attempt;
+    // Cache warming reads no bodies: it needs them read whole here to store them.
+    let client = client.filter(|_| parts.extensions.get::<ReadWhole>().is_none());
     // The client's conditional is answered by the cache; the origin gets the cache's own.
     parts.headers.remove(IF_NONE_MATCH);
     parts.headers.remove(IF_MODIFIED_SINCE);
@@ -159,17 +168,53 @@ where
     let collected = match lookout.grpc {
         // One message is all a storable gRPC response holds: a second one shows a stream,
         // passed on at once.
-        Some(_) => collect_within(res_body, |head| grpc::one_message_limit(head, max, &mut declared)).await,
-        None => collect_bounded(res_body, max).await,
+        Some(_) => Ok(collect_within(res_body, |head| grpc::one_message_limit(head, max, &mut declared)).await),
+        None if client.is_some() => collect_ready(res_body, max).await,
+        None => Ok(collect_bounded(res_body, max).await),
     };
     let (data, trailers) = match collected {
-        Collected::Complete { data, trailers } => (data, trailers),
-        Collected::TooLarge(body) => {
+        Ok(Collected::Complete { data, trailers }) => (data, trailers),
+        Ok(Collected::TooLarge(body)) => {
             let reason = grpc::too_large_reason(declared, max, BypassReason::BodyTooLarge);
             return Ok(uncacheable(shared, res_parts, body, reason, miss_kind, false));
         }
-        Collected::Failed(body) => {
+        Ok(Collected::Failed(body)) => {
             let response = not_stored(shared, res_parts, body, BypassReason::BodyError, miss_kind);
+            return Ok((response, Settlement::Retry));
+        }
+        // The body arrives over time: the client gets it as it comes, and it is stored (and
+        // waiters told) once it has come whole.
+        Err(arriving) => {
+            let Some(tags) = entry_tags(config, &request, &res_parts, &[]) else {
+                let body = CacheBody::resumed(arriving);
+                return Ok(uncacheable(
+                    shared,
+                    res_parts,
+                    body,
+                    BypassReason::Tags,
+                    miss_kind,
+                    false,
+                ));
+            };
+            let store = StoreOnceWhole {
+                shared: shared.clone(),
+                primary: lookout.primary.clone(),
+                request_headers: request.headers,
+                head: head_of(&res_parts),
+                freshness,
+                tags,
+                request_time: lookout.facts.request_time,
+                response_time,
+                flight: client.and_then(Option::take),
+            };
+            let body = CacheBody::copied(arriving, max, Box::new(store));
+            let response = finish(
+                shared,
+                Response::from_parts(res_parts, body),
+                Outcome::miss(miss_kind, status.as_u16()),
+                None,
+            );
+            // Not read by anyone: the flight went with the body.
             return Ok((response, Settlement::Retry));
         }
     };
@@ -211,6 +256,73 @@ where
     // Extensions are not stored; the response that was just produced keeps its own.
     response.extensions_mut().extend(res_parts.extensions);
     Ok((response, settled(stored == Ok(true))))
+}
+
+/// A storable response whose body is still arriving, kept until it has come whole.
+struct StoreOnceWhole<St> {
+    shared: Arc<Shared<St>>,
+    primary: CacheKey,
+    request_headers: HeaderMap,
+    head: response::Parts,
+    freshness: Freshness,
+    tags: Vec<String>,
+    request_time: SystemTime,
+    response_time: SystemTime,
+    flight: Option<Flight>,
+}
+
+impl<St: Store> StoreWhenWhole for StoreOnceWhole<St> {
+    fn complete(self: Box<Self>, data: Bytes, trailers: Option<HeaderMap>) -> BoxFuture<'static, ()> {
+        let this = *self;
+        // The body is whole: a client leaving now does not keep it out of the store.
+        Box::pin(crate::invalidate::run_to_completion(async move {
+            let ttl = this.freshness.store_ttl();
+            let entry = CachedResponse::new(
+                &this.head,
+                data,
+                trailers,
+                this.freshness,
+                this.tags,
+                this.request_time,
+                this.response_time,
+            );
+            let stored = store(
+                &this.shared,
+                &this.primary,
+                &Arc::new(entry),
+                ttl,
+                &this.request_headers,
+            )
+            .await;
+            if let Some(flight) = this.flight {
+                flight.settle(settled(stored == Ok(true)));
+            }
+        }))
+    }
+
+    fn too_large(self: Box<Self>) {
+        self.shared.counters.bypass(BypassReason::BodyTooLarge);
+        if let Some(flight) = self.flight {
+            flight.settle(Settlement::Uncacheable);
+        }
+    }
+
+    fn failed(self: Box<Self>) {
+        self.shared.counters.bypass(BypassReason::BodyError);
+        // A broken body says nothing of the key: a waiter takes over.
+        if let Some(flight) = self.flight {
+            flight.settle(Settlement::Retry);
+        }
+    }
+}
+
+/// The status, version and headers of a response, to store with its body.
+fn head_of(parts: &response::Parts) -> response::Parts {
+    let (mut head, ()) = Response::new(()).into_parts();
+    head.status = parts.status;
+    head.version = parts.version;
+    head.headers = parts.headers.clone();
+    head
 }
 
 /// What waiters learn from a response that was storable: look it up, or go alone (the

@@ -304,6 +304,7 @@ where
         miss_kind,
         stale: stale.as_ref(),
         absorb_errors: true,
+        client: Some(&mut flight),
     };
     match Box::pin(forward(&shared, &mut inner, parts, body, attempt)).await {
         Ok((response, settlement)) => {
@@ -414,6 +415,7 @@ async fn refresh<S, St, ReqB, ResB>(
         miss_kind: MissKind::Stale,
         stale: Some(&stale),
         absorb_errors: false,
+        client: None,
     };
     // A refresh that outlives its flight is abandoned: nothing waits on it any more, and
     // the next stale hit starts a new one.
