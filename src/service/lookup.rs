@@ -29,6 +29,9 @@ pub(super) struct Lookout {
 #[derive(Debug, Clone)]
 pub(super) struct Stale {
     pub(super) entry: Arc<CachedResponse>,
+    /// The store could not vouch for it ([`Lookup::Unverified`]): it may only stand in for
+    /// an origin error.
+    pub(super) error_only: bool,
 }
 
 impl Stale {
@@ -43,7 +46,7 @@ impl Stale {
 
     /// May be served at once while one background request refreshes it (RFC 5861 §3).
     pub(super) fn serves_while_revalidating(&self, now: SystemTime) -> bool {
-        self.within(self.entry.stale_while_revalidate, now)
+        !self.error_only && self.within(self.entry.stale_while_revalidate, now)
     }
 
     /// May stand in for a failing origin (RFC 5861 §4).
@@ -63,7 +66,7 @@ pub(super) enum Found {
 /// Reads the primary key and, for varying responses, the variant the request selects.
 pub(super) async fn lookup<St: Store>(shared: &Shared<St>, lookout: &Lookout, headers: &HeaderMap) -> Found {
     let store = &shared.store;
-    let (response, soft_purged) = match read(shared, store.get(&lookout.primary).await) {
+    let (response, standing) = match read(shared, store.get(&lookout.primary).await) {
         Ok(Some((Entry::Response(response), soft))) if response.vary.is_empty() => (response, soft),
         Ok(Some((Entry::Response(_), _))) => return Found::Miss(MissKind::VaryMiss),
         Ok(Some((Entry::Variants(names), _))) => {
@@ -82,19 +85,32 @@ pub(super) async fn lookup<St: Store>(shared: &Shared<St>, lookout: &Lookout, he
     if facts.credentials && !facts.identity_scoped && !response.shareable_with_credentials {
         return Found::Miss(MissKind::Miss);
     }
-    if !soft_purged && response.is_fresh(SystemTime::now()) {
+    if standing == Standing::Valid && response.is_fresh(SystemTime::now()) {
         Found::Fresh(response)
     } else {
-        Found::Stale(Stale { entry: response })
+        let error_only = standing == Standing::Unverified;
+        Found::Stale(Stale {
+            entry: response,
+            error_only,
+        })
     }
 }
 
-/// A store answer as an entry (and whether it was soft-purged) or the kind of miss; a
-/// failing store is a miss (fail open).
-fn read<St>(shared: &Shared<St>, result: Result<Lookup, StoreError>) -> Result<Option<(Entry, bool)>, MissKind> {
+/// What the store said of an entry it returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    Valid,
+    SoftPurged,
+    Unverified,
+}
+
+/// A store answer as an entry (and its standing) or the kind of miss; a failing store is a
+/// miss (fail open).
+fn read<St>(shared: &Shared<St>, result: Result<Lookup, StoreError>) -> Result<Option<(Entry, Standing)>, MissKind> {
     match result {
-        Ok(Lookup::Found(entry)) => Ok(Some((entry, false))),
-        Ok(Lookup::SoftPurged(response)) => Ok(Some((Entry::Response(response), true))),
+        Ok(Lookup::Found(entry)) => Ok(Some((entry, Standing::Valid))),
+        Ok(Lookup::SoftPurged(response)) => Ok(Some((Entry::Response(response), Standing::SoftPurged))),
+        Ok(Lookup::Unverified(response)) => Ok(Some((Entry::Response(response), Standing::Unverified))),
         Ok(Lookup::Purged) => Err(MissKind::Invalidated),
         Ok(Lookup::Miss) => Ok(None),
         Err(error) => {

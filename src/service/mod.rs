@@ -187,7 +187,10 @@ where
         found = match found {
             Found::Fresh(entry) if requires_newer(cc, &entry, now) => {
                 client_refuses_stored = true;
-                Found::Stale(Stale { entry })
+                Found::Stale(Stale {
+                    entry,
+                    error_only: false,
+                })
             }
             Found::Stale(stale) if accepts_stale(cc, &stale, now) => {
                 Counters::count(&shared.counters.stale_hits);
@@ -463,7 +466,8 @@ fn accepts_stale(cc: &CacheControl, stale: &Stale, now: SystemTime) -> bool {
         return false;
     };
     let entry = &stale.entry;
-    !entry.must_revalidate
+    !stale.error_only
+        && !entry.must_revalidate
         && !entry.no_cache
         && !requires_newer(cc, entry, now)
         && limit.is_none_or(|max| stale.stale_for(now) <= max)

@@ -186,6 +186,13 @@ impl MemoryStore {
         self.shared.purges.fetch_add(1, Relaxed);
     }
 
+    /// Drops every entry but keeps the stamps: a tiered store starting afresh after its feed
+    /// was lost refills from Redis, whose stamps judge the entries it reads back.
+    #[cfg(feature = "redis")]
+    pub(crate) fn clear(&self) {
+        self.shared.cache.clear();
+    }
+
     fn get_now(&self, key: &CacheKey) -> Lookup {
         let Some(slot) = self.shared.cache.get(key) else {
             return Lookup::Miss;

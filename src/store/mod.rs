@@ -9,7 +9,11 @@
 #[cfg(feature = "redis")]
 mod breaker;
 pub mod conformance;
+#[cfg(feature = "redis")]
+mod feed;
 mod memory;
+#[cfg(feature = "redis")]
+mod purge_queue;
 #[cfg(feature = "redis")]
 mod redis;
 mod stamps;
@@ -57,6 +61,11 @@ pub enum Lookup {
     SoftPurged(Arc<CachedResponse>),
     /// A response existed but a hard purge invalidated it.
     Purged,
+    /// A response the store holds but cannot vouch for now: a purge made elsewhere may have
+    /// invalidated it unseen (a `TieredStore` whose invalidation feed is not proven live,
+    /// with Redis unreachable). The layer serves it only where it would serve a stale entry
+    /// in place of an origin error (its `stale-if-error` window), never as a hit.
+    Unverified(Arc<CachedResponse>),
 }
 
 /// A store operation failed. The layer logs and counts it and serves from the inner service.

@@ -13,8 +13,13 @@
 //! A read is one round trip: a script returns the entry only if no purge of its tags (and no
 //! purge-all) came at or after its request's start. Purges are stamped with Redis's clock plus
 //! a margin for clock skew between instances, and published on `{ns}:purge` for tiered stores.
+//!
+//! A purge that cannot reach Redis is queued ([`purge_queue`](super::purge_queue)) and retried
+//! in the background until it lands, stamped with the instant it was requested; meanwhile the
+//! entries this instance reads back from Redis are judged by it.
 
 use super::breaker::{Breaker, Permit};
+use super::purge_queue::{self, Pending, PendingKind, PurgeQueue, Requested};
 use super::{Lookup, PurgeMode, Store, StoreError};
 use crate::store::stamps::micros;
 use crate::{CacheKey, Entry};
@@ -88,6 +93,9 @@ return 1
 static PURGE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
+-- ARGV[3] (µs, may be negative): the skew margin less the purge's age, so that a purge
+-- retried after an outage keeps the instant it was requested, on Redis's clock. The age is
+-- measured when the call is sent, so the stamp errs late (the safe side).
 local t = redis.call('TIME')
 local stamp = tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(ARGV[3])
 local text = string.format('%.0f', stamp)
@@ -109,6 +117,7 @@ return text
 static PURGE_ALL: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
+-- ARGV[1] (µs, may be negative): the skew margin less the purge's age, as in PURGE.
 local t = redis.call('TIME')
 local stamp = tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(ARGV[1])
 local old = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
@@ -185,6 +194,8 @@ struct Inner {
     skew_margin: Duration,
     breaker: Breaker,
     counters: RedisCounters,
+    /// Purges that failed, until they land.
+    pending: PurgeQueue,
 }
 
 #[derive(Default)]
@@ -211,6 +222,15 @@ pub struct RedisStoreStats {
     pub breaker_open: bool,
     /// How often the breaker opened.
     pub breaker_trips: u64,
+    /// Purges that could not reach Redis and wait to be retried (applied to this instance's
+    /// reads meanwhile).
+    pub pending_purges: u64,
+    /// Attempts to land a queued purge.
+    pub retried_purges: u64,
+    /// Queued purges that have landed.
+    pub landed_purges: u64,
+    /// Times the queue of pending purges passed its bound and became one purge-all.
+    pub degraded_purges: u64,
 }
 
 impl fmt::Debug for RedisStore {
@@ -235,6 +255,7 @@ pub struct RedisStoreBuilder {
     breaker_cooldown: Duration,
     max_entry_ttl: Duration,
     skew_margin: Duration,
+    pending_purge_bytes: usize,
 }
 
 impl RedisStore {
@@ -255,6 +276,7 @@ impl RedisStore {
     /// Errors, timeouts, corrupt values and the breaker's state.
     pub fn stats(&self) -> RedisStoreStats {
         let c = &self.inner.counters;
+        let queue = self.inner.pending.counts();
         RedisStoreStats {
             errors: c.errors.load(Relaxed),
             timeouts: c.timeouts.load(Relaxed),
@@ -262,15 +284,15 @@ impl RedisStore {
             corrupt: c.corrupt.load(Relaxed),
             breaker_open: self.inner.breaker.is_open(),
             breaker_trips: self.inner.breaker.trips(),
+            pending_purges: queue.pending,
+            retried_purges: queue.retried,
+            landed_purges: queue.landed,
+            degraded_purges: queue.degraded,
         }
     }
 
     pub(crate) fn skew_margin(&self) -> Duration {
         self.inner.skew_margin
-    }
-
-    pub(crate) fn breaker_open(&self) -> bool {
-        self.inner.breaker.is_open()
     }
 
     pub(crate) fn pubsub_client(&self) -> &::redis::Client {
@@ -279,6 +301,16 @@ impl RedisStore {
 
     pub(crate) fn channel(&self) -> &str {
         &self.inner.channel
+    }
+
+    /// Publishes `payload` on `channel` over the store's connection, bounded by the operation
+    /// timeout but outside the breaker (a heartbeat must test the link, not be refused).
+    pub(crate) async fn publish(&self, channel: &str, payload: &[u8]) -> bool {
+        let mut conn = self.inner.connection.clone();
+        let mut command = ::redis::cmd("PUBLISH");
+        command.arg(channel).arg(payload);
+        let publish = command.query_async::<i64>(&mut conn);
+        matches!(tokio::time::timeout(self.inner.op_timeout, publish).await, Ok(Ok(_)))
     }
 
     fn entry_key(&self, key: &CacheKey) -> Vec<u8> {
@@ -317,6 +349,115 @@ impl RedisStore {
         }
     }
 
+    /// Sends a purge to Redis, stamped `age` before Redis's clock (plus the skew margin).
+    async fn send_purge(&self, kind: &PendingKind, age: Duration) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let age_us = i64::try_from(age.as_micros()).unwrap_or(i64::MAX);
+        let offset_us = i64::try_from(inner.skew_margin.as_micros())
+            .unwrap_or(i64::MAX)
+            .saturating_sub(age_us);
+        let (floor, channel) = (inner.floor_key.clone(), inner.channel.clone());
+        match kind {
+            PendingKind::Tags { tags, mode } => {
+                let mode = match mode {
+                    PurgeMode::Hard => "h",
+                    PurgeMode::Soft => "s",
+                };
+                // Stamps outlive every entry they may judge, plus the skew margin.
+                let retention = millis(inner.max_entry_ttl + inner.skew_margin + Duration::from_secs(60));
+                let prefix = inner.tag_prefix.clone();
+                self.run(|mut conn| async move {
+                    let mut invocation = PURGE.key(floor);
+                    invocation
+                        .arg(mode)
+                        .arg(retention)
+                        .arg(offset_us)
+                        .arg(prefix)
+                        .arg(channel);
+                    for tag in tags {
+                        invocation.arg(tag.as_str());
+                    }
+                    invocation.invoke_async::<String>(&mut conn).await
+                })
+                .await
+                .map(|_| ())
+            }
+            PendingKind::All => self
+                .run(|mut conn| async move {
+                    PURGE_ALL
+                        .key(floor)
+                        .arg(offset_us)
+                        .arg(channel)
+                        .invoke_async::<i64>(&mut conn)
+                        .await
+                })
+                .await
+                .map(|_| ()),
+        }
+    }
+
+    /// Sends a purge; if Redis cannot be reached, queues it and makes sure it is retried.
+    async fn purge_or_queue(&self, kind: PendingKind) {
+        let requested = Requested::now();
+        let Err(error) = self.send_purge(&kind, Duration::ZERO).await else {
+            return;
+        };
+        tracing::warn!(%error, "purge did not reach Redis: applied locally, queued and retried until it lands");
+        if self.inner.pending.push(kind, requested) {
+            self.spawn_retries();
+        }
+    }
+
+    /// Retries the queued purges, oldest first, with backoff, until the queue is empty. The
+    /// task holds the store weakly: it ends with the last handle.
+    fn spawn_retries(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!("no Tokio runtime to retry purges: they wait for the next failed purge");
+            self.inner.pending.retries_ended();
+            return;
+        };
+        let store = Arc::downgrade(&self.inner);
+        runtime.spawn(async move {
+            let mut backoff = RETRY_MIN;
+            loop {
+                tokio::time::sleep(backoff).await;
+                let Some(inner) = store.upgrade() else { return };
+                let store = RedisStore { inner };
+                let Some(next) = store.inner.pending.next_retry() else {
+                    return;
+                };
+                backoff = match store.retry(&next).await {
+                    Ok(()) => Duration::ZERO,
+                    Err(_) => (backoff * 2).clamp(RETRY_MIN, RETRY_MAX),
+                };
+            }
+        });
+    }
+
+    async fn retry(&self, pending: &Pending) -> Result<(), StoreError> {
+        self.send_purge(&pending.kind, pending.requested.elapsed()).await?;
+        self.inner.pending.landed(pending);
+        tracing::info!("a queued purge landed in Redis");
+        Ok(())
+    }
+
+    /// How the purges still waiting for Redis judge an entry read from it.
+    fn judge_pending(&self, lookup: Lookup) -> Lookup {
+        let response = match &lookup {
+            Lookup::Found(Entry::Response(r)) | Lookup::SoftPurged(r) => r,
+            _ => return lookup,
+        };
+        match self
+            .inner
+            .pending
+            .judge(purge_queue::micros(response.request_time()), response.tags())
+        {
+            None => lookup,
+            Some(PurgeMode::Soft) => Lookup::SoftPurged(response.clone()),
+            Some(PurgeMode::Hard) => Lookup::Purged,
+        }
+    }
+
     fn decode(&self, data: Vec<u8>) -> Option<Entry> {
         match Entry::decode_bytes(data.into()) {
             Ok(entry) => Some(entry),
@@ -341,6 +482,7 @@ impl RedisStoreBuilder {
             breaker_cooldown: Duration::from_secs(2),
             max_entry_ttl: Duration::from_secs(86_400),
             skew_margin: Duration::from_millis(500),
+            pending_purge_bytes: 1 << 20,
         }
     }
 
@@ -376,6 +518,14 @@ impl RedisStoreBuilder {
     /// still refused.
     pub fn clock_skew_margin(mut self, margin: Duration) -> Self {
         self.skew_margin = margin;
+        self
+    }
+
+    /// How many bytes of tags the purges waiting for an unreachable Redis may hold (default
+    /// 1 MiB; each tag costs its length plus 64 bytes). Past it they become one purge-all,
+    /// sent when Redis is reachable again.
+    pub fn pending_purge_bytes(mut self, bytes: usize) -> Self {
+        self.pending_purge_bytes = bytes;
         self
     }
 
@@ -423,10 +573,15 @@ impl RedisStoreBuilder {
                 skew_margin: self.skew_margin,
                 breaker: Breaker::new(self.breaker_threshold, self.breaker_cooldown),
                 counters: RedisCounters::default(),
+                pending: PurgeQueue::new(self.pending_purge_bytes, self.skew_margin),
             }),
         })
     }
 }
+
+/// The first and the longest wait between two attempts to land a queued purge.
+const RETRY_MIN: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_millis(500);
 
 fn millis(d: Duration) -> u64 {
     (d.as_millis().min(u128::from(u64::MAX))).max(1) as u64
@@ -454,7 +609,7 @@ impl Store for RedisStore {
             _ => Vec::new(),
         };
         let decoded = |data| self.decode(data);
-        Ok(match items.first() {
+        let lookup = match items.first() {
             Some(Value::Int(1)) => decoded(data).map_or(Lookup::Miss, Lookup::Found),
             Some(Value::Int(2)) => match decoded(data) {
                 Some(Entry::Response(response)) => Lookup::SoftPurged(response),
@@ -467,13 +622,25 @@ impl Store for RedisStore {
                 Lookup::Miss
             }
             _ => Lookup::Miss,
-        })
+        };
+        Ok(self.judge_pending(lookup))
     }
 
     async fn put(&self, key: CacheKey, entry: Entry, ttl: Duration) -> Result<bool, StoreError> {
         let ttl = ttl.min(self.inner.max_entry_ttl);
         if ttl.is_zero() {
             return Ok(false);
+        }
+        if let Entry::Response(r) = &entry {
+            // A purge still waiting for Redis would refuse it there.
+            if self
+                .inner
+                .pending
+                .judge(purge_queue::micros(r.request_time()), r.tags())
+                == Some(PurgeMode::Hard)
+            {
+                return Ok(false);
+            }
         }
         let (born, tags) = match &entry {
             Entry::Response(r) => (micros(r.request_time()).to_string(), r.tags().join("\n")),
@@ -507,50 +674,24 @@ impl Store for RedisStore {
             .await
     }
 
+    /// A purge that cannot reach Redis is not an error: it holds on this instance at once
+    /// (reads from Redis are judged by it), and is queued and retried in the background until
+    /// it lands, with the instant it was requested. `stats()` counts it meanwhile.
     async fn purge(&self, tags: &[String], mode: PurgeMode) -> Result<(), StoreError> {
         if tags.is_empty() {
             return Ok(());
         }
-        let inner = &self.inner;
-        let mode = match mode {
-            PurgeMode::Hard => "h",
-            PurgeMode::Soft => "s",
+        let kind = PendingKind::Tags {
+            tags: tags.to_vec(),
+            mode,
         };
-        // Stamps outlive every entry they may judge, plus the skew margin.
-        let retention = millis(inner.max_entry_ttl + inner.skew_margin + Duration::from_secs(60));
-        let margin_us = inner.skew_margin.as_micros() as u64;
-        let (floor, prefix, channel) = (inner.floor_key.clone(), inner.tag_prefix.clone(), inner.channel.clone());
-        let tags = tags.to_vec();
-        self.run(|mut conn| async move {
-            let mut invocation = PURGE.key(floor);
-            invocation
-                .arg(mode)
-                .arg(retention)
-                .arg(margin_us)
-                .arg(prefix)
-                .arg(channel);
-            for tag in &tags {
-                invocation.arg(tag.as_str());
-            }
-            invocation.invoke_async::<String>(&mut conn).await
-        })
-        .await
-        .map(|_| ())
+        self.purge_or_queue(kind).await;
+        Ok(())
     }
 
+    /// Like [`purge`](Store::purge), a purge-all that cannot reach Redis is queued, not failed.
     async fn purge_all(&self) -> Result<(), StoreError> {
-        let inner = &self.inner;
-        let margin_us = inner.skew_margin.as_micros() as u64;
-        let (floor, channel) = (inner.floor_key.clone(), inner.channel.clone());
-        self.run(|mut conn| async move {
-            PURGE_ALL
-                .key(floor)
-                .arg(margin_us)
-                .arg(channel)
-                .invoke_async::<i64>(&mut conn)
-                .await
-        })
-        .await
-        .map(|_| ())
+        self.purge_or_queue(PendingKind::All).await;
+        Ok(())
     }
 }

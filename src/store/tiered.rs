@@ -2,16 +2,17 @@
 //! `RedisStore` (L2), kept coherent through Redis pub/sub.
 //!
 //! Reads try L1, then L2 (filling L1); writes go to both. A purge on any instance stamps the
-//! tags in Redis and is published; every instance applies it to its L1. While the
-//! subscription is down L1 is not trusted (reads go to L2, whose stamps decide), and when it
-//! comes back L1 is emptied, since messages may have been lost in between. When Redis itself
-//! is unreachable, L1 answers alone: no purge can be recorded anywhere meanwhile.
+//! tags in Redis and is published; every instance applies it to its L1. L1 answers only while
+//! its invalidation feed is proven live ([`feed`](super::feed): heartbeats sent through Redis
+//! came back within the last second); otherwise reads go to L2, whose stamps decide, and when
+//! Redis cannot answer either, an L1 entry is offered only as a stand-in for an origin error
+//! ([`Lookup::Unverified`]).
 
+use super::feed::{Feed, Ticket, COHERENCE_WINDOW};
+use super::purge_queue::micros;
 use super::{Lookup, MemoryStore, PurgeMode, RedisStore, Store, StoreError};
 use crate::{CacheKey, Entry};
-use futures_util::StreamExt;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -29,35 +30,26 @@ use std::time::{Duration, SystemTime};
 pub struct TieredStore {
     l1: MemoryStore,
     l2: RedisStore,
-    sync: Arc<Subscription>,
-}
-
-/// The invalidation subscription shared by the clones of one tiered store.
-struct Subscription {
-    subscribed: AtomicBool,
-    subscriptions: AtomicU64,
-    messages: AtomicU64,
-    task: std::sync::OnceLock<tokio::task::JoinHandle<()>>,
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.get() {
-            task.abort();
-        }
-    }
+    feed: Arc<Feed>,
 }
 
 /// A snapshot of a [`TieredStore`]'s synchronisation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TieredStoreStats {
-    /// Whether the invalidation subscription is up (L1 is trusted).
+    /// Whether the invalidation subscription is up and one of its heartbeats came back.
     pub subscribed: bool,
+    /// Whether the memory tier answers now: a heartbeat sent less than
+    /// [`TieredStore::COHERENCE_WINDOW`] ago came back over the subscription.
+    pub coherent: bool,
     /// Times the subscription was (re)established; each emptied L1.
     pub subscriptions: u64,
     /// Invalidation messages applied to L1.
     pub messages: u64,
+    /// Heartbeats that came back over the subscription.
+    pub heartbeats: u64,
+    /// Times the subscription went silent (a stalled link) and was replaced.
+    pub stalls: u64,
 }
 
 impl fmt::Debug for TieredStore {
@@ -71,18 +63,17 @@ impl fmt::Debug for TieredStore {
 }
 
 impl TieredStore {
+    /// How stale the memory tier may be: it answers only while a heartbeat sent through Redis
+    /// less than this long ago has come back over its subscription (so every purge completed
+    /// in Redis before that heartbeat has been applied). A stalled link is detected within it.
+    pub const COHERENCE_WINDOW: Duration = COHERENCE_WINDOW;
+
     /// Puts `l1` in front of `l2` and subscribes to `l2`'s invalidations. Must be called
-    /// within a Tokio runtime (the subscription runs as a task, ended with the last clone).
+    /// within a Tokio runtime (the subscription and heartbeats run as tasks, ended with the
+    /// last clone).
     pub fn new(l1: MemoryStore, l2: RedisStore) -> Self {
-        let sync = Arc::new(Subscription {
-            subscribed: AtomicBool::new(false),
-            subscriptions: AtomicU64::new(0),
-            messages: AtomicU64::new(0),
-            task: std::sync::OnceLock::new(),
-        });
-        let task = tokio::spawn(subscribe(l1.clone(), l2.clone(), Arc::downgrade(&sync)));
-        let _ = sync.task.set(task);
-        TieredStore { l1, l2, sync }
+        let feed = Feed::start(l1.clone(), l2.clone());
+        TieredStore { l1, l2, feed }
     }
 
     /// The memory tier.
@@ -90,22 +81,33 @@ impl TieredStore {
         &self.l1
     }
 
-    /// The Redis tier.
+    /// The Redis tier (its stats count the purges waiting for Redis).
     pub fn l2(&self) -> &RedisStore {
         &self.l2
     }
 
-    /// The state of the invalidation subscription.
+    /// The state of the invalidation feed.
     pub fn stats(&self) -> TieredStoreStats {
+        let c = self.feed.counts();
         TieredStoreStats {
-            subscribed: self.sync.subscribed.load(Relaxed),
-            subscriptions: self.sync.subscriptions.load(Relaxed),
-            messages: self.sync.messages.load(Relaxed),
+            subscribed: c.subscribed,
+            coherent: c.coherent,
+            subscriptions: c.subscriptions,
+            messages: c.messages,
+            heartbeats: c.heartbeats,
+            stalls: c.stalls,
         }
     }
 
-    fn l1_trusted(&self) -> bool {
-        self.sync.subscribed.load(Relaxed) || self.l2.breaker_open()
+    /// Keeps `entry` in L1 if the feed has stayed in the epoch of `ticket` (else a purge may
+    /// have been missed since the entry was judged).
+    async fn keep(&self, key: &CacheKey, entry: Entry, ttl: Duration, ticket: Ticket) -> Result<(), StoreError> {
+        self.l1.put(key.clone(), entry, ttl).await?;
+        // Checked after the write: a loss before it voids the ticket, a loss after it empties L1.
+        if !self.feed.holds(ticket) {
+            self.l1.remove(key).await?;
+        }
+        Ok(())
     }
 }
 
@@ -123,36 +125,61 @@ fn l1_ttl(entry: &Entry) -> Duration {
 impl Store for TieredStore {
     async fn get(&self, key: &CacheKey) -> Result<Lookup, StoreError> {
         let local = self.l1.get(key).await?;
-        if self.l1_trusted() && matches!(local, Lookup::Found(_) | Lookup::SoftPurged(_)) {
+        let ticket = self.feed.ticket();
+        if ticket.is_some() && matches!(local, Lookup::Found(_) | Lookup::SoftPurged(_)) {
             return Ok(local);
         }
         match self.l2.get(key).await {
             Ok(Lookup::Found(entry)) => {
-                let ttl = l1_ttl(&entry);
-                self.l1.put(key.clone(), entry.clone(), ttl).await?;
+                if let Some(ticket) = ticket {
+                    self.keep(key, entry.clone(), l1_ttl(&entry), ticket).await?;
+                }
                 Ok(Lookup::Found(entry))
             }
-            Ok(other) => Ok(other),
-            // Redis failed. L1 answers only while it is trusted: subscribed, or Redis known
-            // to be down (no purge can be recorded anywhere then).
+            Ok(other) => {
+                // Redis decides; an L1 copy it no longer vouches for goes.
+                if matches!(local, Lookup::Found(_) | Lookup::SoftPurged(_)) {
+                    self.l1.remove(key).await?;
+                }
+                Ok(other)
+            }
+            // Redis failed and the feed is not proven live: a purge made elsewhere may be
+            // unseen, so an L1 response may only stand in for an origin error.
             Err(error) => match local {
-                Lookup::Found(_) | Lookup::SoftPurged(_) if self.l1_trusted() => Ok(local),
+                Lookup::Found(Entry::Response(response)) | Lookup::SoftPurged(response) => {
+                    Ok(Lookup::Unverified(response))
+                }
+                // Which headers select a variant; purges never reach these.
+                Lookup::Found(variants @ Entry::Variants(_)) => Ok(Lookup::Found(variants)),
                 _ => Err(error),
             },
         }
     }
 
     async fn put(&self, key: CacheKey, entry: Entry, ttl: Duration) -> Result<bool, StoreError> {
+        let ticket = self.feed.ticket();
         match self.l2.put(key.clone(), entry.clone(), ttl).await {
             // Redis holds it; L1 may still refuse it (a purge it just learned of), which only
             // costs this instance a round trip later.
             Ok(true) => {
-                self.l1.put(key, entry, ttl).await?;
+                if let Some(ticket) = ticket {
+                    self.keep(&key, entry, ttl, ticket).await?;
+                }
                 Ok(true)
             }
             Ok(false) => Ok(false),
             Err(error) => {
-                self.l1.put(key, entry, ttl).await?;
+                // Redis never judged it. L1 keeps it only if its request started after the
+                // subscription came up: every purge completed since reaches L1's stamps.
+                if let Some(ticket) = ticket {
+                    let started = match &entry {
+                        Entry::Response(r) => micros(r.request_time()),
+                        Entry::Variants(_) => u64::MAX,
+                    };
+                    if started > ticket.subscribed_at {
+                        self.keep(&key, entry, ttl, ticket).await?;
+                    }
+                }
                 Err(error)
             }
         }
@@ -163,9 +190,9 @@ impl Store for TieredStore {
         self.l2.remove(key).await
     }
 
+    /// Applied to L1 at once (stamped with Redis's clock-skew margin, as Redis does); a purge
+    /// that cannot reach Redis is queued by it and retried until it lands.
     async fn purge(&self, tags: &[String], mode: PurgeMode) -> Result<(), StoreError> {
-        // This instance sees its own purge at once; the others through the message. L1
-        // stamps with Redis's clock-skew margin, as Redis does.
         self.l1.purge_ahead(tags, mode, self.l2.skew_margin());
         self.l2.purge(tags, mode).await
     }
@@ -174,55 +201,4 @@ impl Store for TieredStore {
         self.l1.purge_all_ahead(self.l2.skew_margin());
         self.l2.purge_all().await
     }
-}
-
-/// Applies published purges to L1, resubscribing after every disconnection.
-async fn subscribe(l1: MemoryStore, l2: RedisStore, sync: std::sync::Weak<Subscription>) {
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        if let Ok(mut pubsub) = l2.pubsub_client().get_async_pubsub().await {
-            if pubsub.subscribe(l2.channel()).await.is_ok() {
-                backoff = Duration::from_millis(50);
-                // Messages may have been missed while unsubscribed: start L1 afresh.
-                // (Without the skew margin: reads that refill L1 are judged by Redis's stamps.)
-                l1.purge_all_ahead(Duration::ZERO);
-                let Some(state) = sync.upgrade() else { return };
-                state.subscribed.store(true, Relaxed);
-                state.subscriptions.fetch_add(1, Relaxed);
-                drop(state);
-                let mut messages = pubsub.on_message();
-                while let Some(message) = messages.next().await {
-                    let Some(state) = sync.upgrade() else { return };
-                    apply(&l1, l2.skew_margin(), message.get_payload_bytes());
-                    state.messages.fetch_add(1, Relaxed);
-                }
-            }
-        }
-        let Some(state) = sync.upgrade() else { return };
-        state.subscribed.store(false, Relaxed);
-        drop(state);
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
-    }
-}
-
-/// A message is `*` (purge all), or `h` / `s` followed by one tag per line.
-fn apply(l1: &MemoryStore, margin: Duration, payload: &[u8]) {
-    let text = String::from_utf8_lossy(payload);
-    let mut lines = text.split('\n');
-    let mode = match lines.next() {
-        Some("*") => {
-            l1.purge_all_ahead(margin);
-            return;
-        }
-        Some("h") => PurgeMode::Hard,
-        Some("s") => PurgeMode::Soft,
-        _ => {
-            // Unknown format: forget everything rather than miss a purge.
-            l1.purge_all_ahead(margin);
-            return;
-        }
-    };
-    let tags: Vec<String> = lines.filter(|t| !t.is_empty()).map(str::to_owned).collect();
-    l1.purge_ahead(&tags, mode, margin);
 }

@@ -1,0 +1,309 @@
+//! Purges that cannot reach Redis are not forgotten: they hold on the instance that made them
+//! at once, are queued and retried until they land (with the instant they were requested),
+//! and past the queue's bound become one purge-all. Real `redis-server` processes, killed with
+//! SIGKILL (with an append-only file, so that entries and stamps survive the restart, as on a
+//! persistent deployment) or cut off behind a black-holed TCP proxy.
+#![cfg(feature = "redis")]
+
+#[path = "../examples/support/redis_server.rs"]
+mod redis_server;
+
+#[path = "common/proxy.rs"]
+mod proxy;
+
+use axum::extract::{Path, State};
+use axum::http::{Request, StatusCode};
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use http_body_util::BodyExt;
+use proxy::Proxy;
+use redis_server::RedisServer;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tower::ServiceExt;
+use tower_response_cache::store::{RedisStore, TieredStore};
+use tower_response_cache::{CacheLayer, CacheTags, Invalidate, InvalidateLayer, MemoryStore, Store};
+
+static NAMESPACE: AtomicUsize = AtomicUsize::new(0);
+
+fn fresh_namespace() -> String {
+    format!("queue{}-{}", std::process::id(), NAMESPACE.fetch_add(1, SeqCst))
+}
+
+/// A server whose data survives SIGKILL.
+fn persistent_server() -> RedisServer {
+    RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"])
+}
+
+async fn redis(url: String, namespace: &str, pending_bytes: usize) -> RedisStore {
+    RedisStore::builder(url)
+        .namespace(namespace)
+        .clock_skew_margin(Duration::ZERO)
+        .pending_purge_bytes(pending_bytes)
+        .connect()
+        .await
+        .expect("connect")
+}
+
+async fn until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+const BOOKS: usize = 8;
+
+/// The versioned origin: a review bumps a book's version and purges its tag.
+#[derive(Clone, Default)]
+struct Books {
+    versions: Arc<[AtomicU64; BOOKS]>,
+}
+
+async fn book(State(b): State<Books>, Path(id): Path<usize>) -> (Extension<CacheTags>, String) {
+    let v = b.versions[id].load(SeqCst);
+    (Extension(CacheTags::new([format!("book:{id}")])), format!("v{v}"))
+}
+
+async fn review(State(b): State<Books>, Path(id): Path<usize>) -> (StatusCode, Extension<Invalidate>) {
+    b.versions[id].fetch_add(1, SeqCst);
+    (StatusCode::CREATED, Extension(Invalidate::tags([format!("book:{id}")])))
+}
+
+fn instance<St: Store>(books: &Books, store: St) -> Router {
+    Router::new()
+        .route("/books/{id}", get(book))
+        .route("/books/{id}/reviews", post(review))
+        .with_state(books.clone())
+        .layer(InvalidateLayer::new(store.clone()))
+        .layer(CacheLayer::new(store))
+}
+
+/// Sends a request; returns the status, `Cache-Status` and the version in the body.
+async fn send(app: &Router, method: &str, uri: &str) -> (StatusCode, String, Option<u64>) {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(10), app.clone().oneshot(req))
+        .await
+        .expect("bounded")
+        .unwrap();
+    let status = res.status();
+    let cache_status = res
+        .headers()
+        .get("cache-status")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let version = std::str::from_utf8(&body)
+        .ok()
+        .and_then(|b| b.strip_prefix('v'))
+        .and_then(|v| v.parse().ok());
+    (status, cache_status, version)
+}
+
+/// Reads every book `rounds` times; returns (reads, reads older than the book's version when
+/// the read was sent).
+async fn read_all(app: &Router, books: &Books, rounds: usize) -> (usize, usize) {
+    let (mut reads, mut stale) = (0, 0);
+    for _ in 0..rounds {
+        for id in 0..BOOKS {
+            let floor = books.versions[id].load(SeqCst);
+            let (status, _, version) = send(app, "GET", &format!("/books/{id}")).await;
+            assert_eq!(status, StatusCode::OK);
+            reads += 1;
+            if version < Some(floor) {
+                stale += 1;
+            }
+        }
+    }
+    (reads, stale)
+}
+
+/// Redis is SIGKILLed; instance A (a `RedisStore` alone) takes 4 mutations meanwhile; Redis
+/// restarts with its data. A never serves the purged versions (its pending purges judge what
+/// it reads back), and once they land neither does instance B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purges_made_while_redis_is_down_land_when_it_returns() {
+    if !redis_server::available() {
+        return;
+    }
+    let mut server = persistent_server();
+    let namespace = fresh_namespace();
+    let store_a = redis(server.url(), &namespace, 1 << 20).await;
+    let store_b = redis(server.url(), &namespace, 1 << 20).await;
+    let books = Books::default();
+    let (a, b) = (instance(&books, store_a.clone()), instance(&books, store_b.clone()));
+    read_all(&b, &books, 1).await;
+    assert!(
+        send(&a, "GET", "/books/0").await.1.contains("; hit"),
+        "shared through Redis"
+    );
+
+    server.kill();
+    for id in 0..4 {
+        let (status, _, _) = send(&a, "POST", &format!("/books/{id}/reviews")).await;
+        assert_eq!(status, StatusCode::CREATED, "the mutation is not failed by the cache");
+    }
+    // Each mutation purges its tag (InvalidateLayer) and its URI (RFC 9111 §4.4).
+    assert_eq!(store_a.stats().pending_purges, 8);
+    let (outage_reads, outage_stale) = read_all(&a, &books, 2).await;
+
+    server.restart();
+    let keys: usize = server.cli(&["dbsize"]).trim().parse().unwrap();
+    assert!(keys >= BOOKS, "the entries survived the restart: {keys} keys");
+    // A judges what it reads back by its pending purges, before and after they land.
+    let (mut a_reads, mut a_stale) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store_a.stats().pending_purges > 0 {
+        assert!(Instant::now() < deadline, "the queued purges never landed");
+        let (r, s) = read_all(&a, &books, 1).await;
+        (a_reads, a_stale) = (a_reads + r, a_stale + s);
+    }
+    let stats = store_a.stats();
+    assert!(stats.retried_purges >= 8 && stats.landed_purges == 8, "{stats:?}");
+    assert_eq!(stats.degraded_purges, 0);
+    let (r, s) = read_all(&a, &books, 5).await;
+    let (b_reads, b_stale) = read_all(&b, &books, 5).await;
+    eprintln!(
+        "SIGKILL: outage {outage_reads} reads on A, {outage_stale} stale; until landed {a_reads} reads on A, \
+         {a_stale} stale; after: A {r} reads, {s} stale, B {b_reads} reads, {b_stale} stale; {stats:?}"
+    );
+    assert_eq!(outage_stale + a_stale + s + b_stale, 0, "reads of purged data");
+    // Unpurged books were left alone: the queue did not degrade.
+    assert!(send(&b, "GET", "/books/7").await.1.contains("; hit"));
+}
+
+/// Past its bound the queue becomes one purge-all: after Redis returns, no read is stale on
+/// any instance, and the entries stored before the outage are gone, purged or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_degrades_to_a_purge_all() {
+    if !redis_server::available() {
+        return;
+    }
+    let mut server = persistent_server();
+    let namespace = fresh_namespace();
+    // Room for about three tags.
+    let store_a = redis(server.url(), &namespace, 3 * (64 + 16)).await;
+    let store_b = redis(server.url(), &namespace, 1 << 20).await;
+    let books = Books::default();
+    let (a, b) = (instance(&books, store_a.clone()), instance(&books, store_b.clone()));
+    read_all(&b, &books, 1).await;
+
+    server.kill();
+    for id in 0..BOOKS / 2 {
+        let (status, _, _) = send(&a, "POST", &format!("/books/{id}/reviews")).await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let stats = store_a.stats();
+    assert!(stats.degraded_purges >= 1 && stats.pending_purges <= 3, "{stats:?}");
+    let (a_reads, a_stale) = read_all(&a, &books, 1).await;
+
+    server.restart();
+    until("the purge-all landed", Duration::from_secs(10), || {
+        store_a.stats().pending_purges == 0
+    })
+    .await;
+    for id in BOOKS / 2..BOOKS {
+        let (_, cache_status, version) = send(&b, "GET", &format!("/books/{id}")).await;
+        assert_eq!(version, Some(0));
+        assert!(
+            !cache_status.contains("; hit"),
+            "book {id} survived the purge-all: {cache_status}"
+        );
+    }
+    let (reads, stale) = read_all(&b, &books, 3).await;
+    eprintln!(
+        "degraded: A {a_reads} reads during the outage, {a_stale} stale; B {reads} reads after the landing, \
+         {stale} stale; {:?}",
+        store_a.stats()
+    );
+    assert_eq!(a_stale + stale, 0);
+}
+
+/// The purge-all degrades on the safe side even for entries nobody read since: the first
+/// read of an unpurged book after the landing misses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_degraded_queue_invalidates_unpurged_entries_too() {
+    if !redis_server::available() {
+        return;
+    }
+    let mut server = persistent_server();
+    let namespace = fresh_namespace();
+    let store_a = redis(server.url(), &namespace, 64 + 16).await;
+    let store_b = redis(server.url(), &namespace, 1 << 20).await;
+    let books = Books::default();
+    let b = instance(&books, store_b.clone());
+    read_all(&b, &books, 1).await;
+    server.kill();
+    store_a.purge_tags(["tag-one"]).await.expect("queued, not failed");
+    store_a.purge_tags(["tag-two"]).await.expect("queued, not failed");
+    assert_eq!(store_a.stats().degraded_purges, 1);
+    server.restart();
+    until("the purge-all landed", Duration::from_secs(10), || {
+        store_a.stats().pending_purges == 0
+    })
+    .await;
+    let (_, cache_status, version) = send(&b, "GET", "/books/7").await;
+    assert_eq!(version, Some(0));
+    assert!(
+        !cache_status.contains("; hit"),
+        "invalidated by the purge-all: {cache_status}"
+    );
+}
+
+/// A tiered instance whose link to Redis is black-holed takes a mutation: its own memory tier
+/// drops the entry at once; once the link heals the purge lands and reaches the other
+/// instance's memory tier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiered_purge_through_a_black_holed_link_lands_after_the_heal() {
+    if !redis_server::available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let proxy = Proxy::start(([127, 0, 0, 1], server.port).into()).await;
+    let namespace = fresh_namespace();
+    let tiered = |url: String| {
+        let namespace = namespace.clone();
+        async move { TieredStore::new(MemoryStore::new(), redis(url, &namespace, 1 << 20).await) }
+    };
+    let store_a = tiered(proxy.url()).await;
+    let store_b = tiered(server.url()).await;
+    until("both feeds live", Duration::from_secs(10), || {
+        store_a.stats().coherent && store_b.stats().coherent
+    })
+    .await;
+    let books = Books::default();
+    let (a, b) = (instance(&books, store_a.clone()), instance(&books, store_b.clone()));
+    read_all(&a, &books, 1).await;
+    read_all(&b, &books, 1).await;
+
+    proxy.black_hole();
+    let (status, _, _) = send(&a, "POST", "/books/5/reviews").await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(store_a.l2().stats().pending_purges >= 1);
+    let (a_reads, a_stale) = read_all(&a, &books, 2).await;
+    let messages = store_b.stats().messages;
+
+    proxy.heal();
+    until("the purge landed", Duration::from_secs(10), || {
+        store_a.l2().stats().pending_purges == 0
+    })
+    .await;
+    until("B applied it", Duration::from_secs(5), || {
+        store_b.stats().messages > messages
+    })
+    .await;
+    let (b_reads, b_stale) = read_all(&b, &books, 5).await;
+    let (r, s) = read_all(&a, &books, 5).await;
+    eprintln!(
+        "black hole: A {a_reads} reads during the outage, {a_stale} stale; after the landing B {b_reads} reads, \
+         {b_stale} stale, A {r} reads, {s} stale; {:?}",
+        store_a.l2().stats()
+    );
+    assert_eq!(a_stale + b_stale + s, 0);
+}
