@@ -174,11 +174,6 @@ async fn a_stalled_link_stops_the_memory_tier_within_its_window() {
 
     proxy.black_hole();
     let stalled = Instant::now();
-    let (status, _, _) = send(&b, "POST", "/books/1/reviews").await;
-    assert_eq!(status, StatusCode::CREATED);
-    assert_eq!(store_b.l2().stats().pending_purges, 0, "B's purge completed in Redis");
-    let completed = Instant::now();
-
     let watch = {
         let store_a = store_a.clone();
         tokio::spawn(async move {
@@ -189,17 +184,24 @@ async fn a_stalled_link_stops_the_memory_tier_within_its_window() {
             stalled.elapsed()
         })
     };
+    let (status, _, _) = send(&b, "POST", "/books/1/reviews").await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(store_b.l2().stats().pending_purges, 0, "B's purge completed in Redis");
+    let completed = Instant::now();
     let (reads, stale, late) = read_after_purge(&a, 1, 1, completed, Duration::from_secs(3)).await;
     let detected = watch.await.unwrap();
     eprintln!(
         "stall: detected after {detected:?} (bound {:?}); {reads} reads, {stale} stale within the window, {late} after it",
         TieredStore::COHERENCE_WINDOW
     );
+    // Detection is decided by the heartbeat instants; the margin only covers this watcher's
+    // own polling on a loaded machine.
     assert!(
-        detected <= TieredStore::COHERENCE_WINDOW + Duration::from_millis(50),
+        detected <= TieredStore::COHERENCE_WINDOW + Duration::from_millis(500),
         "stall detected after {detected:?}"
     );
     assert_eq!(late, 0, "reads older than B's purge after the window");
+    assert_eq!(stale, 0, "reads older than B's purge once it returned");
 
     proxy.heal();
     until("A resubscribed", Duration::from_secs(10), || {

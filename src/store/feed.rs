@@ -18,10 +18,10 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 /// How often a tiered store sends itself a heartbeat through Redis.
-pub(crate) const HEARTBEAT_EVERY: Duration = Duration::from_millis(200);
+pub(crate) const HEARTBEAT_EVERY: Duration = Duration::from_millis(100);
 /// How old the newest returned heartbeat may be for the memory tier to answer: the bound on
 /// detecting a stalled feed, and on how long a purge completed elsewhere can go unseen.
-pub(crate) const COHERENCE_WINDOW: Duration = Duration::from_secs(1);
+pub(crate) const COHERENCE_WINDOW: Duration = Duration::from_millis(500);
 /// A subscription that delivers nothing (not even heartbeats) for this long is replaced.
 const SILENCE: Duration = Duration::from_secs(2);
 /// The longest connecting and subscribing may take (a black-holed link never answers).

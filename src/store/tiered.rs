@@ -65,7 +65,8 @@ impl fmt::Debug for TieredStore {
 impl TieredStore {
     /// How stale the memory tier may be: it answers only while a heartbeat sent through Redis
     /// less than this long ago has come back over its subscription (so every purge completed
-    /// in Redis before that heartbeat has been applied). A stalled link is detected within it.
+    /// in Redis before that heartbeat has been applied). A stalled link is detected within
+    /// it, and a purge through a tiered store returns this long after it landed in Redis.
     pub const COHERENCE_WINDOW: Duration = COHERENCE_WINDOW;
 
     /// Puts `l1` in front of `l2` and subscribes to `l2`'s invalidations. Must be called
@@ -191,14 +192,20 @@ impl Store for TieredStore {
     }
 
     /// Applied to L1 at once (stamped with Redis's clock-skew margin, as Redis does); a purge
-    /// that cannot reach Redis is queued by it and retried until it lands.
+    /// that cannot reach Redis is queued by it and retried until it lands. Once it has landed
+    /// it returns after [`Self::COHERENCE_WINDOW`]: by then every other instance has applied
+    /// it or stopped trusting its memory tier, so no instance serves what it purged.
     async fn purge(&self, tags: &[String], mode: PurgeMode) -> Result<(), StoreError> {
         self.l1.purge_ahead(tags, mode, self.l2.skew_margin());
-        self.l2.purge(tags, mode).await
+        let result = self.l2.purge(tags, mode).await;
+        tokio::time::sleep(COHERENCE_WINDOW).await;
+        result
     }
 
     async fn purge_all(&self) -> Result<(), StoreError> {
         self.l1.purge_all_ahead(self.l2.skew_margin());
-        self.l2.purge_all().await
+        let result = self.l2.purge_all().await;
+        tokio::time::sleep(COHERENCE_WINDOW).await;
+        result
     }
 }
