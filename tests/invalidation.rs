@@ -411,3 +411,74 @@ async fn malformed_invalidation_members_are_dropped_but_valid_ones_purge() {
     assert_eq!(send(&app, "POST", "/mixed").await.status, StatusCode::OK);
     assert!(!is_hit(&send(&app, "GET", "/books/top").await));
 }
+
+/// A memory store that counts the purges it is asked for.
+#[derive(Clone, Default)]
+struct CountingStore {
+    inner: MemoryStore,
+    purges: Arc<AtomicUsize>,
+}
+
+impl Store for CountingStore {
+    async fn get(
+        &self,
+        key: &tower_response_cache::CacheKey,
+    ) -> Result<tower_response_cache::Lookup, tower_response_cache::StoreError> {
+        self.inner.get(key).await
+    }
+    async fn put(
+        &self,
+        key: tower_response_cache::CacheKey,
+        entry: tower_response_cache::Entry,
+        ttl: std::time::Duration,
+    ) -> Result<bool, tower_response_cache::StoreError> {
+        self.inner.put(key, entry, ttl).await
+    }
+    async fn remove(&self, key: &tower_response_cache::CacheKey) -> Result<(), tower_response_cache::StoreError> {
+        self.inner.remove(key).await
+    }
+    async fn purge(&self, tags: &[String], mode: PurgeMode) -> Result<(), tower_response_cache::StoreError> {
+        self.purges.fetch_add(1, SeqCst);
+        self.inner.purge(tags, mode).await
+    }
+    async fn purge_all(&self) -> Result<(), tower_response_cache::StoreError> {
+        self.inner.purge_all().await
+    }
+    fn handle_id(&self) -> Option<usize> {
+        self.inner.handle_id()
+    }
+}
+
+async fn created() -> StatusCode {
+    StatusCode::CREATED
+}
+
+#[tokio::test]
+async fn a_mutated_uri_is_purged_once_when_both_layers_share_a_store() {
+    let shared = CountingStore::default();
+    let app = Router::new()
+        .route("/books", post(created))
+        .layer(InvalidateLayer::new(shared.clone()))
+        .layer(CacheLayer::new(shared.clone()));
+    let response = app
+        .oneshot(Request::post("/books").body(axum::body::Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(
+        shared.purges.load(SeqCst),
+        1,
+        "the CacheLayer did not repeat the InvalidateLayer's purge"
+    );
+
+    // Different stores: each layer purges its own.
+    let (inside, outside) = (CountingStore::default(), CountingStore::default());
+    let app = Router::new()
+        .route("/books", post(created))
+        .layer(InvalidateLayer::new(inside.clone()))
+        .layer(CacheLayer::new(outside.clone()));
+    app.oneshot(Request::post("/books").body(axum::body::Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!((inside.purges.load(SeqCst), outside.purges.load(SeqCst)), (1, 1));
+}

@@ -101,16 +101,19 @@ impl Invalidate {
 /// Runs `purge` to its end even if the caller stops waiting for it (a client that goes away
 /// drops its response future, but its mutation happened all the same): on a Tokio runtime
 /// it runs as a task of its own, which the caller awaits; without one it runs inline.
-pub(crate) async fn run_to_completion<F>(purge: F)
+pub(crate) async fn run_to_completion<F>(purge: F) -> F::Output
 where
-    F: Future<Output = ()> + Send + 'static,
+    F: Future + Send + 'static,
+    F::Output: Default + Send + 'static,
 {
     match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => {
-            if let Err(error) = runtime.spawn(purge.in_current_span()).await {
+        Ok(runtime) => match runtime.spawn(purge.in_current_span()).await {
+            Ok(output) => output,
+            Err(error) => {
                 tracing::error!(%error, "purge task failed: entries it names may be served until they expire");
+                F::Output::default()
             }
-        }
+        },
         Err(_) => purge.await,
     }
 }
@@ -127,6 +130,12 @@ pub(crate) fn succeeded(status: StatusCode) -> bool {
 
 /// The path tags RFC 9111 §4.4 invalidates: the target, and same-origin `Location` and
 /// `Content-Location` (other origins are left alone: they could be used to purge at will).
+/// Left on a response by an [`InvalidateLayer`] that hard-purged the mutated URI (the
+/// [`rfc9111_tags`]) in the store with this [`Store::handle_id`](crate::Store::handle_id):
+/// a `CacheLayer` on the same store outside it need not purge them again.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TargetPurged(pub(crate) usize);
+
 pub(crate) fn rfc9111_tags(request: &request::Parts, response: &HeaderMap) -> Vec<String> {
     let own_host = request
         .uri

@@ -3,7 +3,7 @@
 
 use super::body::{InvalidateBody, OnTrailers};
 use super::layer::Shared;
-use super::{is_unsafe, rfc9111_tags, succeeded, Invalidate};
+use super::{is_unsafe, rfc9111_tags, succeeded, Invalidate, TargetPurged};
 use crate::grpc::{self, GrpcMethod, GrpcRequest};
 use crate::store::{PurgeMode, Store};
 use crate::tags::{detached, string_list, CACHE_GROUP_INVALIDATION};
@@ -123,8 +123,18 @@ where
                     Ok(response) if succeeded(response.status()) => Some(tags_to_purge(&shared, &request, response)),
                     _ => None,
                 };
+                let mut response = response;
                 match purges {
-                    Some(purges) => purge(shared, purges).await,
+                    Some(purges) => {
+                        let store = shared.store.handle_id();
+                        let target_hard = shared.mode == PurgeMode::Hard;
+                        let hard_purged = purge(shared, purges).await;
+                        if let (Some(store), true, true, Ok(response)) =
+                            (store, target_hard, hard_purged, &mut response)
+                        {
+                            response.extensions_mut().insert(TargetPurged(store));
+                        }
+                    }
                     None => {
                         shared.counters.skipped.fetch_add(1, Relaxed);
                     }
@@ -250,7 +260,9 @@ where
     let on_trailers: OnTrailers = Box::new(move |trailers| match trailers {
         Some(trailers) if grpc::status_code(trailers) == Some(0) => {
             purges.add_named(shared.mode, trailers);
-            Some(Box::pin(purge(shared, purges)))
+            Some(Box::pin(async move {
+                purge(shared, purges).await;
+            }))
         }
         _ => {
             shared.counters.skipped.fetch_add(1, Relaxed);
@@ -261,12 +273,13 @@ where
 }
 
 /// Runs the purges to their end whatever the client does; the response waits for them
-/// (read-your-own-writes).
-async fn purge<St: Store>(shared: Arc<Shared<St>>, purges: Purges) {
-    super::run_to_completion(apply(shared, purges)).await;
+/// (read-your-own-writes). `true` when the hard purge (if any) succeeded.
+async fn purge<St: Store>(shared: Arc<Shared<St>>, purges: Purges) -> bool {
+    super::run_to_completion(apply(shared, purges)).await
 }
 
-async fn apply<St: Store>(shared: Arc<Shared<St>>, purges: Purges) {
+async fn apply<St: Store>(shared: Arc<Shared<St>>, purges: Purges) -> bool {
+    let mut hard_purged = true;
     for (mode, mut tags) in [(PurgeMode::Hard, purges.hard), (PurgeMode::Soft, purges.soft)] {
         tags.sort_unstable();
         tags.dedup();
@@ -280,9 +293,11 @@ async fn apply<St: Store>(shared: Arc<Shared<St>>, purges: Purges) {
                 tracing::debug!(?tags, ?mode, "purged after a successful mutation");
             }
             Err(error) => {
+                hard_purged &= mode != PurgeMode::Hard;
                 shared.counters.errors.fetch_add(1, Relaxed);
                 tracing::error!(%error, ?tags, "purge failed: entries with these tags may be served stale until they expire");
             }
         }
     }
+    hard_purged
 }

@@ -346,7 +346,12 @@ where
     // nothing of its success: gRPC mutations purge through the InvalidateLayer.
     let mutation = (invalidate::is_unsafe(&parts.method) && !grpc::is_grpc(&parts)).then(|| detached(&parts));
     let response = inner.call(Request::from_parts(parts, body)).await?;
-    if let Some(request) = mutation.filter(|_| invalidate::succeeded(response.status())) {
+    // An InvalidateLayer inside this one may have purged the target in this very store.
+    let purged_inside = response
+        .extensions()
+        .get::<invalidate::TargetPurged>()
+        .is_some_and(|purged| Some(purged.0) == shared.store.handle_id());
+    if let Some(request) = mutation.filter(|_| invalidate::succeeded(response.status()) && !purged_inside) {
         invalidate_target(shared, &request, response.headers()).await;
     }
     let outcome = Outcome::bypass(reason, response.status().as_u16());

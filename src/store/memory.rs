@@ -253,6 +253,10 @@ fn far_future() -> Instant {
 }
 
 impl Store for MemoryStore {
+    fn handle_id(&self) -> Option<usize> {
+        Some(Arc::as_ptr(&self.shared) as usize)
+    }
+
     async fn get(&self, key: &CacheKey) -> Result<Lookup, StoreError> {
         Ok(self.get_now(key))
     }

@@ -133,6 +133,14 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// Invalidates every entry.
     fn purge_all(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Names the store behind this handle, the same for all its clones, so that layers
+    /// sharing it (an [`InvalidateLayer`](crate::InvalidateLayer) inside a
+    /// [`CacheLayer`](crate::CacheLayer)) purge a mutated URI once, not twice. `None`, the
+    /// default, when the store cannot tell: each layer then purges on its own.
+    fn handle_id(&self) -> Option<usize> {
+        None
+    }
+
     /// Hard-purges `tags`: the next read of any entry carrying one of them misses.
     ///
     /// ```

@@ -128,6 +128,13 @@ return 1
     )
 });
 
+/// Whether an operation respects the circuit breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Breaking {
+    Obey,
+    Past,
+}
+
 /// A standalone or cluster connection, behind one type.
 #[derive(Clone)]
 enum Connection {
@@ -325,24 +332,40 @@ impl RedisStore {
     where
         F: Future<Output = ::redis::RedisResult<T>>,
     {
+        self.run_as(op, Breaking::Obey).await
+    }
+
+    /// Runs one Redis operation under the timeout; `Breaking::Past` tries it even while the
+    /// breaker is open (without telling the breaker how it went).
+    async fn run_as<T, F>(&self, op: impl FnOnce(Connection) -> F, breaking: Breaking) -> Result<T, StoreError>
+    where
+        F: Future<Output = ::redis::RedisResult<T>>,
+    {
         let inner = &self.inner;
         let permit = inner.breaker.permit();
-        if permit == Permit::Refused {
+        let counted = permit != Permit::Refused;
+        if !counted && breaking == Breaking::Obey {
             inner.counters.refused.fetch_add(1, Relaxed);
             return Err(StoreError::new("redis circuit breaker open"));
         }
         match tokio::time::timeout(inner.op_timeout, op(inner.connection.clone())).await {
             Ok(Ok(value)) => {
-                inner.breaker.success(permit);
+                if counted {
+                    inner.breaker.success(permit);
+                }
                 Ok(value)
             }
             Ok(Err(error)) => {
-                inner.breaker.failure(permit);
+                if counted {
+                    inner.breaker.failure(permit);
+                }
                 inner.counters.errors.fetch_add(1, Relaxed);
                 Err(StoreError::with_source("redis operation failed", error))
             }
             Err(_) => {
-                inner.breaker.failure(permit);
+                if counted {
+                    inner.breaker.failure(permit);
+                }
                 inner.counters.timeouts.fetch_add(1, Relaxed);
                 Err(StoreError::new("redis operation timed out"))
             }
@@ -350,7 +373,7 @@ impl RedisStore {
     }
 
     /// Sends a purge to Redis, stamped `age` before Redis's clock (plus the skew margin).
-    async fn send_purge(&self, kind: &PendingKind, age: Duration) -> Result<(), StoreError> {
+    async fn send_purge(&self, kind: &PendingKind, age: Duration, breaking: Breaking) -> Result<(), StoreError> {
         let inner = &self.inner;
         let age_us = i64::try_from(age.as_micros()).unwrap_or(i64::MAX);
         let offset_us = i64::try_from(inner.skew_margin.as_micros())
@@ -366,31 +389,37 @@ impl RedisStore {
                 // Stamps outlive every entry they may judge, plus the skew margin.
                 let retention = millis(inner.max_entry_ttl + inner.skew_margin + Duration::from_secs(60));
                 let prefix = inner.tag_prefix.clone();
-                self.run(|mut conn| async move {
-                    let mut invocation = PURGE.key(floor);
-                    invocation
-                        .arg(mode)
-                        .arg(retention)
-                        .arg(offset_us)
-                        .arg(prefix)
-                        .arg(channel);
-                    for tag in tags {
-                        invocation.arg(tag.as_str());
-                    }
-                    invocation.invoke_async::<String>(&mut conn).await
-                })
+                self.run_as(
+                    |mut conn| async move {
+                        let mut invocation = PURGE.key(floor);
+                        invocation
+                            .arg(mode)
+                            .arg(retention)
+                            .arg(offset_us)
+                            .arg(prefix)
+                            .arg(channel);
+                        for tag in tags {
+                            invocation.arg(tag.as_str());
+                        }
+                        invocation.invoke_async::<String>(&mut conn).await
+                    },
+                    breaking,
+                )
                 .await
                 .map(|_| ())
             }
             PendingKind::All => self
-                .run(|mut conn| async move {
-                    PURGE_ALL
-                        .key(floor)
-                        .arg(offset_us)
-                        .arg(channel)
-                        .invoke_async::<i64>(&mut conn)
-                        .await
-                })
+                .run_as(
+                    |mut conn| async move {
+                        PURGE_ALL
+                            .key(floor)
+                            .arg(offset_us)
+                            .arg(channel)
+                            .invoke_async::<i64>(&mut conn)
+                            .await
+                    },
+                    breaking,
+                )
                 .await
                 .map(|_| ()),
         }
@@ -399,7 +428,7 @@ impl RedisStore {
     /// Sends a purge; if Redis cannot be reached, queues it and makes sure it is retried.
     async fn purge_or_queue(&self, kind: PendingKind) {
         let requested = Requested::now();
-        let Err(error) = self.send_purge(&kind, Duration::ZERO).await else {
+        let Err(error) = self.send_purge(&kind, Duration::ZERO, Breaking::Obey).await else {
             return;
         };
         tracing::warn!(%error, "purge did not reach Redis: applied locally, queued and retried until it lands");
@@ -434,8 +463,11 @@ impl RedisStore {
         });
     }
 
+    /// One queued purge, tried past an open breaker: the retries are one call at a time with
+    /// backoff, and must land as soon as Redis answers, before other instances read from it.
     async fn retry(&self, pending: &Pending) -> Result<(), StoreError> {
-        self.send_purge(&pending.kind, pending.requested.elapsed()).await?;
+        let age = pending.requested.elapsed();
+        self.send_purge(&pending.kind, age, Breaking::Past).await?;
         self.inner.pending.landed(pending);
         tracing::info!("a queued purge landed in Redis");
         Ok(())
@@ -580,14 +612,18 @@ impl RedisStoreBuilder {
 }
 
 /// The first and the longest wait between two attempts to land a queued purge.
-const RETRY_MIN: Duration = Duration::from_millis(50);
-const RETRY_MAX: Duration = Duration::from_millis(500);
+const RETRY_MIN: Duration = Duration::from_millis(20);
+const RETRY_MAX: Duration = Duration::from_millis(100);
 
 fn millis(d: Duration) -> u64 {
     (d.as_millis().min(u128::from(u64::MAX))).max(1) as u64
 }
 
 impl Store for RedisStore {
+    fn handle_id(&self) -> Option<usize> {
+        Some(Arc::as_ptr(&self.inner) as usize)
+    }
+
     async fn get(&self, key: &CacheKey) -> Result<Lookup, StoreError> {
         let entry_key = self.entry_key(key);
         let floor = self.inner.floor_key.clone();

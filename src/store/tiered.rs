@@ -124,6 +124,10 @@ fn l1_ttl(entry: &Entry) -> Duration {
 }
 
 impl Store for TieredStore {
+    fn handle_id(&self) -> Option<usize> {
+        Some(Arc::as_ptr(&self.feed) as usize)
+    }
+
     async fn get(&self, key: &CacheKey) -> Result<Lookup, StoreError> {
         let local = self.l1.get(key).await?;
         let ticket = self.feed.ticket();
