@@ -291,3 +291,78 @@ async fn a_targeted_field_replaces_cache_control_and_expires_for_this_cache() {
     let invalid = twice(app(false), "/t?cc=no-store&cdn=max-age%20%3D%2060").await;
     assert!(!cache_status(&invalid).contains("; hit"), "{}", cache_status(&invalid));
 }
+
+// RFC 9110 §14: ranges served from the cache.
+
+const DIGITS: &str = "0123456789";
+
+async fn digits(State(calls): State<Arc<AtomicUsize>>) -> ([(&'static str, &'static str); 3], &'static str) {
+    calls.fetch_add(1, SeqCst);
+    let headers = [
+        ("cache-control", "max-age=60"),
+        ("etag", "\"d1\""),
+        ("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT"),
+    ];
+    (headers, DIGITS)
+}
+
+#[tokio::test]
+async fn ranges_are_cut_from_a_stored_complete_response() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let app = Router::new()
+        .route("/digits", get(digits))
+        .with_state(calls.clone())
+        .layer(CacheLayer::new(MemoryStore::new()));
+    let range = |headers: &'static [(&'static str, &'static str)]| {
+        let app = app.clone();
+        async move { send(&app, common::get_with("/digits", headers)).await }
+    };
+    // A miss is forwarded untouched (this origin ignores ranges) and not stored as a range.
+    let miss = range(&[("range", "bytes=0-3")]).await;
+    assert!(cache_status(&miss).contains("detail=range"), "{}", cache_status(&miss));
+    assert_eq!(text(miss).await, DIGITS);
+    assert_eq!(calls.load(SeqCst), 1);
+    send(&app, common::get("/digits")).await;
+    assert_eq!(calls.load(SeqCst), 2);
+
+    for (spec, body, content_range) in [
+        ("bytes=0-3", "0123", "bytes 0-3/10"),
+        ("bytes=7-", "789", "bytes 7-9/10"),
+        ("bytes=-2", "89", "bytes 8-9/10"),
+        ("bytes=5-100", "56789", "bytes 5-9/10"),
+    ] {
+        let headers: &'static [(&str, &str)] = Box::leak(Box::new([("range", spec)]));
+        let partial = range(headers).await;
+        assert_eq!(partial.status(), StatusCode::PARTIAL_CONTENT, "{spec}");
+        assert_eq!(partial.headers()["content-range"], content_range);
+        assert_eq!(partial.headers()["content-length"], body.len().to_string().as_str());
+        assert_eq!(partial.headers()["etag"], "\"d1\"", "the stored response's headers");
+        assert!(cache_status(&partial).contains("; hit"));
+        assert_eq!(text(partial).await, body, "{spec}");
+    }
+    let unsatisfiable = range(&[("range", "bytes=10-")]).await;
+    assert_eq!(unsatisfiable.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(unsatisfiable.headers()["content-range"], "bytes */10");
+    // Several ranges, or an unreadable one, get the full 200.
+    for ignored in ["bytes=0-1,4-5", "bytes=5-1", "lines=1-2"] {
+        let headers: &'static [(&str, &str)] = Box::leak(Box::new([("range", ignored)]));
+        let full = range(headers).await;
+        assert_eq!(full.status(), StatusCode::OK, "{ignored}");
+        assert_eq!(text(full).await, DIGITS);
+    }
+    // If-Range: a matching strong validator or date gets the range, anything else the 200.
+    for (if_range, status) in [
+        ("\"d1\"", StatusCode::PARTIAL_CONTENT),
+        ("Sun, 06 Nov 1994 08:49:37 GMT", StatusCode::PARTIAL_CONTENT),
+        ("W/\"d1\"", StatusCode::OK),
+        ("\"d0\"", StatusCode::OK),
+        ("Mon, 07 Nov 1994 08:49:37 GMT", StatusCode::OK),
+    ] {
+        let headers: &'static [(&str, &str)] = Box::leak(Box::new([("range", "bytes=0-3"), ("if-range", if_range)]));
+        assert_eq!(range(headers).await.status(), status, "If-Range: {if_range}");
+    }
+    // A conditional that matches answers 304 before any range.
+    let both = range(&[("range", "bytes=0-3"), ("if-none-match", "\"d1\"")]).await;
+    assert_eq!(both.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(calls.load(SeqCst), 2, "every range after the fill came from the cache");
+}

@@ -205,6 +205,24 @@ where
             other => other,
         };
     }
+    if parts.headers.contains_key(RANGE) {
+        // A range is cut from a fresh complete response; anything else goes to the origin
+        // untouched, and its 206 is never stored.
+        let Found::Fresh(entry) = found else {
+            return Box::pin(bypass(&shared, inner, parts, body, BypassReason::Range)).await;
+        };
+        let now = SystemTime::now();
+        let outcome = Outcome::hit(entry.ttl(now));
+        return Ok(
+            match respond::ranged(&shared, &entry, &lookout, &parts.headers, outcome, entry.age(now)) {
+                Some(partial) => {
+                    shared.counters.hit();
+                    partial
+                }
+                None => hit(&shared, &entry, &lookout),
+            },
+        );
+    }
     let (stale, miss_kind) = match found {
         Found::Fresh(entry) => return Ok(hit(&shared, &entry, &lookout)),
         Found::Stale(stale) if client_refuses_stored => (Some(stale), MissKind::Request),
@@ -488,7 +506,8 @@ fn request_bypass<St>(
     if parts.method != Method::GET && parts.method != Method::HEAD && !grpc_opted_in {
         return Some(BypassReason::Method);
     }
-    if parts.headers.contains_key(RANGE) {
+    // Ranges are answered from fresh stored responses (see `handle`); a gRPC call has none.
+    if parts.headers.contains_key(RANGE) && grpc_opted_in {
         return Some(BypassReason::Range);
     }
     if route == Some(RouteOverride::Bypass) {

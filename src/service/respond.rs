@@ -8,7 +8,8 @@ use crate::policy;
 use crate::status::{self, MissKind, Outcome};
 use crate::CacheBody;
 use http::header::{
-    HeaderMap, HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, DATE, ETAG, EXPIRES, LAST_MODIFIED, VARY,
+    HeaderMap, HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_RANGE, DATE, ETAG, EXPIRES,
+    IF_RANGE, LAST_MODIFIED, RANGE, VARY,
 };
 use http::{response, Response, StatusCode};
 use http_body::Body;
@@ -63,6 +64,118 @@ pub(super) fn from_entry<St, B: Body>(
             .insert(CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
     }
     finish(shared, response, outcome, age)
+}
+
+/// A `206` or `416` answer to a `Range` request from a complete stored `200` (RFC 9110 §14),
+/// or `None` when the full response is the answer: a matching conditional (its `304` comes
+/// first), several ranges or an unreadable one (ignored, as §14.2 allows), or an `If-Range`
+/// that does not match with a strong validator.
+pub(super) fn ranged<St, B: Body>(
+    shared: &Shared<St>,
+    entry: &CachedResponse,
+    lookout: &Lookout,
+    request: &HeaderMap,
+    outcome: Outcome,
+    age: Duration,
+) -> Option<Response<CacheBody<B>>> {
+    if entry.status != StatusCode::OK || not_modified(lookout, &entry.headers) {
+        return None;
+    }
+    if let Some(if_range) = request.get(IF_RANGE) {
+        if !if_range_matches(if_range.as_bytes(), &entry.headers) {
+            return None;
+        }
+    }
+    let length = entry.body.len() as u64;
+    let range = ByteRange::parse(request.get(RANGE)?.as_bytes())?;
+    let Some((first, last)) = range.within(length) else {
+        let mut response = Response::new(CacheBody::empty());
+        *response.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+        let unsatisfied = HeaderValue::try_from(format!("bytes */{length}")).ok()?;
+        response.headers_mut().insert(CONTENT_RANGE, unsatisfied);
+        return Some(finish(shared, response, outcome, Some(age)));
+    };
+    let body = if lookout.head {
+        CacheBody::empty()
+    } else {
+        let part = entry.body.slice(first as usize..=last as usize);
+        CacheBody::cached(part, None)
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+    let headers = response.headers_mut();
+    for (name, value) in &entry.headers {
+        headers.append(name, value.clone());
+    }
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(last - first + 1));
+    let content_range = HeaderValue::try_from(format!("bytes {first}-{last}/{length}")).ok()?;
+    headers.insert(CONTENT_RANGE, content_range);
+    Some(finish(shared, response, outcome, Some(age)))
+}
+
+/// One byte range of a `Range` field (RFC 9110 §14.1.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ByteRange {
+    /// `first-last` or `first-` (`last` open).
+    From(u64, Option<u64>),
+    /// `-n`: the last `n` bytes.
+    Suffix(u64),
+}
+
+impl ByteRange {
+    /// A single `bytes` range; `None` for several ranges, another unit, or bad syntax.
+    fn parse(value: &[u8]) -> Option<Self> {
+        let text = std::str::from_utf8(value).ok()?.trim();
+        let (unit, ranges) = text.split_once('=')?;
+        if !unit.trim().eq_ignore_ascii_case("bytes") {
+            return None;
+        }
+        let mut specs = ranges.split(',').map(str::trim).filter(|s| !s.is_empty());
+        let spec = specs.next()?;
+        if specs.next().is_some() {
+            return None;
+        }
+        let number = |s: &str| {
+            (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| s.parse().ok())
+                .flatten()
+        };
+        let (first, last) = spec.split_once('-')?;
+        match (first.trim(), last.trim()) {
+            ("", suffix) => Some(ByteRange::Suffix(number(suffix)?)),
+            (first, "") => Some(ByteRange::From(number(first)?, None)),
+            (first, last) => {
+                let (first, last) = (number(first)?, number(last)?);
+                (first <= last).then_some(ByteRange::From(first, Some(last)))
+            }
+        }
+    }
+
+    /// The first and last byte positions in a body of `length` bytes; `None` when the range
+    /// is unsatisfiable there.
+    fn within(self, length: u64) -> Option<(u64, u64)> {
+        match self {
+            ByteRange::From(first, _) if first >= length => None,
+            ByteRange::From(first, last) => Some((first, last.map_or(length - 1, |l| l.min(length - 1)))),
+            ByteRange::Suffix(0) => None,
+            ByteRange::Suffix(_) if length == 0 => None,
+            ByteRange::Suffix(n) => Some((length - n.min(length), length - 1)),
+        }
+    }
+}
+
+/// `If-Range` (RFC 9110 §13.1.5): an entity tag matches by strong comparison; a date only
+/// the stored `Last-Modified`, exactly.
+fn if_range_matches(if_range: &[u8], stored: &HeaderMap) -> bool {
+    let if_range = if_range.trim_ascii();
+    if if_range.starts_with(b"\"") || if_range.starts_with(b"W/") {
+        // Strong comparison: neither tag may be weak.
+        let etag = stored.get(ETAG).map(|v| v.as_bytes().trim_ascii());
+        return if_range.starts_with(b"\"") && etag.is_some_and(|etag| etag.starts_with(b"\"") && etag == if_range);
+    }
+    let date = policy::http_date(if_range);
+    let modified = stored.get(LAST_MODIFIED).and_then(|v| policy::http_date(v.as_bytes()));
+    date.is_some() && date == modified
 }
 
 /// Whether the client's `If-None-Match` / `If-Modified-Since` match the entry (RFC 9110
@@ -167,5 +280,34 @@ mod tests {
         assert_eq!(tags, [&br#"W/"a,b""#[..], br#""c""#, br#""d""#]);
         assert_eq!(entity_tags(b"unquoted, \"x\"").count(), 0, "stops at a malformed tag");
         assert_eq!(entity_tags(br#""open"#).count(), 0);
+    }
+
+    #[test]
+    fn byte_ranges_and_what_they_select() {
+        use super::ByteRange::{self, From, Suffix};
+        assert_eq!(ByteRange::parse(b"bytes=0-9"), Some(From(0, Some(9))));
+        assert_eq!(ByteRange::parse(b"Bytes = 5-"), Some(From(5, None)));
+        assert_eq!(ByteRange::parse(b"bytes=-3"), Some(Suffix(3)));
+        for ignored in [
+            &b"bytes=0-1,5-6"[..],
+            b"items=0-1",
+            b"bytes=5-1",
+            b"bytes=a-b",
+            b"bytes=-",
+            b"0-1",
+        ] {
+            assert_eq!(
+                ByteRange::parse(ignored),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(ignored)
+            );
+        }
+        assert_eq!(From(0, Some(99)).within(10), Some((0, 9)));
+        assert_eq!(From(10, None).within(10), None);
+        assert_eq!(Suffix(3).within(10), Some((7, 9)));
+        assert_eq!(Suffix(30).within(10), Some((0, 9)));
+        assert_eq!(Suffix(0).within(10), None);
+        assert_eq!(Suffix(1).within(0), None);
     }
 }
