@@ -1,5 +1,7 @@
-//! Shared-cache conformance (RFC 9111) through a real axum Router: rules a reverse-proxy
-//! cache must keep.
+//! Shared-cache conformance through a real axum Router, with the layer configured as the
+//! README's reverse-proxy example: the rules of RFC 9111, 9110 (dates, conditionals, ranges)
+//! and 9213 (targeted fields) a reverse-proxy cache must keep, each with what must not be
+//! reused.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -9,7 +11,21 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 mod common;
 use common::{cache_status, send, text};
-use tower_response_cache::{CacheLayer, MemoryStore};
+use std::time::Duration;
+use tower_response_cache::{CacheLayer, CacheLayerBuilder, MemoryStore};
+
+/// The README's reverse-proxy configuration.
+fn reverse_proxy_builder() -> CacheLayerBuilder<MemoryStore> {
+    CacheLayer::builder(MemoryStore::new())
+        .honor_request_directives(true)
+        .default_ttl(Duration::ZERO)
+        .max_ttl(Duration::from_secs(1 << 31))
+        .targeted_cache_control([http::HeaderName::from_static("cdn-cache-control")])
+}
+
+fn reverse_proxy() -> CacheLayer<MemoryStore> {
+    reverse_proxy_builder().build()
+}
 
 /// An origin answering `cache_control` with an `Age` already past any freshness of 60 s;
 /// calls after the first answer `failure` when it is set.
@@ -37,7 +53,7 @@ fn app(origin: &Origin) -> Router {
     Router::new()
         .route("/page", get(page))
         .with_state(origin.clone())
-        .layer(CacheLayer::new(MemoryStore::new()))
+        .layer(reverse_proxy())
 }
 
 #[tokio::test]
@@ -106,9 +122,7 @@ async fn tagged() -> [(&'static str, &'static str); 3] {
 
 #[tokio::test]
 async fn conditional_requests_follow_rfc_9110_section_13() {
-    let app = Router::new()
-        .route("/t", get(tagged))
-        .layer(CacheLayer::new(MemoryStore::new()));
+    let app = Router::new().route("/t", get(tagged)).layer(reverse_proxy());
     assert_eq!(send(&app, common::get("/t")).await.status(), StatusCode::OK);
     let conditional = |headers: &[(&str, &str)]| send(&app, common::get_with("/t", headers));
     // A list of entity tags, one of which holds a comma; weak comparison.
@@ -238,14 +252,10 @@ async fn targeted(axum::extract::Query(t): axum::extract::Query<Targeted>) -> [(
 
 #[tokio::test]
 async fn a_targeted_field_replaces_cache_control_and_expires_for_this_cache() {
-    let cdn = http::HeaderName::from_static("cdn-cache-control");
     let app = |strip: bool| {
-        Router::new().route("/t", get(targeted)).layer(
-            CacheLayer::builder(MemoryStore::new())
-                .targeted_cache_control([cdn.clone()])
-                .strip_targeted_cache_control(strip)
-                .build(),
-        )
+        Router::new()
+            .route("/t", get(targeted))
+            .layer(reverse_proxy_builder().strip_targeted_cache_control(strip).build())
     };
     let twice = |app: Router, uri: &'static str| async move {
         send(&app, common::get(uri)).await;
@@ -272,13 +282,8 @@ async fn a_targeted_field_replaces_cache_control_and_expires_for_this_cache() {
             cache_status(&response)
         );
     }
-    // Without a default TTL, `Expires` alone would keep it; with a targeted field it may not.
-    let no_default = Router::new().route("/t", get(targeted)).layer(
-        CacheLayer::builder(MemoryStore::new())
-            .default_ttl(std::time::Duration::ZERO)
-            .targeted_cache_control([cdn.clone()])
-            .build(),
-    );
+    // `Expires` alone would keep it (there is no default TTL); with a targeted field it may not.
+    let no_default = app(false);
     let expires_ignored = twice(no_default, "/t?cc=public&cdn=public").await;
     assert!(
         !cache_status(&expires_ignored).contains("; hit"),
@@ -312,7 +317,7 @@ async fn ranges_are_cut_from_a_stored_complete_response() {
     let app = Router::new()
         .route("/digits", get(digits))
         .with_state(calls.clone())
-        .layer(CacheLayer::new(MemoryStore::new()));
+        .layer(reverse_proxy());
     let range = |headers: &'static [(&'static str, &'static str)]| {
         let app = app.clone();
         async move { send(&app, common::get_with("/digits", headers)).await }
@@ -365,4 +370,146 @@ async fn ranges_are_cut_from_a_stored_complete_response() {
     let both = range(&[("range", "bytes=0-3"), ("if-none-match", "\"d1\"")]).await;
     assert_eq!(both.status(), StatusCode::NOT_MODIFIED);
     assert_eq!(calls.load(SeqCst), 2, "every range after the fill came from the cache");
+}
+
+// RFC 9111 §5.1 (Age), RFC 9110 §5.6.7 (dates), RFC 9111 §3 and §4.2.2 (statuses), §5.2.2.3
+// (must-understand) and §4.1 (Vary), through a scriptable origin: the query says what it
+// answers.
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct Scripted {
+    status: Option<u16>,
+    cc: Option<String>,
+    age: Option<String>,
+    expires: Option<String>,
+    date: Option<String>,
+    lm: Option<String>,
+    vary: Option<String>,
+}
+
+async fn scripted(
+    State(calls): State<Arc<AtomicUsize>>,
+    axum::extract::Query(s): axum::extract::Query<Scripted>,
+    request: http::HeaderMap,
+) -> axum::response::Response {
+    let call = calls.fetch_add(1, SeqCst) + 1;
+    let mut response =
+        axum::response::IntoResponse::into_response(format!("call {call} for {:?}", request.get("accept-language")));
+    *response.status_mut() = StatusCode::from_u16(s.status.unwrap_or(200)).unwrap();
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("cache-control", s.cc),
+        ("age", s.age),
+        ("expires", s.expires),
+        ("date", s.date),
+        ("last-modified", s.lm),
+        ("vary", s.vary),
+    ] {
+        if let Some(value) = value {
+            headers.insert(name, value.parse().unwrap());
+        }
+    }
+    response
+}
+
+/// Sends `uri` twice (with `headers` on the second request): whether the second was a hit.
+async fn second_is_hit(app: &Router, uri: &str, headers: &[(&str, &str)]) -> bool {
+    send(app, common::get(uri)).await;
+    let second = send(app, common::get_with(uri, headers)).await;
+    cache_status(&second).contains("; hit")
+}
+
+fn scripted_app() -> Router {
+    Router::new()
+        .route("/s", get(scripted))
+        .with_state(Arc::new(AtomicUsize::new(0)))
+        .layer(reverse_proxy())
+}
+
+#[tokio::test]
+async fn rfc_9111_section_5_1_age_first_member_and_invalid_values() {
+    let app = scripted_app();
+    // Invalid values are ignored, not read as "very old": still fresh.
+    for age in ["abc", "-7200", "7200.0"] {
+        let uri = format!("/s?cc=max-age%3D60&age={age}");
+        assert!(second_is_hit(&app, &uri, &[]).await, "Age: {age}");
+    }
+    // Of a list, the first member counts.
+    assert!(second_is_hit(&app, "/s?cc=max-age%3D60&age=0,%20old", &[]).await);
+    assert!(
+        !second_is_hit(&app, "/s?cc=max-age%3D60&age=7200,%200", &[]).await,
+        "7200 first: stale"
+    );
+}
+
+#[tokio::test]
+async fn rfc_9110_section_5_6_7_dates_in_every_format() {
+    let app = scripted_app();
+    for (expires, date) in [
+        ("Thu, 01 Jan 2099 00:00:00 GMT", "Sun, 06 Nov 1994 08:49:37 GMT"),
+        ("Friday, 01-Jan-49 00:00:00 GMT", "Sunday, 06-Nov-94 08:49:37 GMT"),
+        ("Fri Jan  1 00:00:00 2049", "Sun Nov  6 08:49:37 1994"),
+        ("thu, 01 jan 2099 00:00:00 utc", "Mon, 06 Nov 1994 08:49:37 +0000"),
+    ] {
+        let uri = format!(
+            "/s?expires={}&date={}",
+            expires.replace(' ', "%20").replace('+', "%2B"),
+            date.replace(' ', "%20").replace('+', "%2B")
+        );
+        assert!(second_is_hit(&app, &uri, &[]).await, "Expires: {expires}, Date: {date}");
+    }
+    // An Expires that is not a date means already expired.
+    assert!(!second_is_hit(&app, "/s?expires=soon", &[]).await);
+}
+
+#[tokio::test]
+async fn rfc_9111_sections_3_and_4_2_2_which_statuses_are_stored() {
+    let app = scripted_app();
+    // With explicit freshness from the origin, any final status.
+    for status in [403, 500, 503] {
+        assert!(
+            second_is_hit(&app, &format!("/s?status={status}&cc=max-age%3D60"), &[]).await,
+            "{status}"
+        );
+    }
+    // The heuristic only for heuristically cacheable statuses, unless `public`.
+    let old = "Thu,%2001%20Jan%202015%2000:00:00%20GMT";
+    assert!(second_is_hit(&app, &format!("/s?status=200&lm={old}"), &[]).await);
+    assert!(second_is_hit(&app, &format!("/s?status=404&lm={old}"), &[]).await);
+    for status in [403, 502] {
+        assert!(
+            !second_is_hit(&app, &format!("/s?status={status}&lm={old}"), &[]).await,
+            "{status}"
+        );
+    }
+    assert!(second_is_hit(&app, &format!("/s?status=403&cc=public&lm={old}"), &[]).await);
+}
+
+#[tokio::test]
+async fn rfc_9111_section_5_2_2_3_must_understand_overrides_no_store() {
+    let app = scripted_app();
+    assert!(second_is_hit(&app, "/s?cc=must-understand,%20no-store,%20max-age%3D60", &[]).await);
+    assert!(!second_is_hit(&app, "/s?cc=no-store,%20max-age%3D60", &[]).await);
+    assert!(!second_is_hit(&app, "/s?status=299&cc=must-understand,%20max-age%3D60", &[]).await);
+}
+
+#[tokio::test]
+async fn rfc_9111_section_4_1_vary_values_are_normalised() {
+    let app = scripted_app();
+    let uri = "/s?cc=max-age%3D60&vary=accept-language";
+    send(&app, common::get_with(uri, &[("accept-language", "en, fr;q=0.5")])).await;
+    for same in ["en,fr;q=0.5", "fr;q=0.5, EN", "en ,  fr;q=0.5"] {
+        let response = send(&app, common::get_with(uri, &[("accept-language", same)])).await;
+        assert!(
+            cache_status(&response).contains("; hit"),
+            "{same}: {}",
+            cache_status(&response)
+        );
+    }
+    let other = send(&app, common::get_with(uri, &[("accept-language", "en, fr;q=0.9")])).await;
+    assert!(
+        !cache_status(&other).contains("; hit"),
+        "q-values select another variant"
+    );
 }
