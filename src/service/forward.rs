@@ -80,7 +80,10 @@ where
 
     // Freshness counts from when the origin was asked (RFC 9111 §4.2.3 `request_time`), not
     // from when this request arrived: it may have waited on another's flight first.
-    let sent = SystemTime::now();
+    let facts = RequestFacts {
+        request_time: SystemTime::now(),
+        ..lookout.facts
+    };
     let call = inner.call(Request::from_parts(parts, body));
     let result = match (fallback, shared.config.origin_timeout) {
         // The timeout only bounds how long a stale answer is held back.
@@ -96,111 +99,183 @@ where
         (Err(error), None) => return Err(error),
     };
     let response_time = SystemTime::now();
-    let (res_parts, res_body) = response.into_parts();
-    let status = res_parts.status;
+    let (head, body) = response.into_parts();
+    let judged = Judged {
+        lookout,
+        facts: &facts,
+        stale,
+        fallback,
+        revalidating,
+        response_time,
+    };
+    Ok(match decide(shared, &judged, &head) {
+        Decision::StandIn(stale) => stale_on_error(shared, stale, lookout, Some(head.status), "stale-if-error"),
+        Decision::OriginFailure => origin_failure(shared, head, body, lookout, miss_kind).await,
+        Decision::Refuse(reason, settlement) => {
+            let response = not_stored(shared, head, CacheBody::streamed(body), reason, miss_kind);
+            (response, settlement)
+        }
+        Decision::Revalidated(stale) => {
+            revalidated(shared, stale, head, lookout, &facts, &request, response_time).await
+        }
+        Decision::Keep(freshness) => {
+            let kept = Kept {
+                request: &request,
+                freshness,
+                response_time,
+                miss_kind,
+                client,
+            };
+            keep(shared, lookout, head, body, kept).await
+        }
+    })
+}
 
+/// What the decision step knows besides the response's head.
+struct Judged<'a> {
+    lookout: &'a Lookout,
+    /// The request's facts, timed from when the origin was asked.
+    facts: &'a RequestFacts,
+    stale: Option<&'a Stale>,
+    /// The stale entry that may stand in for a failing origin.
+    fallback: Option<&'a Stale>,
+    /// The stale entry the origin was asked to confirm (a conditional request).
+    revalidating: Option<&'a Stale>,
+    response_time: SystemTime,
+}
+
+/// What to do with the origin's answer, decided from its head alone.
+enum Decision<'a> {
+    /// The origin failed: answer with the stale entry instead (RFC 5861 §4).
+    StandIn(&'a Stale),
+    /// The origin failed (a 5xx): pass it on, and share it with the waiters.
+    OriginFailure,
+    /// Pass it on, not stored; waiters learn the settlement.
+    Refuse(BypassReason, Settlement),
+    /// The origin confirmed the stale entry (`304`).
+    Revalidated(&'a Stale),
+    /// Storable for this long: read the body and store it.
+    Keep(Freshness),
+}
+
+/// The decision step: RFC 9111 and the safety rules applied to the response's head.
+fn decide<'a, St>(shared: &Shared<St>, judged: &Judged<'a>, head: &response::Parts) -> Decision<'a> {
+    let lookout = judged.lookout;
+    let status = head.status;
     // A gRPC server fails with HTTP 200 and the failure in `grpc-status`.
-    let grpc_failure = lookout.grpc.is_some() && grpc::is_server_failure(&res_parts.headers);
+    let grpc_failure = lookout.grpc.is_some() && grpc::is_server_failure(&head.headers);
     if status.is_server_error() || grpc_failure {
-        if let Some(stale) = fallback {
-            return Ok(stale_on_error(shared, stale, lookout, Some(status), "stale-if-error"));
+        if let Some(stale) = judged.fallback {
+            return Decision::StandIn(stale);
         }
         if grpc_failure {
             // Errors are not a property of the key: a waiter takes over.
-            let reason = BypassReason::GrpcStatus;
-            let response = not_stored(shared, res_parts, CacheBody::streamed(res_body), reason, miss_kind);
-            return Ok((response, Settlement::Retry));
+            return Decision::Refuse(BypassReason::GrpcStatus, Settlement::Retry);
         }
-        if stale.is_some() {
+        if judged.stale.is_some() {
             // A 5xx never replaces a stored response.
-            return Ok(origin_failure(shared, res_parts, res_body, lookout, miss_kind).await);
+            return Decision::OriginFailure;
         }
     }
-    let facts = RequestFacts {
-        request_time: sent,
-        ..lookout.facts
-    };
-    if let (StatusCode::NOT_MODIFIED, Some(stale)) = (status, revalidating) {
-        return Ok(revalidated(shared, stale, res_parts, lookout, &facts, &request, response_time).await);
+    if let (StatusCode::NOT_MODIFIED, Some(stale)) = (status, judged.revalidating) {
+        return Decision::Revalidated(stale);
     }
-
-    if let Some(reason) = lookout.grpc.as_ref().and_then(|_| grpc::head_refusal(&res_parts)) {
-        // Errors are not a property of the key: a waiter takes over.
-        let response = not_stored(shared, res_parts, CacheBody::streamed(res_body), reason, miss_kind);
-        return Ok((response, Settlement::Retry));
+    if let Some(reason) = lookout.grpc.as_ref().and_then(|_| grpc::head_refusal(head)) {
+        return Decision::Refuse(reason, Settlement::Retry);
     }
-
-    let config = &shared.config;
-    let freshness = match policy::storable(&config.policy, &facts, &res_parts, lookout.route, response_time) {
+    let policy = &shared.config.policy;
+    let freshness = match policy::storable(policy, judged.facts, head, lookout.route, judged.response_time) {
         Ok(freshness) => freshness,
         // A failing origin is not a property of the key: it is never remembered as uncacheable.
-        Err(_) if status.is_server_error() => {
-            return Ok(origin_failure(shared, res_parts, res_body, lookout, miss_kind).await);
-        }
-        Err(reason) => {
-            return Ok(uncacheable(
-                shared,
-                res_parts,
-                CacheBody::streamed(res_body),
-                reason,
-                miss_kind,
-                lookout.facts.credentials,
-            ))
-        }
+        Err(_) if status.is_server_error() => return Decision::OriginFailure,
+        Err(reason) => return Decision::Refuse(reason, refusal(reason, lookout.facts.credentials)),
     };
-    let event_stream = res_parts
+    let event_stream = head
         .headers
         .get(CONTENT_TYPE)
-        .map(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    if event_stream == Some(true) {
-        let body = CacheBody::streamed(res_body);
-        return Ok(uncacheable(
-            shared,
-            res_parts,
-            body,
-            BypassReason::Streaming,
-            miss_kind,
-            false,
-        ));
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if event_stream {
+        return Decision::Refuse(BypassReason::Streaming, Settlement::Uncacheable);
     }
+    Decision::Keep(freshness)
+}
+
+/// What waiters learn from a response kept out of the store: the key is remembered as
+/// uncacheable, unless the refusal belongs to the leader's request alone (its credentials,
+/// a `private` answer to them): then one waiter takes over, since theirs may be shareable.
+fn refusal(reason: BypassReason, credentials: bool) -> Settlement {
+    let personal = reason == BypassReason::Credentials || (reason == BypassReason::Private && credentials);
+    if personal {
+        Settlement::Retry
+    } else {
+        Settlement::Uncacheable
+    }
+}
+
+/// What the storage step needs besides the response.
+struct Kept<'a> {
+    request: &'a request::Parts,
+    freshness: Freshness,
+    response_time: SystemTime,
+    miss_kind: MissKind,
+    client: Option<&'a mut Option<Flight>>,
+}
+
+/// The storage step: reads the body (bounded; passed on as it arrives when a client waits
+/// for it), tags the entry and stores it.
+async fn keep<St: Store, B: Body>(
+    shared: &Arc<Shared<St>>,
+    lookout: &Lookout,
+    head: response::Parts,
+    body: B,
+    kept: Kept<'_>,
+) -> Forwarded<B> {
+    let Kept {
+        request,
+        freshness,
+        response_time,
+        miss_kind,
+        client,
+    } = kept;
+    let config = &shared.config;
+    let status = head.status;
     let max = config.max_body_bytes;
     let mut declared = None;
     let collected = match lookout.grpc {
         // One message is all a storable gRPC response holds: a second one shows a stream,
         // passed on at once.
-        Some(_) => Ok(collect_within(res_body, |head| grpc::one_message_limit(head, max, &mut declared)).await),
-        None if client.is_some() => collect_ready(res_body, max).await,
-        None => Ok(collect_bounded(res_body, max).await),
+        Some(_) => Ok(collect_within(body, |frame| grpc::one_message_limit(frame, max, &mut declared)).await),
+        None if client.is_some() => collect_ready(body, max).await,
+        None => Ok(collect_bounded(body, max).await),
     };
     let (data, trailers) = match collected {
         Ok(Collected::Complete { data, trailers }) => (data, trailers),
         Ok(Collected::TooLarge(body)) => {
             let reason = grpc::too_large_reason(declared, max, BypassReason::BodyTooLarge);
-            return Ok(uncacheable(shared, res_parts, body, reason, miss_kind, false));
+            return (
+                not_stored(shared, head, body, reason, miss_kind),
+                Settlement::Uncacheable,
+            );
         }
         Ok(Collected::Failed(body)) => {
-            let response = not_stored(shared, res_parts, body, BypassReason::BodyError, miss_kind);
-            return Ok((response, Settlement::Retry));
+            let response = not_stored(shared, head, body, BypassReason::BodyError, miss_kind);
+            return (response, Settlement::Retry);
         }
         // The body arrives over time: the client gets it as it comes, and it is stored (and
         // waiters told) once it has come whole.
         Err(arriving) => {
-            let Some(tags) = entry_tags(config, &request, &res_parts, &[]) else {
+            let Some(tags) = entry_tags(config, request, &head, &[]) else {
                 let body = CacheBody::resumed(arriving);
-                return Ok(uncacheable(
-                    shared,
-                    res_parts,
-                    body,
-                    BypassReason::Tags,
-                    miss_kind,
-                    false,
-                ));
+                return (
+                    not_stored(shared, head, body, BypassReason::Tags, miss_kind),
+                    Settlement::Uncacheable,
+                );
             };
             let store = StoreOnceWhole {
                 shared: shared.clone(),
                 primary: lookout.primary.clone(),
-                request_headers: request.headers,
-                head: head_of(&res_parts),
+                request_headers: request.headers.clone(),
+                head: head_of(&head),
                 freshness,
                 tags,
                 request_time: lookout.facts.request_time,
@@ -208,14 +283,10 @@ where
                 flight: client.and_then(Option::take),
             };
             let body = CacheBody::copied(arriving, max, Box::new(store));
-            let response = finish(
-                shared,
-                Response::from_parts(res_parts, body),
-                Outcome::miss(miss_kind, status.as_u16()),
-                None,
-            );
+            let outcome = Outcome::miss(miss_kind, status.as_u16());
+            let response = finish(shared, Response::from_parts(head, body), outcome, None);
             // Not read by anyone: the flight went with the body.
-            return Ok((response, Settlement::Retry));
+            return (response, Settlement::Retry);
         }
     };
     if let Some(reason) = lookout
@@ -227,35 +298,28 @@ where
             BypassReason::Streaming => Settlement::Uncacheable,
             _ => Settlement::Retry,
         };
-        let response = not_stored(shared, res_parts, CacheBody::cached(data, trailers), reason, miss_kind);
-        return Ok((response, settlement));
+        let response = not_stored(shared, head, CacheBody::cached(data, trailers), reason, miss_kind);
+        return (response, settlement);
     }
-    let call_tags = lookout
-        .grpc
-        .as_ref()
-        .map(|call| call.tags(&request))
-        .unwrap_or_default();
-    let Some(tags) = entry_tags(config, &request, &res_parts, &call_tags) else {
+    let call_tags = lookout.grpc.as_ref().map(|call| call.tags(request)).unwrap_or_default();
+    let Some(tags) = entry_tags(config, request, &head, &call_tags) else {
         let body = CacheBody::cached(data, trailers);
-        return Ok(uncacheable(
-            shared,
-            res_parts,
-            body,
-            BypassReason::Tags,
-            miss_kind,
-            false,
-        ));
+        return (
+            not_stored(shared, head, body, BypassReason::Tags, miss_kind),
+            Settlement::Uncacheable,
+        );
     };
     let ttl = freshness.store_ttl();
+    // The entry keeps the instant this request arrived: purges are judged on the safe side.
     let request_time = lookout.facts.request_time;
-    let entry = CachedResponse::new(&res_parts, data, trailers, freshness, tags, request_time, response_time);
+    let entry = CachedResponse::new(&head, data, trailers, freshness, tags, request_time, response_time);
     let entry = Arc::new(entry);
     let stored = store(shared, &lookout.primary, &entry, ttl, &request.headers).await;
     let outcome = stored_outcome(Outcome::miss(miss_kind, status.as_u16()), stored);
     let mut response = from_entry(shared, &entry, lookout, outcome, upstream_age(&entry));
     // Extensions are not stored; the response that was just produced keeps its own.
-    response.extensions_mut().extend(res_parts.extensions);
-    Ok((response, settled(stored == Ok(true))))
+    response.extensions_mut().extend(head.extensions);
+    (response, settled(stored == Ok(true)))
 }
 
 /// A storable response whose body is still arriving, kept until it has come whole.
@@ -347,30 +411,6 @@ fn stored_outcome(outcome: Outcome, stored: Result<bool, ()>) -> Outcome {
 /// `Date`), which the client must see too; `None` when it arrived new.
 fn upstream_age(entry: &CachedResponse) -> Option<Duration> {
     Some(entry.age(SystemTime::now())).filter(|age| age.as_secs() > 0)
-}
-
-/// A response kept out of the store. Waiters go to the origin themselves; the key is
-/// remembered as uncacheable unless the reason belongs to this request alone.
-fn uncacheable<St, B>(
-    shared: &Shared<St>,
-    parts: response::Parts,
-    body: CacheBody<B>,
-    reason: BypassReason,
-    kind: MissKind,
-    credentials: bool,
-) -> Forwarded<B>
-where
-    B: Body,
-{
-    // An answer kept private because of the leader's credentials says nothing of the key:
-    // other requests for it may well be shareable, so one waiter takes over.
-    let personal = reason == BypassReason::Credentials || (reason == BypassReason::Private && credentials);
-    let settlement = if personal {
-        Settlement::Retry
-    } else {
-        Settlement::Uncacheable
-    };
-    (not_stored(shared, parts, body, reason, kind), settlement)
 }
 
 /// The origin answered 5xx: the client gets that answer, and waiters on the same key a copy
