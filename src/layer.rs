@@ -131,6 +131,7 @@ impl<St: Store> CacheLayer<St> {
             config: Config {
                 policy: PolicyConfig {
                     default_ttl: Duration::from_secs(60),
+                    negative_ttl: Duration::from_secs(5),
                     max_ttl: Duration::from_secs(86_400),
                     stale_while_revalidate: Duration::ZERO,
                     stale_if_error: Duration::ZERO,
@@ -187,6 +188,7 @@ impl<S, St> Layer<S> for CacheLayer<St> {
 /// | setting | default |
 /// |---|---|
 /// | [`default_ttl`](Self::default_ttl) | 60 s |
+/// | [`negative_ttl`](Self::negative_ttl) | 5 s |
 /// | [`max_ttl`](Self::max_ttl) | 24 h |
 /// | [`max_body_bytes`](Self::max_body_bytes) | 1 MiB |
 /// | [`cacheable_statuses`](Self::cacheable_statuses) | 200 203 204 300 301 308 404 405 410 414 501 |
@@ -227,6 +229,14 @@ impl<St: Store> CacheLayerBuilder<St> {
     /// `Last-Modified`), and uncached without it.
     pub fn default_ttl(mut self, ttl: Duration) -> Self {
         self.config.policy.default_ttl = ttl;
+        self
+    }
+
+    /// Freshness for 4xx responses that give none (a 404 for a mistyped URL, a 405 for a GET
+    /// on a POST-only route): kept briefly, not like pages. Never longer than `default_ttl`;
+    /// `Duration::ZERO` stores no 4xx without freshness from the origin. Default 5 s.
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.config.policy.negative_ttl = ttl;
         self
     }
 

@@ -408,3 +408,17 @@ mod arbitrary_headers {
         }
     }
 }
+
+#[tokio::test]
+async fn a_get_on_a_post_only_route_or_a_missing_page_is_kept_briefly() {
+    use axum::routing::post;
+    let app = axum::Router::new()
+        .route("/orders", post(|| async { "created" }))
+        .layer(default_layer());
+    for uri in ["/orders", "/no-such-page"] {
+        send(&app, get(uri)).await;
+        let again = send(&app, get(uri)).await;
+        assert_hit(&again);
+        assert!(ttl(&again) <= 5, "{uri}: {}", cache_status(&again));
+    }
+}

@@ -65,6 +65,8 @@ enum Source {
 #[derive(Debug, Clone)]
 pub(crate) struct PolicyConfig {
     pub(crate) default_ttl: Duration,
+    /// `default_ttl` for 4xx answers (never longer than it).
+    pub(crate) negative_ttl: Duration,
     pub(crate) max_ttl: Duration,
     pub(crate) stale_while_revalidate: Duration,
     pub(crate) stale_if_error: Duration,
@@ -175,7 +177,7 @@ pub(crate) fn storable(
 
     let (lifetime, source) = match route {
         Some(RouteOverride::Ttl(ttl)) => (ttl, Source::Configured),
-        _ => freshness_lifetime(config, &cc, headers, use_expires, response_time),
+        _ => freshness_lifetime(config, &cc, response, use_expires, response_time),
     };
     // Which statuses may be stored depends on whose word the freshness is (RFC 9111 §3,
     // §4.2.2): any final status on the origin's; on the application's, those it lists (or
@@ -227,10 +229,11 @@ pub(crate) fn storable(
 fn freshness_lifetime(
     config: &PolicyConfig,
     cc: &CacheControl,
-    headers: &HeaderMap,
+    response: &response::Parts,
     use_expires: bool,
     now: SystemTime,
 ) -> (Duration, Source) {
+    let headers = &response.headers;
     if let Some(d) = cc.s_maxage.or(cc.max_age) {
         return (d, Source::Explicit);
     }
@@ -246,8 +249,18 @@ fn freshness_lifetime(
         let date = headers.get(DATE).and_then(|d| http_date(d.as_bytes())).unwrap_or(now);
         return (expires.duration_since(date).unwrap_or(Duration::ZERO), Source::Explicit);
     }
+    // A 404 from a typo'd URL or a 405 is kept briefly, not like a page.
+    let configured = if response.status.is_client_error() {
+        config.negative_ttl.min(config.default_ttl)
+    } else {
+        config.default_ttl
+    };
+    if !configured.is_zero() {
+        return (configured, Source::Configured);
+    }
     if !config.default_ttl.is_zero() {
-        return (config.default_ttl, Source::Configured);
+        // `negative_ttl(ZERO)`: 4xx without freshness from the origin are not stored.
+        return (Duration::ZERO, Source::Configured);
     }
     // Heuristic: a tenth of the time since Last-Modified, at most a day (RFC 9111 §4.2.2).
     let heuristic = headers
@@ -318,6 +331,7 @@ mod tests {
     fn config() -> PolicyConfig {
         PolicyConfig {
             default_ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(5),
             max_ttl: Duration::from_secs(86_400),
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::ZERO,
@@ -556,6 +570,30 @@ mod tests {
             );
         }
         assert!(decide_with(&heuristic, facts(), 200, &[last_modified]).is_ok());
+    }
+
+    #[test]
+    fn client_errors_get_the_short_negative_ttl() {
+        assert_eq!(decide(404, &[]).unwrap().lifetime, Duration::from_secs(5));
+        assert_eq!(decide(200, &[]).unwrap().lifetime, Duration::from_secs(60));
+        assert_eq!(
+            decide(404, &[("cache-control", b"max-age=600")]).unwrap().lifetime,
+            Duration::from_secs(600),
+            "the origin's own freshness wins"
+        );
+        let off = PolicyConfig {
+            negative_ttl: Duration::ZERO,
+            ..config()
+        };
+        assert_eq!(decide_with(&off, facts(), 404, &[]), Err(BypassReason::NotFresh));
+        let short_default = PolicyConfig {
+            default_ttl: Duration::from_secs(2),
+            ..config()
+        };
+        assert_eq!(
+            decide_with(&short_default, facts(), 405, &[]).unwrap().lifetime,
+            Duration::from_secs(2)
+        );
     }
 
     #[test]
