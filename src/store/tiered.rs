@@ -129,7 +129,9 @@ impl Store for TieredStore {
         match self.l2.get(key).await {
             Ok(Lookup::Found(entry)) => {
                 let ttl = l1_ttl(&entry);
-                self.l1.put(key.clone(), entry.clone(), ttl).await?;
+                // A copy Redis judged valid just now: L1 checks it against the purges it
+                // learned recently, not against the age of its request.
+                self.l1.put_copy(key.clone(), entry.clone(), ttl);
                 Ok(Lookup::Found(entry))
             }
             Ok(other) => Ok(other),
