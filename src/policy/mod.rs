@@ -162,17 +162,6 @@ pub(crate) fn storable(
     if cc.private && !request.identity_scoped {
         return Err(BypassReason::Private);
     }
-    // RFC 9111 §3.5: `public`, `s-maxage` and `must-revalidate` let an answer to a request
-    // with credentials be shared, but only while it is fresh by the origin's own word (or
-    // the route's): `default_ttl` and the heuristic never make one shareable.
-    let explicit_freshness = cc.s_maxage.is_some()
-        || cc.max_age.is_some()
-        || (use_expires && headers.contains_key(EXPIRES))
-        || matches!(route, Some(RouteOverride::Ttl(_)));
-    let explicitly_shareable = (cc.public || cc.s_maxage.is_some() || cc.must_revalidate) && explicit_freshness;
-    if request.credentials && !request.identity_scoped && !explicitly_shareable {
-        return Err(BypassReason::Credentials);
-    }
     let vary = vary_names(headers).ok_or(BypassReason::VaryStar)?;
 
     let (lifetime, source) = match route {
@@ -194,8 +183,21 @@ pub(crate) fn storable(
     }
     let lifetime = lifetime.min(config.max_ttl);
     let initial_age = initial_age(headers, request.request_time, response_time);
+    // RFC 9111 §3.5: `public`, `s-maxage` and `must-revalidate` let an answer to a request
+    // with credentials be shared, but only while it is fresh by the origin's own word (or
+    // the route's): `default_ttl`, the heuristic and an expired or unreadable lifetime never
+    // make one shareable.
+    let explicit_freshness = matches!(source, Source::Explicit) || matches!(route, Some(RouteOverride::Ttl(_)));
+    let explicitly_shareable =
+        (cc.public || cc.s_maxage.is_some() || cc.must_revalidate) && explicit_freshness && lifetime > initial_age;
+    // Stored only by that exception: never served past that freshness (no stale windows,
+    // no `max-stale`), only revalidated.
+    let shared_by_exception = request.credentials && !request.identity_scoped;
+    if shared_by_exception && !explicitly_shareable {
+        return Err(BypassReason::Credentials);
+    }
     // For a shared cache `s-maxage` also means `proxy-revalidate` (RFC 9111 §5.2.2.10).
-    let revalidate = cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some();
+    let revalidate = cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some() || shared_by_exception;
     let may_serve_stale = !(revalidate || cc.no_cache);
     let window = |directive: Option<Duration>, default: Duration| {
         if may_serve_stale {

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::header::{
     HeaderMap, HeaderName, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH,
-    LAST_MODIFIED, SET_COOKIE, TRANSFER_ENCODING,
+    LAST_MODIFIED, SET_COOKIE, TRANSFER_ENCODING, VARY,
 };
 use http::{request, response, Request, Response, StatusCode};
 use http_body::Body;
@@ -416,7 +416,7 @@ fn upstream_age(entry: &CachedResponse) -> Option<Duration> {
 /// The origin answered 5xx: the client gets that answer, and waiters on the same key a copy
 /// of it (bounded by `max_body_bytes`) rather than each calling a failing origin. A failure
 /// that may carry what belongs to the leader's request alone (it had credentials, or the
-/// answer sets a cookie or is `private`) reaches waiters as its status code only.
+/// answer sets a cookie, is `private` or varies) reaches waiters as its status code only.
 async fn origin_failure<St, B: Body>(
     shared: &Shared<St>,
     parts: response::Parts,
@@ -424,8 +424,17 @@ async fn origin_failure<St, B: Body>(
     lookout: &Lookout,
     kind: MissKind,
 ) -> Forwarded<B> {
+    // `Vary`: the failure was selected for the leader's request headers, not the waiters'.
+    let targeted_private = shared
+        .config
+        .policy
+        .targeted
+        .iter()
+        .any(|name| CacheControl::from_targeted(&parts.headers, name).is_some_and(|cc| cc.private));
     let personal = (lookout.facts.credentials && !lookout.facts.identity_scoped)
         || parts.headers.contains_key(SET_COOKIE)
+        || parts.headers.contains_key(VARY)
+        || targeted_private
         || CacheControl::from_headers(&parts.headers, &CACHE_CONTROL).private;
     let (body, copy) = if personal {
         (CacheBody::streamed(body), None)

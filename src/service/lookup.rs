@@ -32,6 +32,8 @@ pub(super) struct Stale {
     /// The store could not vouch for it ([`Lookup::Unverified`]): it may only stand in for
     /// an origin error.
     pub(super) error_only: bool,
+    /// A soft purge turned it stale: only its stale windows may serve it.
+    pub(super) soft_purged: bool,
 }
 
 impl Stale {
@@ -88,10 +90,10 @@ pub(super) async fn lookup<St: Store>(shared: &Shared<St>, lookout: &Lookout, he
     if standing == Standing::Valid && response.is_fresh(SystemTime::now()) {
         Found::Fresh(response)
     } else {
-        let error_only = standing == Standing::Unverified;
         Found::Stale(Stale {
             entry: response,
-            error_only,
+            error_only: standing == Standing::Unverified,
+            soft_purged: standing == Standing::SoftPurged,
         })
     }
 }

@@ -190,6 +190,7 @@ where
                 Found::Stale(Stale {
                     entry,
                     error_only: false,
+                    soft_purged: false,
                 })
             }
             Found::Stale(stale) if accepts_stale(cc, &stale, now) => {
@@ -209,6 +210,9 @@ where
         // A range is cut from a fresh complete response; anything else goes to the origin
         // untouched, and its 206 is never stored.
         let Found::Fresh(entry) = found else {
+            if directives.as_ref().is_some_and(|cc| cc.only_if_cached) {
+                return Ok(gateway_timeout(&shared, MissKind::Miss));
+            }
             return Box::pin(bypass(&shared, inner, parts, body, BypassReason::Range)).await;
         };
         let now = SystemTime::now();
@@ -301,7 +305,9 @@ where
                         if let Some(response) = Box::pin(collapsed).await {
                             return Ok(response);
                         }
-                        break;
+                        // The stored answer does not serve this request (another `Vary`
+                        // variant, a purge since): one such waiter leads the next call.
+                        continue;
                     }
                     coalesce::Outcome::TimedOut => break,
                 },
@@ -489,7 +495,9 @@ fn accepts_stale(cc: &CacheControl, stale: &Stale, now: SystemTime) -> bool {
         return false;
     };
     let entry = &stale.entry;
+    // A soft-purged entry is served only within its stale windows, as a purge promises.
     !stale.error_only
+        && !stale.soft_purged
         && !entry.must_revalidate
         && !entry.no_cache
         && !requires_newer(cc, entry, now)

@@ -35,6 +35,10 @@ where
     hard_purge(&new_store().await).await;
     soft_purge(&new_store().await).await;
     no_resurrection(&new_store().await).await;
+    soft_purge_of_an_uncarried_tag(&new_store().await).await;
+    refill_after_a_purge(&new_store().await).await;
+    long_tags(&new_store().await).await;
+    many_purges_spare_unrelated_entries(&new_store().await).await;
     purge_uri(&new_store().await).await;
     purge_all(&new_store().await).await;
 }
@@ -192,6 +196,89 @@ async fn no_resurrection<S: Store>(store: &S) {
     assert!(
         put(store, "n2", other).await,
         "a purge must not refuse entries without its tags"
+    );
+}
+
+async fn soft_purge_of_an_uncarried_tag<S: Store>(store: &S) {
+    // No stored entry carries the tag when it is purged; a response in flight since before
+    // the purge may turn stale or be refused, never be served as fresh.
+    let started = request_clock();
+    store.purge(&["st".to_string()], PurgeMode::Soft).await.expect("purge");
+    let late = Entry::Response(Arc::new(started_at(started, "late", &["st"], MINUTE)));
+    let _declined = put(store, "su", late).await;
+    assert!(
+        body_of(&lookup(store, "su").await).is_none(),
+        "a response whose request started before a soft purge of its tag must not be served as fresh"
+    );
+}
+
+async fn refill_after_a_purge<S: Store>(store: &S) {
+    put(store, "f", entry("old", &["page"])).await;
+    store.purge_tags(["page"]).await.expect("purge");
+    assert!(body_of(&lookup(store, "f").await).is_none(), "the purge applies");
+    // The purged entry is gone: nothing carries the tag any more, yet the purge is known.
+    assert!(
+        put(store, "f", entry("new", &["page"])).await,
+        "a response whose request started after the purge must be accepted"
+    );
+    assert_eq!(body_of(&lookup(store, "f").await), Some(&b"new"[..]));
+    store.remove(&key("f")).await.expect("remove");
+    let started = request_clock();
+    store.purge_tags(["page"]).await.expect("purge");
+    let late = Entry::Response(Arc::new(started_at(started, "late", &["page"], MINUTE)));
+    let _declined = put(store, "f", late).await;
+    assert!(
+        body_of(&lookup(store, "f").await).is_none(),
+        "a purge of a tag no stored entry carries must still refuse responses started before it"
+    );
+}
+
+async fn long_tags<S: Store>(store: &S) {
+    // As the implicit path tag of a 16 KiB path.
+    let long = crate::key::path_tag(&format!("/{}", "x".repeat(16 << 10)));
+    let other = crate::key::path_tag(&format!("/{}", "y".repeat(16 << 10)));
+    put(store, "l1", entry("long", &[long.as_str()])).await;
+    put(store, "l2", entry("other", &[other.as_str()])).await;
+    assert_eq!(
+        body_of(&lookup(store, "l1").await),
+        Some(&b"long"[..]),
+        "long tags must work"
+    );
+    let started = request_clock();
+    store
+        .purge(std::slice::from_ref(&long), PurgeMode::Hard)
+        .await
+        .expect("purge");
+    assert!(body_of(&lookup(store, "l1").await).is_none(), "a long tag must purge");
+    assert_eq!(
+        body_of(&lookup(store, "l2").await),
+        Some(&b"other"[..]),
+        "a purge of one long tag must spare another"
+    );
+    let late = Entry::Response(Arc::new(started_at(started, "late", &[long.as_str()], MINUTE)));
+    let _declined = put(store, "l3", late).await;
+    assert!(
+        body_of(&lookup(store, "l3").await).is_none(),
+        "no resurrection with long tags"
+    );
+}
+
+async fn many_purges_spare_unrelated_entries<S: Store>(store: &S) {
+    let page = crate::key::path_tag("/kept");
+    put(store, "m", entry("kept", &[page.as_str(), "group"])).await;
+    // What POSTs to many distinct paths purge: nothing the entry carries.
+    for i in 0..2000 {
+        let tag = crate::key::path_tag(&format!("/posted/{i}"));
+        store.purge(&[tag], PurgeMode::Hard).await.expect("purge");
+    }
+    assert_eq!(
+        body_of(&lookup(store, "m").await),
+        Some(&b"kept"[..]),
+        "purges of other tags, however many, must not invalidate an entry"
+    );
+    assert!(
+        put(store, "m2", entry("fresh", &["new-tag"])).await,
+        "writes that start after many purges must be accepted"
     );
 }
 

@@ -1,6 +1,11 @@
 //! The in-process store: a byte-bounded quick_cache with expiry checked on read.
+//!
+//! Each slot keeps the [`Hold`] its entry got when admitted by the tag stamps (see
+//! `stamps.rs`): the entry's tag digests, released when the slot leaves the cache, so the
+//! stamps keep exact records for exactly the tags the store holds, and the weigher charges
+//! each entry for its records.
 
-use super::stamps::{micros, TagStamps, Verdict};
+use super::stamps::{micros, micros_of, Admission, Hold, TagStamps, Verdict, HOLD_BYTES, RECORD_BYTES};
 use super::{Lookup, PurgeMode, Store, StoreError};
 use crate::{CacheKey, Entry};
 use quick_cache::sync::Cache;
@@ -16,6 +21,8 @@ const SLOT_OVERHEAD: u64 = 96;
 struct Slot {
     entry: Entry,
     expires: Instant,
+    /// The entry's claim on its tags' stamps (responses only).
+    hold: Option<Arc<Hold>>,
 }
 
 #[derive(Clone)]
@@ -23,8 +30,14 @@ struct ByteWeighter;
 
 impl Weighter<CacheKey, Slot> for ByteWeighter {
     fn weight(&self, key: &CacheKey, slot: &Slot) -> u64 {
-        SLOT_OVERHEAD + key.as_bytes().len() as u64 + slot.entry.weight() as u64
+        weight(key, &slot.entry, slot.hold.as_ref().map(|h| h.tags()))
     }
+}
+
+/// An entry's weight, with the purge bookkeeping of its `tags` if it has a hold.
+fn weight(key: &CacheKey, entry: &Entry, tags: Option<usize>) -> u64 {
+    let stamps = tags.map_or(0, |n| HOLD_BYTES + n as u64 * RECORD_BYTES);
+    SLOT_OVERHEAD + key.as_bytes().len() as u64 + entry.weight() as u64 + stamps
 }
 
 #[derive(Clone, Default)]
@@ -56,7 +69,7 @@ pub struct MemoryStore {
 
 struct Shared {
     cache: Inner,
-    stamps: TagStamps,
+    stamps: Arc<TagStamps>,
     evictions: Arc<AtomicU64>,
     purges: AtomicU64,
     invalidated: AtomicU64,
@@ -74,20 +87,36 @@ impl std::fmt::Debug for MemoryStore {
 #[must_use]
 pub struct MemoryStoreBuilder {
     max_bytes: u64,
-    max_tag_stamps: usize,
+    in_flight_horizon: Duration,
+    purge_filter_bytes: usize,
 }
 
 impl MemoryStoreBuilder {
-    /// The byte budget for entries (default 64 MiB). Least valuable entries are evicted past it.
+    /// The byte budget for entries (default 64 MiB), their tags' purge records included.
+    /// Least valuable entries are evicted past it.
     pub fn max_bytes(mut self, max_bytes: u64) -> Self {
         self.max_bytes = max_bytes;
         self
     }
 
-    /// How many purged tags keep their own stamp (default 100,000). Past this, the oldest
-    /// stamps fold into one, which may invalidate a little more than was purged, never less.
-    pub fn max_tag_stamps(mut self, n: usize) -> Self {
-        self.max_tag_stamps = n;
+    /// How long a purge is remembered for the responses in flight when it was made (default
+    /// 60 s). A purge of a tag that stored entries carry is kept with them as long as they
+    /// are; a purge of any other tag only matters to a response whose request started
+    /// before it and that is written after it, so it is kept this long (at least), in the
+    /// fixed-size filter of [`purge_filter_bytes`](Self::purge_filter_bytes). A response
+    /// whose request started longer ago than that is not stored if purges were forgotten
+    /// since; keep it above the layer's `origin_timeout` and `coalesce_timeout`.
+    pub fn in_flight_horizon(mut self, horizon: Duration) -> Self {
+        self.in_flight_horizon = horizon;
+        self
+    }
+
+    /// The bytes of the recent-purge filter (default 4 MiB), allocated as purges come: all
+    /// that 1,000,000 purges of tags no entry carries cost. A fuller filter refuses more
+    /// writes of responses that were in flight during a burst of purges, never an entry
+    /// already stored.
+    pub fn purge_filter_bytes(mut self, bytes: usize) -> Self {
+        self.purge_filter_bytes = bytes;
         self
     }
 
@@ -110,7 +139,7 @@ impl MemoryStoreBuilder {
         MemoryStore {
             shared: Arc::new(Shared {
                 cache,
-                stamps: TagStamps::new(self.max_tag_stamps),
+                stamps: TagStamps::new(self.in_flight_horizon, self.purge_filter_bytes),
                 evictions,
                 purges: AtomicU64::new(0),
                 invalidated: AtomicU64::new(0),
@@ -132,8 +161,13 @@ pub struct MemoryStoreStats {
     pub max_bytes: u64,
     /// Entries evicted to stay within the budget.
     pub evictions: u64,
-    /// Tags that currently hold an invalidation stamp.
+    /// Distinct tags carried by held entries, each with its purge record.
     pub tag_stamps: usize,
+    /// Bytes of the purge bookkeeping: the records of carried tags (also counted in
+    /// `bytes`, as each entry is charged for its tags) and the recent-purge filter (at most
+    /// [`purge_filter_bytes`](MemoryStoreBuilder::purge_filter_bytes)). It does not grow with
+    /// the number of purges or the length of tags.
+    pub stamp_bytes: u64,
     /// Purge operations (tag purges and purge-all).
     pub purges: u64,
     /// Entries found invalidated by a hard purge when read, and dropped.
@@ -156,7 +190,8 @@ impl MemoryStore {
     pub fn builder() -> MemoryStoreBuilder {
         MemoryStoreBuilder {
             max_bytes: 64 << 20,
-            max_tag_stamps: 100_000,
+            in_flight_horizon: Duration::from_secs(60),
+            purge_filter_bytes: 4 << 20,
         }
     }
 
@@ -168,6 +203,7 @@ impl MemoryStore {
             max_bytes: self.shared.max_bytes,
             evictions: self.shared.evictions.load(Relaxed),
             tag_stamps: self.shared.stamps.len(),
+            stamp_bytes: self.shared.stamps.bytes(),
             purges: self.shared.purges.load(Relaxed),
             invalidated: self.shared.invalidated.load(Relaxed),
         }
@@ -201,9 +237,9 @@ impl MemoryStore {
             self.shared.cache.remove(key);
             return Lookup::Miss;
         }
-        match slot.entry {
-            Entry::Response(response) => {
-                match self.shared.stamps.judge(micros(response.request_time), &response.tags) {
+        match (slot.entry, slot.hold) {
+            (Entry::Response(response), Some(hold)) => {
+                match self.shared.stamps.judge(micros(response.request_time), &hold) {
                     Verdict::Valid => Lookup::Found(Entry::Response(response)),
                     Verdict::SoftPurged => Lookup::SoftPurged(response),
                     Verdict::Purged => {
@@ -213,39 +249,47 @@ impl MemoryStore {
                     }
                 }
             }
-            variants @ Entry::Variants(_) => Lookup::Found(variants),
+            (Entry::Response(_), None) => Lookup::Miss,
+            (variants @ Entry::Variants(_), _) => Lookup::Found(variants),
         }
     }
 
-    fn put_now(&self, key: CacheKey, entry: Entry, ttl: Duration) -> bool {
+    fn put_now(&self, key: CacheKey, entry: Entry, ttl: Duration, how: Admission) -> bool {
         if ttl.is_zero() {
             return false;
         }
-        let stamps = &self.shared.stamps;
-        stamps.retain_for(ttl.as_micros().min(u128::from(u64::MAX)) as u64);
-        if let Entry::Response(response) = &entry {
-            if !stamps.admits(micros(response.request_time), &response.tags) {
-                return false;
-            }
-        }
-        if ByteWeighter.weight(
-            &key,
-            &Slot {
-                entry: entry.clone(),
-                expires: Instant::now(),
-            },
-        ) > self.shared.max_bytes
-        {
+        let tags = match &entry {
+            Entry::Response(response) => Some(response.tags.len()),
+            Entry::Variants(_) => None,
+        };
+        if weight(&key, &entry, tags) > self.shared.max_bytes {
             return false;
         }
+        let hold = match &entry {
+            Entry::Response(response) => {
+                match self
+                    .shared
+                    .stamps
+                    .admit(micros(response.request_time), &response.tags, how)
+                {
+                    Some(hold) => Some(Arc::new(hold)),
+                    None => return false,
+                }
+            }
+            Entry::Variants(_) => None,
+        };
         let expires = Instant::now().checked_add(ttl).unwrap_or_else(far_future);
-        self.shared.cache.insert(key, Slot { entry, expires });
+        self.shared.cache.insert(key, Slot { entry, expires, hold });
         true
     }
-}
 
-fn micros_of(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+    /// Stores a copy of an entry that a shared store judged valid just now (the memory tier of
+    /// a tiered store, refilled from Redis): its request may have started long ago, and it is
+    /// checked against the purges this store learned recently instead of being refused for
+    /// its age. Returns whether it was stored.
+    pub(crate) fn put_copy(&self, key: CacheKey, entry: Entry, ttl: Duration) -> bool {
+        self.put_now(key, entry, ttl, Admission::Copy)
+    }
 }
 
 fn far_future() -> Instant {
@@ -262,7 +306,7 @@ impl Store for MemoryStore {
     }
 
     async fn put(&self, key: CacheKey, entry: Entry, ttl: Duration) -> Result<bool, StoreError> {
-        Ok(self.put_now(key, entry, ttl))
+        Ok(self.put_now(key, entry, ttl, Admission::Write))
     }
 
     async fn remove(&self, key: &CacheKey) -> Result<(), StoreError> {

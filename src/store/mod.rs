@@ -22,7 +22,7 @@ mod tiered;
 
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use self::redis::{RedisStore, RedisStoreBuilder, RedisStoreStats};
+pub use self::redis::{MaxmemoryPolicy, RedisStore, RedisStoreBuilder, RedisStoreStats};
 pub use memory::{MemoryStore, MemoryStoreBuilder, MemoryStoreStats};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

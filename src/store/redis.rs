@@ -2,17 +2,41 @@
 //! Redis so that purges hold across instances.
 //!
 //! Layout, under a namespace `ns` (all keys share the hash tag `{ns}`, so that the scripts,
-//! which touch an entry and its tags' stamps together, work on Redis Cluster):
+//! which touch an entry and its tags' records together, work on Redis Cluster):
 //!
 //! | key | type | holds | expires |
 //! |---|---|---|---|
-//! | `{ns}:e:<cache key>` | hash | `d` encoded entry, `b` request start (µs), `t` tags | with the entry (`PX`) |
-//! | `{ns}:t:<tag>` | hash | `h` / `s` last hard / soft purge (µs, Redis clock) | after the longest entry lifetime |
-//! | `{ns}:floor` | string | last purge-all (µs) | never (one key) |
+//! | `{ns}:e:<cache key>` | hash | `d` encoded entry, `b` request start (µs; empty for a `Vary` index), `g` its tags' digests, `i` the ids of the records it was admitted with | with the entry (`PX`) |
+//! | `{ns}:r:<digest>` | hash | `c` record id, `h` / `s` last hard / soft purge (µs, Redis clock) | with the longest-lived entry carrying the tag |
+//! | `{ns}:floor` | string | last purge-all (µs) | never |
+//! | `{ns}:pf` | hash | the recent-purge filter's state: `k0`..`k3` interval each sketch holds, `cells`, `width` (µs), `m` largest clock-skew margin, `forgot` | never |
+//! | `{ns}:pf:0`..`{ns}:pf:3` | string | the filter's sketches: 32-bit cells (`BITFIELD`) | never |
+//! | `{ns}:scratch` | none | never holds a value (see [`PURGE`]) | |
 //!
-//! A read is one round trip: a script returns the entry only if no purge of its tags (and no
-//! purge-all) came at or after its request's start. Purges are stamped with Redis's clock plus
-//! a margin for clock skew between instances, and published on `{ns}:purge` for tiered stores.
+//! A tag is known by its digest, `redis.sha1hex(tag)` (40 hex digits), never by itself, so
+//! that what a purge leaves behind does not grow with the tag. Two mechanisms make purges
+//! hold, the same as in memory (see `stamps.rs`):
+//!
+//! - **Records for carried tags.** Writing an entry creates or extends a record for each of
+//!   its tags, expiring with the longest-lived entry that carries it: records are bounded by
+//!   what Redis holds, and they may be evicted like entries. An entry keeps the id of each
+//!   record it was admitted with; a read serves it only if every one of those records is
+//!   still there with that id and no purge after the entry's request start. A record that
+//!   expired or was evicted thus makes the entries carrying it misses, never resurrects them.
+//! - **A filter for purges in flight.** Every purge is also filed in fixed-size sketches (a
+//!   ring of four, one per half in-flight horizon): a write whose tag has no record, or a
+//!   record younger than its request, is refused if a purge of that tag may have come at or
+//!   after its request started, or if its request started before an interval the ring has
+//!   forgotten. The filter, the floor and their state have no TTL: under every
+//!   `volatile-*` policy and `noeviction`, Redis never evicts them, and their size is fixed
+//!   by the crate, not by the number of purges. Under an `allkeys-*` policy they can be
+//!   evicted, and the guarantee is lost: the store logs that at error level when it connects
+//!   and reports it in [`RedisStoreStats::stamps_evictable`].
+//!
+//! A read is one round trip: a script returns the entry only if none of its tags' records
+//! (and no purge-all) has a purge at or after its request's start. Purges are stamped with
+//! Redis's clock plus a margin for clock skew between instances, and published on
+//! `{ns}:purge` for tiered stores. A purge is O(tags).
 //!
 //! A purge that cannot reach Redis is queued ([`purge_queue`](super::purge_queue)) and retried
 //! in the background until it lands, stamped with the instant it was requested; meanwhile the
@@ -21,18 +45,69 @@
 use super::breaker::{Breaker, Permit};
 use super::purge_queue::{self, Pending, PendingKind, PurgeQueue, Requested};
 use super::{Lookup, PurgeMode, Store, StoreError};
-use crate::store::stamps::micros;
+use crate::store::stamps::{micros, micros_of};
 use crate::{CacheKey, Entry};
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster_async::ClusterConnection;
+use ::redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use ::redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, LazyLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::{Arc, LazyLock, Weak};
 use std::time::Duration;
 
-/// Reads an entry and judges it against its tags' stamps and the floor, in one round trip.
+/// Sketches in the recent-purge filter's ring (as in memory).
+const FILTER_SLOTS: u64 = 4;
+
+/// Lua shared by the write and purge scripts: the recent-purge filter.
+///
+/// The filter's state is the hash `KEYS[3]` / `KEYS[1]` (see the layout): which interval
+/// each of the four sketches holds (`k<slot>`), the sketches' size (`cells`, `width`: fixed
+/// by the first purge of the namespace, so that every instance files and reads alike), the
+/// largest clock-skew margin any purge used (`m`), and `forgot`: writes whose request
+/// started before it are refused, because purges up to it were dropped from the ring. A
+/// purge at instant `p` of digest `d` raises the four cells `d` selects in the sketch of
+/// `p`'s interval to `p` (stored as 1 + its offset from the interval's start; 0 is empty).
+const FILTER_LUA: &str = r"
+local SLOTS = 4
+local function load_meta(key)
+  local flat = redis.call('HGETALL', key)
+  local meta = {}
+  for i = 1, #flat, 2 do meta[flat[i]] = tonumber(flat[i + 1]) end
+  return meta
+end
+-- The four cells of a digest: 32-bit slices of it, modulo the cells of a sketch.
+local function cells_of(digest, cells)
+  local p = {}
+  for j = 0, 3 do p[j + 1] = '#' .. (tonumber(string.sub(digest, 8 * j + 1, 8 * j + 8), 16) % cells) end
+  return p
+end
+-- Whether a purge of `digest` may have been stamped at or after `born`.
+local function may_hold(meta, prefix, digest, born)
+  if not meta.cells then return false end
+  local p = cells_of(digest, meta.cells)
+  for s = 0, SLOTS - 1 do
+    local held = meta['k' .. s]
+    local start = held and held * meta.width
+    if held and born < start + meta.width then
+      local sketch = prefix .. s
+      -- A sketch gone while the state says it holds purges (evicted under allkeys-*):
+      -- assume the worst.
+      if redis.call('EXISTS', sketch) == 0 then return true end
+      local v = redis.call('BITFIELD_RO', sketch, 'GET', 'u32', p[1], 'GET', 'u32', p[2],
+        'GET', 'u32', p[3], 'GET', 'u32', p[4])
+      local least = math.min(v[1], v[2], v[3], v[4])
+      if least > 0 and born < start + least then return true end
+    end
+  end
+  return false
+end
+";
+
+/// Reads an entry and judges it against its tags' records and the floor, in one round trip.
+///
+/// `KEYS[1]` entry, `KEYS[2]` purge-all floor; `ARGV[1]` record key prefix.
 /// Returns `{0}` miss, `{1, d}` found, `{2, d}` soft-purged, `{3}` purged, `{4}` foreign.
 static GET: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -40,18 +115,25 @@ static GET: LazyLock<Script> = LazyLock::new(|| {
 local kind = redis.call('TYPE', KEYS[1]).ok
 if kind == 'none' then return {0} end
 if kind ~= 'hash' then return {4} end
-local e = redis.call('HMGET', KEYS[1], 'd', 'b', 't')
+local e = redis.call('HMGET', KEYS[1], 'd', 'b', 'g', 'i')
 if not e[1] then return {4} end
-if e[2] then
-  local born = tonumber(e[2])
-  if not born then return {4} end
+local born = tonumber(e[2] or '')
+if born then
   local floor = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
   if born <= floor then redis.call('DEL', KEYS[1]) return {3} end
+  -- Without digests and ids (written by an earlier layout) it cannot be judged.
+  if not e[3] or not e[4] then redis.call('DEL', KEYS[1]) return {3} end
   local soft = false
-  for tag in string.gmatch(e[3] or '', '[^\n]+') do
-    local s = redis.call('HMGET', ARGV[1] .. tag, 'h', 's')
-    if s[1] and born <= tonumber(s[1]) then redis.call('DEL', KEYS[1]) return {3} end
-    if s[2] and born <= tonumber(s[2]) then soft = true end
+  local n = 0
+  for id in string.gmatch(e[4], '%S+') do
+    local digest = string.sub(e[3], 40 * n + 1, 40 * n + 40)
+    n = n + 1
+    local r = redis.call('HMGET', ARGV[1] .. digest, 'c', 'h', 's')
+    -- The record this entry was admitted with is gone (expired or evicted): purges of the
+    -- tag since then cannot be known, so neither can the entry be served.
+    if r[1] ~= id then redis.call('DEL', KEYS[1]) return {3} end
+    if r[2] and born <= tonumber(r[2]) then redis.call('DEL', KEYS[1]) return {3} end
+    if r[3] and born <= tonumber(r[3]) then soft = true end
   end
   if soft then return {2, e[1]} end
 end
@@ -61,69 +143,156 @@ return {1, e[1]}
 });
 
 /// Writes an entry unless a purge of one of its tags (or a purge-all) came at or after its
-/// request's start, or its start is too old for the stamps to be still known.
+/// request's start, or its start is too old for the purges since to be still known.
+///
+/// `KEYS[1]` entry, `KEYS[2]` purge-all floor, `KEYS[3]` filter state; `ARGV[1]` encoded
+/// entry, `ARGV[2]` request start (µs; empty for a `Vary` index), `ARGV[3]` TTL (ms),
+/// `ARGV[4]` record key prefix, `ARGV[5]` filter sketch key prefix, `ARGV[6..]` tags.
+/// Returns 1 stored, 0 refused.
+///
+/// Every check comes before the first write, the entry's `HSET`, which Redis refuses when
+/// it is out of memory (`noeviction`, or nothing left to evict): the store reads that as a
+/// refused write.
 static PUT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
+        "{FILTER_LUA}{}",
         r"
 local born = tonumber(ARGV[2])
+local digests, ids, new = {}, {}, {}
 if born then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  if born < now - tonumber(ARGV[6]) then return 0 end
   local floor = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
   if born <= floor then return 0 end
-  for tag in string.gmatch(ARGV[3], '[^\n]+') do
-    local h = redis.call('HGET', ARGV[5] .. tag, 'h')
-    if h and born <= tonumber(h) then return 0 end
+  local meta, now
+  for i = 6, #ARGV do
+    local digest = redis.sha1hex(ARGV[i])
+    local r = redis.call('HMGET', ARGV[4] .. digest, 'c', 'h')
+    local id = r[1]
+    if id and r[2] and born <= tonumber(r[2]) then return 0 end
+    -- A record's id is the instant after which it holds every purge of its tag; purges
+    -- before it (or without a record) are only in the filter.
+    if not id or born <= tonumber(id) then
+      meta = meta or load_meta(KEYS[3])
+      if born < (meta.forgot or 0) or may_hold(meta, ARGV[5], digest, born) then return 0 end
+      if not id then
+        if not now then
+          local t = redis.call('TIME')
+          now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+        end
+        id = string.format('%.0f', now + (meta.m or 0))
+        new[#digests + 1] = true
+      end
+    end
+    digests[#digests + 1] = digest
+    ids[#ids + 1] = id
   end
 end
-redis.call('DEL', KEYS[1])
-if born then
-  redis.call('HSET', KEYS[1], 'd', ARGV[1], 'b', ARGV[2], 't', ARGV[3])
-else
-  redis.call('HSET', KEYS[1], 'd', ARGV[1])
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', KEYS[1]) end
+redis.call('HSET', KEYS[1], 'd', ARGV[1], 'b', ARGV[2], 'g', table.concat(digests), 'i', table.concat(ids, ' '))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+local ttl = tonumber(ARGV[3])
+for j, digest in ipairs(digests) do
+  local record = ARGV[4] .. digest
+  if new[j] then redis.call('HSET', record, 'c', ids[j]) end
+  if redis.call('PTTL', record) < ttl then redis.call('PEXPIRE', record, ARGV[3]) end
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
-",
-    )
+"
+    ))
 });
 
-/// Stamps tags with Redis's clock (plus the skew margin) and publishes the purge.
+/// Stamps tags with Redis's clock (plus the skew margin), files them in the recent-purge
+/// filter, and publishes the purge.
+///
+/// `KEYS[1]` filter state, `KEYS[2]` scratch key; `ARGV[1]` `h` or `s`, `ARGV[2]` clock-skew
+/// margin (µs), `ARGV[3]` record key prefix, `ARGV[4]` filter sketch key prefix, `ARGV[5]`
+/// channel, `ARGV[6]` cells per sketch, `ARGV[7]` interval per sketch (µs), `ARGV[8..]`
+/// tags. Returns the stamp.
+///
+/// A purge must land even when Redis is out of memory under `noeviction`. Redis checks a
+/// script's memory only until its first write, so the first write is a `DEL` of a key that
+/// never holds a value: it frees and grows nothing, and what follows is bounded (fields of
+/// existing records, sketches of a fixed size).
 static PURGE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
+        "{FILTER_LUA}{}",
         r"
--- ARGV[3] (µs, may be negative): the skew margin less the purge's age, so that a purge
+-- ARGV[2] (µs, may be negative): the skew margin less the purge's age, so that a purge
 -- retried after an outage keeps the instant it was requested, on Redis's clock. The age is
 -- measured when the call is sent, so the stamp errs late (the safe side).
+redis.call('DEL', KEYS[2])
 local t = redis.call('TIME')
-local stamp = tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(ARGV[3])
+local margin = tonumber(ARGV[2])
+local stamp = tonumber(t[1]) * 1000000 + tonumber(t[2]) + margin
 local text = string.format('%.0f', stamp)
+local meta = load_meta(KEYS[1])
+if not meta.cells then
+  meta.cells, meta.width = tonumber(ARGV[6]), tonumber(ARGV[7])
+  redis.call('HSET', KEYS[1], 'cells', ARGV[6], 'width', ARGV[7])
+end
+if margin > (meta.m or 0) then redis.call('HSET', KEYS[1], 'm', ARGV[2]) end
+-- The sketch of the stamp's interval; its slot's previous interval (four back) is forgotten.
+local interval = math.floor(stamp / meta.width)
+local slot = interval % SLOTS
+local sketch = ARGV[4] .. slot
+local held = meta['k' .. slot]
+local forgot = meta.forgot or 0
+local filed = true
+if not held or held < interval then
+  if held then forgot = math.max(forgot, (held + 1) * meta.width) end
+  -- A fresh sketch, zeroed and at its full size at once.
+  redis.call('DEL', sketch)
+  redis.call('SETRANGE', sketch, string.format('%.0f', meta.cells * 4 - 1), '\0')
+  redis.call('HSET', KEYS[1], 'k' .. slot, string.format('%.0f', interval))
+elseif held > interval then
+  -- Older than what the ring holds: refuse every write it could concern instead.
+  forgot = math.max(forgot, stamp + 1)
+  filed = false
+end
+if forgot > (meta.forgot or 0) then redis.call('HSET', KEYS[1], 'forgot', string.format('%.0f', forgot)) end
+local value = stamp - interval * meta.width + 1
 local message = ARGV[1]
-for i = 6, #ARGV do
-  local key = ARGV[4] .. ARGV[i]
-  local old = tonumber(redis.call('HGET', key, ARGV[1]) or '0') or 0
-  if stamp > old then redis.call('HSET', key, ARGV[1], text) end
-  redis.call('PEXPIRE', key, ARGV[2])
+for i = 8, #ARGV do
+  local digest = redis.sha1hex(ARGV[i])
+  local record = ARGV[3] .. digest
+  local r = redis.call('HMGET', record, 'c', ARGV[1])
+  if r[1] and stamp > (tonumber(r[2]) or 0) then redis.call('HSET', record, ARGV[1], text) end
+  if filed then
+    local p = cells_of(digest, meta.cells)
+    local v = redis.call('BITFIELD_RO', sketch, 'GET', 'u32', p[1], 'GET', 'u32', p[2],
+      'GET', 'u32', p[3], 'GET', 'u32', p[4])
+    local set = {}
+    for j = 1, 4 do
+      if v[j] < value then
+        set[#set + 1] = 'SET' set[#set + 1] = 'u32' set[#set + 1] = p[j]
+        set[#set + 1] = string.format('%.0f', value)
+      end
+    end
+    if #set > 0 then redis.call('BITFIELD', sketch, unpack(set)) end
+  end
   message = message .. '\n' .. ARGV[i]
 end
-redis.call('PUBLISH', ARGV[5], message)
-return text
-",
-    )
+-- How many subscribers heard it: a tiered store waits for the others' memory tiers.
+local receivers = redis.call('PUBLISH', ARGV[5], message)
+return receivers
+"
+    ))
 });
 
 /// Raises the floor: every entry whose request started before now is invalid.
+///
+/// `KEYS[1]` purge-all floor, `KEYS[2]` scratch key; `ARGV[1]` clock-skew margin (µs),
+/// `ARGV[2]` channel. Its first write is a `DEL` of the scratch key, as in [`PURGE`].
 static PURGE_ALL: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 -- ARGV[1] (µs, may be negative): the skew margin less the purge's age, as in PURGE.
+redis.call('DEL', KEYS[2])
 local t = redis.call('TIME')
 local stamp = tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(ARGV[1])
 local old = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
 if stamp > old then redis.call('SET', KEYS[1], string.format('%.0f', stamp)) end
-redis.call('PUBLISH', ARGV[2], '*')
-return 1
+return redis.call('PUBLISH', ARGV[2], '*')
 ",
     )
 });
@@ -193,16 +362,25 @@ struct Inner {
     /// For the invalidation subscription of tiered stores.
     pubsub_client: ::redis::Client,
     entry_prefix: Vec<u8>,
-    tag_prefix: Vec<u8>,
+    record_prefix: Vec<u8>,
     floor_key: Vec<u8>,
+    filter_key: Vec<u8>,
+    sketch_prefix: Vec<u8>,
+    scratch_key: Vec<u8>,
     channel: String,
     op_timeout: Duration,
     max_entry_ttl: Duration,
     skew_margin: Duration,
+    /// Cells per sketch and µs per interval of the recent-purge filter.
+    filter_cells: u64,
+    filter_width_us: u64,
     breaker: Breaker,
     counters: RedisCounters,
     /// Purges that failed, until they land.
     pending: PurgeQueue,
+    /// The `maxmemory-policy` read at connect, as a [`MaxmemoryPolicy`] index.
+    policy: AtomicU8,
+    stamps_evictable: AtomicBool,
 }
 
 #[derive(Default)]
@@ -211,6 +389,81 @@ struct RedisCounters {
     timeouts: AtomicU64,
     refused: AtomicU64,
     corrupt: AtomicU64,
+    out_of_memory: AtomicU64,
+}
+
+/// Redis's `maxmemory-policy`, as read when the store connected.
+///
+/// Under `noeviction` and every `volatile-*` policy the no-resurrection guarantee holds:
+/// what it depends on (the purge-all floor and the recent-purge filter) has no TTL, so Redis
+/// never evicts it, and what Redis may evict (entries, tag records) only turns into misses.
+/// Under an `allkeys-*` policy Redis may evict the floor and the filter, and a purge can then
+/// be forgotten: the store logs an error when it connects and reports
+/// [`RedisStoreStats::stamps_evictable`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MaxmemoryPolicy {
+    /// Not known: Redis has not answered yet, or refused `CONFIG GET` (as managed services
+    /// may); check the policy by other means.
+    Unknown,
+    /// `noeviction`.
+    NoEviction,
+    /// `volatile-lru`.
+    VolatileLru,
+    /// `volatile-lfu`.
+    VolatileLfu,
+    /// `volatile-random`.
+    VolatileRandom,
+    /// `volatile-ttl`.
+    VolatileTtl,
+    /// `allkeys-lru`.
+    AllKeysLru,
+    /// `allkeys-lfu`.
+    AllKeysLfu,
+    /// `allkeys-random`.
+    AllKeysRandom,
+    /// A policy this crate does not know (its name is logged when the store connects).
+    Other,
+}
+
+impl MaxmemoryPolicy {
+    const ALL: [MaxmemoryPolicy; 10] = [
+        MaxmemoryPolicy::Unknown,
+        MaxmemoryPolicy::NoEviction,
+        MaxmemoryPolicy::VolatileLru,
+        MaxmemoryPolicy::VolatileLfu,
+        MaxmemoryPolicy::VolatileRandom,
+        MaxmemoryPolicy::VolatileTtl,
+        MaxmemoryPolicy::AllKeysLru,
+        MaxmemoryPolicy::AllKeysLfu,
+        MaxmemoryPolicy::AllKeysRandom,
+        MaxmemoryPolicy::Other,
+    ];
+
+    fn parse(name: &str) -> Self {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "noeviction" => MaxmemoryPolicy::NoEviction,
+            "volatile-lru" => MaxmemoryPolicy::VolatileLru,
+            "volatile-lfu" => MaxmemoryPolicy::VolatileLfu,
+            "volatile-random" => MaxmemoryPolicy::VolatileRandom,
+            "volatile-ttl" => MaxmemoryPolicy::VolatileTtl,
+            "allkeys-lru" => MaxmemoryPolicy::AllKeysLru,
+            "allkeys-lfu" => MaxmemoryPolicy::AllKeysLfu,
+            "allkeys-random" => MaxmemoryPolicy::AllKeysRandom,
+            _ => MaxmemoryPolicy::Other,
+        }
+    }
+
+    fn index(self) -> u8 {
+        Self::ALL.iter().position(|p| *p == self).unwrap_or(0) as u8
+    }
+
+    fn from_index(i: u8) -> Self {
+        Self::ALL
+            .get(usize::from(i))
+            .copied()
+            .unwrap_or(MaxmemoryPolicy::Unknown)
+    }
 }
 
 /// A snapshot of a [`RedisStore`]'s health.
@@ -225,6 +478,9 @@ pub struct RedisStoreStats {
     pub refused: u64,
     /// Values that were corrupt, truncated or not written by this crate (read as misses).
     pub corrupt: u64,
+    /// Writes Redis refused for lack of memory (`noeviction`, or nothing left to evict),
+    /// counted as declined writes, not as errors.
+    pub out_of_memory: u64,
     /// Whether the circuit breaker is open now.
     pub breaker_open: bool,
     /// How often the breaker opened.
@@ -238,6 +494,12 @@ pub struct RedisStoreStats {
     pub landed_purges: u64,
     /// Times the queue of pending purges passed its bound and became one purge-all.
     pub degraded_purges: u64,
+    /// Redis's `maxmemory-policy`, read when the store connected.
+    pub maxmemory_policy: MaxmemoryPolicy,
+    /// Whether that policy lets Redis evict keys without a TTL (`allkeys-*`), which breaks
+    /// the no-resurrection guarantee: a purge-all floor or the recent-purge filter evicted
+    /// forgets purges. Logged at error level when the store connects.
+    pub stamps_evictable: bool,
 }
 
 impl fmt::Debug for RedisStore {
@@ -263,6 +525,8 @@ pub struct RedisStoreBuilder {
     max_entry_ttl: Duration,
     skew_margin: Duration,
     pending_purge_bytes: usize,
+    in_flight_horizon: Duration,
+    purge_filter_bytes: usize,
 }
 
 impl RedisStore {
@@ -289,12 +553,15 @@ impl RedisStore {
             timeouts: c.timeouts.load(Relaxed),
             refused: c.refused.load(Relaxed),
             corrupt: c.corrupt.load(Relaxed),
+            out_of_memory: c.out_of_memory.load(Relaxed),
             breaker_open: self.inner.breaker.is_open(),
             breaker_trips: self.inner.breaker.trips(),
             pending_purges: queue.pending,
             retried_purges: queue.retried,
             landed_purges: queue.landed,
             degraded_purges: queue.degraded,
+            maxmemory_policy: MaxmemoryPolicy::from_index(self.inner.policy.load(Relaxed)),
+            stamps_evictable: self.inner.stamps_evictable.load(Relaxed),
         }
     }
 
@@ -373,46 +640,54 @@ impl RedisStore {
     }
 
     /// Sends a purge to Redis, stamped `age` before Redis's clock (plus the skew margin).
-    async fn send_purge(&self, kind: &PendingKind, age: Duration, breaking: Breaking) -> Result<(), StoreError> {
+    /// Returns how many subscribers Redis delivered it to.
+    async fn send_purge(&self, kind: &PendingKind, age: Duration, breaking: Breaking) -> Result<i64, StoreError> {
         let inner = &self.inner;
         let age_us = i64::try_from(age.as_micros()).unwrap_or(i64::MAX);
         let offset_us = i64::try_from(inner.skew_margin.as_micros())
             .unwrap_or(i64::MAX)
             .saturating_sub(age_us);
-        let (floor, channel) = (inner.floor_key.clone(), inner.channel.clone());
+        let (floor, scratch, channel) = (
+            inner.floor_key.clone(),
+            inner.scratch_key.clone(),
+            inner.channel.clone(),
+        );
         match kind {
             PendingKind::Tags { tags, mode } => {
                 let mode = match mode {
                     PurgeMode::Hard => "h",
                     PurgeMode::Soft => "s",
                 };
-                // Stamps outlive every entry they may judge, plus the skew margin.
-                let retention = millis(inner.max_entry_ttl + inner.skew_margin + Duration::from_secs(60));
-                let prefix = inner.tag_prefix.clone();
+                let filter = inner.filter_key.clone();
+                let (records, sketches) = (inner.record_prefix.clone(), inner.sketch_prefix.clone());
+                let (cells, width) = (inner.filter_cells, inner.filter_width_us);
                 self.run_as(
                     |mut conn| async move {
-                        let mut invocation = PURGE.key(floor);
+                        let mut invocation = PURGE.key(filter);
                         invocation
+                            .key(scratch)
                             .arg(mode)
-                            .arg(retention)
                             .arg(offset_us)
-                            .arg(prefix)
-                            .arg(channel);
+                            .arg(records)
+                            .arg(sketches)
+                            .arg(channel)
+                            .arg(cells)
+                            .arg(width);
                         for tag in tags {
                             invocation.arg(tag.as_str());
                         }
-                        invocation.invoke_async::<String>(&mut conn).await
+                        invocation.invoke_async::<i64>(&mut conn).await
                     },
                     breaking,
                 )
                 .await
-                .map(|_| ())
             }
-            PendingKind::All => self
-                .run_as(
+            PendingKind::All => {
+                self.run_as(
                     |mut conn| async move {
                         PURGE_ALL
                             .key(floor)
+                            .key(scratch)
                             .arg(offset_us)
                             .arg(channel)
                             .invoke_async::<i64>(&mut conn)
@@ -421,20 +696,48 @@ impl RedisStore {
                     breaking,
                 )
                 .await
-                .map(|_| ()),
+            }
         }
     }
 
+    /// [`Store::purge`], saying how many subscribers heard it (see `purge_or_queue`).
+    pub(crate) async fn purge_reaching(&self, tags: &[String], mode: PurgeMode) -> Option<u64> {
+        if tags.is_empty() {
+            return Some(0);
+        }
+        let kind = PendingKind::Tags {
+            tags: tags.to_vec(),
+            mode,
+        };
+        self.purge_or_queue(kind).await
+    }
+
+    /// [`Store::purge_all`], saying how many subscribers heard it.
+    pub(crate) async fn purge_all_reaching(&self) -> Option<u64> {
+        self.purge_or_queue(PendingKind::All).await
+    }
+
+    /// Whether this store talks to a Redis Cluster (where `PUBLISH` counts one node's
+    /// subscribers only).
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self.inner.connection, Connection::Cluster(_))
+    }
+
     /// Sends a purge; if Redis cannot be reached, queues it and makes sure it is retried.
-    async fn purge_or_queue(&self, kind: PendingKind) {
+    /// Returns how many subscribers to the purge channel Redis delivered it to (this store's
+    /// own tiered subscription included; on a cluster, those of one node only), or `None`
+    /// when it was queued.
+    async fn purge_or_queue(&self, kind: PendingKind) -> Option<u64> {
         let requested = Requested::now();
-        let Err(error) = self.send_purge(&kind, Duration::ZERO, Breaking::Obey).await else {
-            return;
+        let error = match self.send_purge(&kind, Duration::ZERO, Breaking::Obey).await {
+            Ok(receivers) => return Some(u64::try_from(receivers).unwrap_or(0)),
+            Err(error) => error,
         };
         tracing::warn!(%error, "purge did not reach Redis: applied locally, queued and retried until it lands");
         if self.inner.pending.push(kind, requested) {
             self.spawn_retries();
         }
+        None
     }
 
     /// Retries the queued purges, oldest first, with backoff, until the queue is empty. The
@@ -515,6 +818,8 @@ impl RedisStoreBuilder {
             max_entry_ttl: Duration::from_secs(86_400),
             skew_margin: Duration::from_millis(500),
             pending_purge_bytes: 1 << 20,
+            in_flight_horizon: Duration::from_secs(60),
+            purge_filter_bytes: 4 << 20,
         }
     }
 
@@ -538,10 +843,26 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// The longest an entry is kept (default 24 h, as the layer's `max_ttl`). Tag stamps are
-    /// kept this long, which bounds them.
+    /// The longest an entry is kept (default 24 h, as the layer's `max_ttl`).
     pub fn max_entry_ttl(mut self, ttl: Duration) -> Self {
         self.max_entry_ttl = ttl;
+        self
+    }
+
+    /// How long a purge is remembered for the responses in flight when it was made (default
+    /// 60 s), as [`MemoryStoreBuilder::in_flight_horizon`](crate::store::MemoryStoreBuilder::in_flight_horizon).
+    /// The first purge of a namespace fixes the filter's interval (half this) and size for
+    /// every instance; later instances use what Redis holds.
+    pub fn in_flight_horizon(mut self, horizon: Duration) -> Self {
+        self.in_flight_horizon = horizon;
+        self
+    }
+
+    /// The bytes of the recent-purge filter in Redis (default 4 MiB, four sketches of a
+    /// quarter each, allocated as purges come): all that 1,000,000 purges of tags no entry
+    /// carries cost there. As [`MemoryStoreBuilder::purge_filter_bytes`](crate::store::MemoryStoreBuilder::purge_filter_bytes).
+    pub fn purge_filter_bytes(mut self, bytes: usize) -> Self {
+        self.purge_filter_bytes = bytes;
         self
     }
 
@@ -563,6 +884,11 @@ impl RedisStoreBuilder {
 
     /// Connects. A standalone store connects lazily, so it can be built while Redis is down;
     /// a cluster store needs a node to answer now.
+    ///
+    /// It then reads Redis's `maxmemory-policy` (within the operation timeout; if Redis cannot
+    /// be reached yet, in the background until it can) and logs at error level if the policy
+    /// can evict the keys purges depend on (`allkeys-*`). A Redis that refuses `CONFIG GET`,
+    /// as managed services may, is logged and used all the same.
     pub async fn connect(self) -> Result<RedisStore, StoreError> {
         let first = self
             .nodes
@@ -592,22 +918,131 @@ impl RedisStoreBuilder {
             Connection::Standalone(manager)
         };
         let ns = format!("{{{}}}:", self.namespace);
-        Ok(RedisStore {
+        let filter_width_us = (micros_of(self.in_flight_horizon) / 2).clamp(1, u64::from(u32::MAX - 1));
+        let per_sketch = (self.purge_filter_bytes as u64 / FILTER_SLOTS / 4).clamp(1 << 10, 1 << 27);
+        let store = RedisStore {
             inner: Arc::new(Inner {
                 connection,
                 pubsub_client,
                 entry_prefix: format!("{ns}e:").into_bytes(),
-                tag_prefix: format!("{ns}t:").into_bytes(),
+                record_prefix: format!("{ns}r:").into_bytes(),
                 floor_key: format!("{ns}floor").into_bytes(),
+                filter_key: format!("{ns}pf").into_bytes(),
+                sketch_prefix: format!("{ns}pf:").into_bytes(),
+                scratch_key: format!("{ns}scratch").into_bytes(),
                 channel: format!("{ns}purge"),
                 op_timeout: self.op_timeout,
                 max_entry_ttl: self.max_entry_ttl,
                 skew_margin: self.skew_margin,
+                // A power of two, as in memory.
+                filter_cells: 1 << (63 - per_sketch.leading_zeros()),
+                filter_width_us,
                 breaker: Breaker::new(self.breaker_threshold, self.breaker_cooldown),
                 counters: RedisCounters::default(),
                 pending: PurgeQueue::new(self.pending_purge_bytes, self.skew_margin),
+                policy: AtomicU8::new(MaxmemoryPolicy::Unknown.index()),
+                stamps_evictable: AtomicBool::new(false),
             }),
-        })
+        };
+        if store.check_policy().await == PolicyCheck::Unreachable {
+            tokio::spawn(recheck_policy(Arc::downgrade(&store.inner)));
+        }
+        Ok(store)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PolicyCheck {
+    Read,
+    Refused,
+    Unreachable,
+}
+
+impl RedisStore {
+    /// Reads `maxmemory-policy` from the node that holds the namespace, records it and logs
+    /// what it means for purges.
+    async fn check_policy(&self) -> PolicyCheck {
+        let inner = &self.inner;
+        let mut cmd = ::redis::cmd("CONFIG");
+        cmd.arg("GET").arg("maxmemory-policy");
+        let mut conn = inner.connection.clone();
+        let reply = match &mut conn {
+            Connection::Standalone(c) => tokio::time::timeout(inner.op_timeout, cmd.query_async::<Value>(c)).await,
+            Connection::Cluster(c) => {
+                let route = Route::with_key(&inner.floor_key, SlotAddr::Master);
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                tokio::time::timeout(inner.op_timeout, c.route_command(cmd, routing)).await
+            }
+        };
+        let value = match reply {
+            Ok(Ok(value)) => value,
+            Ok(Err(error)) if refuses_config(&error) => {
+                tracing::warn!(
+                    %error,
+                    "Redis refused CONFIG GET maxmemory-policy: make sure it is noeviction or volatile-*, \
+                     or purged entries can come back after Redis evicts the keys purges depend on"
+                );
+                return PolicyCheck::Refused;
+            }
+            _ => return PolicyCheck::Unreachable,
+        };
+        let Some(name) = policy_name(&value) else {
+            tracing::warn!(?value, "unexpected reply to CONFIG GET maxmemory-policy");
+            return PolicyCheck::Refused;
+        };
+        let policy = MaxmemoryPolicy::parse(&name);
+        let evictable = name.trim().to_ascii_lowercase().starts_with("allkeys-");
+        inner.policy.store(policy.index(), Relaxed);
+        inner.stamps_evictable.store(evictable, Relaxed);
+        if evictable {
+            tracing::error!(
+                policy = %name,
+                "Redis's maxmemory-policy can evict keys without a TTL: purges may be forgotten \
+                 and purged entries served again under memory pressure; use noeviction or a volatile-* policy"
+            );
+        } else if policy == MaxmemoryPolicy::Other {
+            tracing::warn!(policy = %name, "unknown Redis maxmemory-policy: purges hold only if it never evicts keys without a TTL");
+        } else {
+            tracing::debug!(policy = %name, "Redis maxmemory-policy keeps purges");
+        }
+        PolicyCheck::Read
+    }
+}
+
+/// Whether an error answers `CONFIG GET` for good (unknown command, no permission), rather
+/// than telling that Redis cannot answer yet.
+fn refuses_config(error: &::redis::RedisError) -> bool {
+    use ::redis::{ErrorKind, ServerErrorKind};
+    matches!(
+        error.kind(),
+        ErrorKind::Extension | ErrorKind::Server(ServerErrorKind::ResponseError | ServerErrorKind::NoPerm)
+    )
+}
+
+/// The policy's name in a `CONFIG GET` reply (RESP2 array or RESP3 map).
+fn policy_name(value: &Value) -> Option<String> {
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    match value {
+        Value::Array(items) => items.get(1).and_then(text),
+        Value::Map(pairs) => pairs.first().and_then(|(_, v)| text(v)),
+        _ => None,
+    }
+}
+
+/// Reads the policy once Redis answers, for a store that connected while it could not.
+async fn recheck_policy(inner: Weak<Inner>) {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        tokio::time::sleep(delay).await;
+        let Some(inner) = inner.upgrade() else { return };
+        if (RedisStore { inner }).check_policy().await != PolicyCheck::Unreachable {
+            return;
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
     }
 }
 
@@ -627,12 +1062,12 @@ impl Store for RedisStore {
     async fn get(&self, key: &CacheKey) -> Result<Lookup, StoreError> {
         let entry_key = self.entry_key(key);
         let floor = self.inner.floor_key.clone();
-        let tag_prefix = self.inner.tag_prefix.clone();
+        let record_prefix = self.inner.record_prefix.clone();
         let value: Value = self
             .run(|mut conn| async move {
                 GET.key(entry_key)
                     .key(floor)
-                    .arg(tag_prefix)
+                    .arg(record_prefix)
                     .invoke_async(&mut conn)
                     .await
             })
@@ -679,28 +1114,38 @@ impl Store for RedisStore {
             }
         }
         let (born, tags) = match &entry {
-            Entry::Response(r) => (micros(r.request_time()).to_string(), r.tags().join("\n")),
-            Entry::Variants(_) => (String::new(), String::new()),
+            Entry::Response(r) => (micros(r.request_time()).to_string(), r.tags().to_vec()),
+            Entry::Variants(_) => (String::new(), Vec::new()),
         };
         let data = entry.encode();
+        let inner = &self.inner;
         let entry_key = self.entry_key(&key);
-        let floor = self.inner.floor_key.clone();
-        let tag_prefix = self.inner.tag_prefix.clone();
-        let retention_us = self.inner.max_entry_ttl.as_micros().min(u128::from(u64::MAX)) as u64;
+        let (floor, filter) = (inner.floor_key.clone(), inner.filter_key.clone());
+        let (records, sketches) = (inner.record_prefix.clone(), inner.sketch_prefix.clone());
         let stored: i64 = self
             .run(|mut conn| async move {
-                PUT.key(entry_key)
+                let mut invocation = PUT.key(entry_key);
+                invocation
                     .key(floor)
+                    .key(filter)
                     .arg(&data[..])
                     .arg(born)
-                    .arg(tags)
                     .arg(millis(ttl))
-                    .arg(tag_prefix)
-                    .arg(retention_us)
-                    .invoke_async(&mut conn)
-                    .await
+                    .arg(records)
+                    .arg(sketches);
+                for tag in &tags {
+                    invocation.arg(tag.as_str());
+                }
+                match invocation.invoke_async::<i64>(&mut conn).await {
+                    // Out of memory: a declined write, not a failing Redis (nor a breaker trip).
+                    Err(error) if error.code() == Some("OOM") => Ok(-1),
+                    other => other,
+                }
             })
             .await?;
+        if stored == -1 {
+            self.inner.counters.out_of_memory.fetch_add(1, Relaxed);
+        }
         Ok(stored == 1)
     }
 
@@ -714,20 +1159,13 @@ impl Store for RedisStore {
     /// (reads from Redis are judged by it), and is queued and retried in the background until
     /// it lands, with the instant it was requested. `stats()` counts it meanwhile.
     async fn purge(&self, tags: &[String], mode: PurgeMode) -> Result<(), StoreError> {
-        if tags.is_empty() {
-            return Ok(());
-        }
-        let kind = PendingKind::Tags {
-            tags: tags.to_vec(),
-            mode,
-        };
-        self.purge_or_queue(kind).await;
+        self.purge_reaching(tags, mode).await;
         Ok(())
     }
 
     /// Like [`purge`](Store::purge), a purge-all that cannot reach Redis is queued, not failed.
     async fn purge_all(&self) -> Result<(), StoreError> {
-        self.purge_or_queue(PendingKind::All).await;
+        self.purge_all_reaching().await;
         Ok(())
     }
 }

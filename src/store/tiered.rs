@@ -102,8 +102,28 @@ impl TieredStore {
 
     /// Keeps `entry` in L1 if the feed has stayed in the epoch of `ticket` (else a purge may
     /// have been missed since the entry was judged).
+    /// After a purge landed and was heard by `heard` subscribers: if another instance's
+    /// memory tier may hold what it names, waits [`Self::COHERENCE_WINDOW`], by when that tier
+    /// has applied it or stopped answering. Alone on the channel (no subscriber, or only this
+    /// store's own live one), there is no one to wait for. A queued purge (`None`) reaches
+    /// no one before it lands, so waiting would not help.
+    async fn wait_for_other_tiers(&self, heard: Option<u64>) {
+        let others = match heard {
+            None => false,
+            // A cluster node counts only its own subscribers.
+            Some(_) if self.l2.is_cluster() => true,
+            // The one subscriber is this store's own only while its feed is proven live.
+            Some(heard) => heard > 1 || (heard == 1 && self.feed.ticket().is_none()),
+        };
+        if others {
+            tokio::time::sleep(COHERENCE_WINDOW).await;
+        }
+    }
+
     async fn keep(&self, key: &CacheKey, entry: Entry, ttl: Duration, ticket: Ticket) -> Result<(), StoreError> {
-        self.l1.put(key.clone(), entry, ttl).await?;
+        // A copy Redis judged valid just now: L1 checks it against the purges it learned
+        // recently, not against the age of its request.
+        self.l1.put_copy(key.clone(), entry, ttl);
         // Checked after the write: a loss before it voids the ticket, a loss after it empties L1.
         if !self.feed.holds(ticket) {
             self.l1.remove(key).await?;
@@ -201,15 +221,15 @@ impl Store for TieredStore {
     /// it or stopped trusting its memory tier, so no instance serves what it purged.
     async fn purge(&self, tags: &[String], mode: PurgeMode) -> Result<(), StoreError> {
         self.l1.purge_ahead(tags, mode, self.l2.skew_margin());
-        let result = self.l2.purge(tags, mode).await;
-        tokio::time::sleep(COHERENCE_WINDOW).await;
-        result
+        let heard = self.l2.purge_reaching(tags, mode).await;
+        self.wait_for_other_tiers(heard).await;
+        Ok(())
     }
 
     async fn purge_all(&self) -> Result<(), StoreError> {
         self.l1.purge_all_ahead(self.l2.skew_margin());
-        let result = self.l2.purge_all().await;
-        tokio::time::sleep(COHERENCE_WINDOW).await;
-        result
+        let heard = self.l2.purge_all_reaching().await;
+        self.wait_for_other_tiers(heard).await;
+        Ok(())
     }
 }
