@@ -8,27 +8,27 @@
 #[path = "../examples/support/redis_server.rs"]
 mod redis_server;
 
+#[path = "common/exchange.rs"]
+mod exchange;
+use exchange::exchange;
+
 #[path = "common/proxy.rs"]
 mod proxy;
 
 use axum::extract::{Path, State};
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Extension, Router};
-use http_body_util::BodyExt;
 use proxy::Proxy;
 use redis_server::RedisServer;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tower::ServiceExt;
 use tower_response_cache::store::{RedisStore, TieredStore};
 use tower_response_cache::{CacheLayer, CacheTags, Invalidate, InvalidateLayer, MemoryStore, Store};
 
-static NAMESPACE: AtomicUsize = AtomicUsize::new(0);
-
 fn fresh_namespace() -> String {
-    format!("queue{}-{}", std::process::id(), NAMESPACE.fetch_add(1, SeqCst))
+    exchange::fresh_namespace("queue")
 }
 
 /// A server whose data survives SIGKILL.
@@ -83,26 +83,8 @@ fn instance<St: Store>(books: &Books, store: St) -> Router {
 
 /// Sends a request; returns the status, `Cache-Status` and the version in the body.
 async fn send(app: &Router, method: &str, uri: &str) -> (StatusCode, String, Option<u64>) {
-    let req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .body(axum::body::Body::empty())
-        .unwrap();
-    let res = tokio::time::timeout(Duration::from_secs(10), app.clone().oneshot(req))
-        .await
-        .expect("bounded")
-        .unwrap();
-    let status = res.status();
-    let cache_status = res
-        .headers()
-        .get("cache-status")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    let version = std::str::from_utf8(&body)
-        .ok()
-        .and_then(|b| b.strip_prefix('v'))
-        .and_then(|v| v.parse().ok());
+    let (status, cache_status, body) = exchange(app, method, uri).await;
+    let version = body.strip_prefix('v').and_then(|v| v.parse().ok());
     (status, cache_status, version)
 }
 

@@ -6,16 +6,18 @@
 #[path = "../examples/support/redis_server.rs"]
 mod redis_server;
 
+#[path = "common/exchange.rs"]
+mod exchange;
+use exchange::exchange;
+
 use axum::extract::{Path, State};
 use axum::http::{Request, StatusCode};
 use axum::routing::get;
 use axum::{Extension, Router};
-use http_body_util::BodyExt;
 use redis_server::{RedisCluster, RedisServer};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tower::ServiceExt;
 use tower_response_cache::store::{conformance, RedisStore, TieredStore};
 use tower_response_cache::{CacheLayer, CacheTags, Invalidate, InvalidateLayer, MemoryStore, Store};
 
@@ -68,23 +70,7 @@ fn instance<St: Store>(books: &Books, store: St) -> Router {
 }
 
 async fn send(app: &Router, method: &str, uri: &str) -> (StatusCode, String, String) {
-    let req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .body(axum::body::Body::empty())
-        .unwrap();
-    let res = tokio::time::timeout(Duration::from_secs(10), app.clone().oneshot(req))
-        .await
-        .expect("bounded")
-        .unwrap();
-    let status = res.status();
-    let cache_status = res
-        .headers()
-        .get("cache-status")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    (status, cache_status, String::from_utf8(body.to_vec()).unwrap())
+    exchange(app, method, uri).await
 }
 
 fn is_hit(cache_status: &str) -> bool {
