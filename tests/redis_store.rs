@@ -225,10 +225,21 @@ async fn two_instances_share_entries_and_purges() {
 
 #[tokio::test]
 async fn a_slow_response_cannot_resurrect_across_instances() {
+    slow_response_after_a_purge(false).await;
+}
+
+/// The same race, with Redis restarted empty (no persistence) between the purge and the
+/// slow write: the purge is forgotten, but the write still may not land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_response_cannot_resurrect_after_redis_restarts_empty() {
+    slow_response_after_a_purge(true).await;
+}
+
+async fn slow_response_after_a_purge(restart: bool) {
     if !redis_server::available() {
         return;
     }
-    let server = RedisServer::start();
+    let mut server = RedisServer::start();
     let namespace = fresh_namespace();
     let a = RedisStore::builder(server.url())
         .namespace(namespace.clone())
@@ -241,7 +252,7 @@ async fn a_slow_response_cannot_resurrect_across_instances() {
         .await
         .unwrap();
     // Instance A starts computing, instance B purges, A's result arrives after the purge.
-    let layer = CacheLayer::new(a);
+    let layer = CacheLayer::new(a.clone());
     let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
     let (finish_tx, finish_rx) = tokio::sync::oneshot::channel::<()>();
     let slots = Arc::new(std::sync::Mutex::new((Some(started_tx), Some(finish_rx))));
@@ -271,9 +282,26 @@ async fn a_slow_response_cannot_resurrect_across_instances() {
     });
     started_rx.await.unwrap();
     b.purge_tags(["price"]).await.unwrap();
+    if restart {
+        server.restart();
+        // A reaches the new server before its slow write is sent.
+        let probe = tower_response_cache::CacheKey::from_bytes(b"probe".to_vec());
+        let reconnected = async {
+            while a.get(&probe).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), reconnected)
+            .await
+            .expect("A reconnects");
+    }
     finish_tx.send(()).unwrap();
     let (_, cache_status, body) = slow.await.unwrap();
     assert_eq!(body, "old");
+    assert!(
+        !cache_status.contains("store-error"),
+        "the write reached Redis: {cache_status}"
+    );
     assert!(
         !cache_status.contains("stored"),
         "Redis refused the write: {cache_status}"

@@ -160,8 +160,16 @@ static PUT: LazyLock<Script> = LazyLock::new(|| {
 local born = tonumber(ARGV[2])
 local digests, ids, new = {}, {}, {}
 if born then
-  local floor = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
-  if born <= floor then return 0 end
+  local floor = redis.call('GET', KEYS[2])
+  if not floor then
+    -- No floor, though the store set one when it connected: Redis lost what it knew of
+    -- purges (a restart without persistence, a flush). A request that started before now
+    -- may predate a purge it no longer knows, so now becomes the floor.
+    local t = redis.call('TIME')
+    floor = string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2]))
+    redis.call('SET', KEYS[2], floor, 'NX')
+  end
+  if born <= (tonumber(floor) or 0) then return 0 end
   local meta, now
   for i = 6, #ARGV do
     local digest = redis.sha1hex(ARGV[i])
@@ -277,6 +285,18 @@ local receivers = redis.call('PUBLISH', ARGV[5], message)
 return receivers
 "
     ))
+});
+
+/// Sets the purge-all floor to Redis's clock if there is none, so that a floor found missing
+/// later means Redis lost its purges (see [`PUT`]).
+static FLOOR_INIT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+redis.call('SET', KEYS[1], string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2])), 'NX')
+return 1
+",
+    )
 });
 
 /// Raises the floor: every entry whose request started before now is invalid.
@@ -944,6 +964,11 @@ impl RedisStoreBuilder {
                 stamps_evictable: AtomicBool::new(false),
             }),
         };
+        // Best effort: without it, the first write after connecting sets the floor instead.
+        let floor = store.inner.floor_key.clone();
+        let _ = store
+            .run(|mut conn| async move { FLOOR_INIT.key(floor).invoke_async::<i64>(&mut conn).await })
+            .await;
         if store.check_policy().await == PolicyCheck::Unreachable {
             tokio::spawn(recheck_policy(Arc::downgrade(&store.inner)));
         }
