@@ -218,35 +218,38 @@ fn write_fields<'n>(buf: &mut Vec<u8>, names: impl Iterator<Item = &'n HeaderNam
 /// set of case-insensitive tokens: lower-cased, without spaces around `;` and `=`, sorted
 /// (their order and case say nothing; q-values do, and are kept).
 fn normalised_value(value: &mut Vec<u8>, name: &HeaderName, headers: &HeaderMap) {
-    let as_set = name.as_str().starts_with("accept");
-    let mut members: Vec<Vec<u8>> = Vec::new();
-    for line in headers.get_all(name) {
-        for member in list_members(line.as_bytes()) {
-            let member = member.trim_ascii();
-            if member.is_empty() {
-                continue;
+    let members = headers
+        .get_all(name)
+        .iter()
+        .flat_map(|line| list_members(line.as_bytes()))
+        .map(<[u8]>::trim_ascii)
+        .filter(|member| !member.is_empty());
+    if !name.as_str().starts_with("accept") {
+        // Written as they come: no allocation beyond the key's own buffer.
+        for (i, member) in members.enumerate() {
+            if i > 0 {
+                value.push(b',');
             }
-            if as_set {
-                let token: Vec<u8> = member
-                    .iter()
-                    .filter(|b| !b.is_ascii_whitespace())
-                    .map(u8::to_ascii_lowercase)
-                    .collect();
-                members.push(token);
-            } else {
-                members.push(member.to_vec());
-            }
+            value.extend_from_slice(member);
         }
+        return;
     }
-    if as_set {
-        members.sort();
-        members.dedup();
-    }
-    for (i, member) in members.iter().enumerate() {
+    let mut tokens: Vec<Vec<u8>> = members
+        .map(|member| {
+            member
+                .iter()
+                .filter(|b| !b.is_ascii_whitespace())
+                .map(u8::to_ascii_lowercase)
+                .collect()
+        })
+        .collect();
+    tokens.sort();
+    tokens.dedup();
+    for (i, token) in tokens.iter().enumerate() {
         if i > 0 {
             value.push(b',');
         }
-        value.extend_from_slice(member);
+        value.extend_from_slice(token);
     }
 }
 

@@ -21,6 +21,10 @@ use exchange::exchange;
 #[path = "common/proxy.rs"]
 mod proxy;
 
+#[path = "common/rng.rs"]
+mod rng;
+use rng::Rng;
+
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -36,19 +40,6 @@ use tower_response_cache::{CacheLayer, CacheTags, Invalidate, InvalidateLayer, M
 const ITEMS: usize = 6;
 const READERS: usize = 6;
 const WRITERS: usize = 4;
-
-/// A small deterministic generator, so that a run replays from its seed.
-#[derive(Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
 
 /// The origin: each item has a version; a read takes its version first and answers a little
 /// later (the window in which a purge can overtake it).

@@ -17,7 +17,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 mod common;
+#[path = "common/rng.rs"]
+mod rng;
 use common::{until, WAIT};
+use rng::Rng;
 use tower_response_cache::{CacheLayer, MemoryStore, Store};
 
 /// What the client saw.
@@ -597,18 +600,6 @@ async fn versioned(State(page): State<Versioned>, headers: HeaderMap) -> ([(&'st
 async fn versioned_head(State(page): State<Versioned>, headers: HeaderMap) -> ([(&'static str, String); 5], ()) {
     let ([cc, age, etag, groups], body) = versioned(State(page), headers).await;
     ([cc, age, etag, groups, ("content-length", body.len().to_string())], ())
-}
-
-/// A small deterministic generator, so that a failure replays from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
 }
 
 async fn random_heads_and_gets(app: Router, page: Versioned, layer: CacheLayer<MemoryStore>, seed: u64) {
