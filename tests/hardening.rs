@@ -96,6 +96,7 @@ async fn fetch(
 struct Origin {
     calls: Arc<AtomicUsize>,
     in_flight: Arc<AtomicUsize>,
+    gate: Arc<tokio::sync::Notify>,
 }
 
 impl Origin {
@@ -359,19 +360,17 @@ async fn a_burst_against_a_failing_origin_makes_one_call_and_so_does_the_next() 
 
 // --- 8. A hung origin call does not stall the key ---------------------------------------
 
-/// The first call never returns; the others answer at once.
-async fn hangs_first(State(origin): State<Origin>) -> ([(&'static str, &'static str); 2], &'static str) {
-    if origin.enter() == 1 {
-        std::future::pending::<()>().await;
+/// The first call never returns, the fourth waits for the test's gate; the others answer at
+/// once.
+async fn hangs_first(State(origin): State<Origin>) -> ([(&'static str, &'static str); 1], &'static str) {
+    match origin.enter() {
+        1 => std::future::pending::<()>().await,
+        // The fourth call waits for the test to let it answer.
+        4 => origin.gate.notified().await,
+        _ => {}
     }
     origin.leave();
-    (
-        [
-            ("cache-control", "max-age=60, stale-while-revalidate=600"),
-            ("age", "61"),
-        ],
-        PAGE,
-    )
+    ([("cache-control", "max-age=60")], PAGE)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -407,6 +406,27 @@ async fn after_a_hung_call_the_next_request_does_not_wait_for_it() {
         started.elapsed()
     );
     assert_eq!(origin.calls(), 3);
+    // And misses coalesce again, behind a new leader, not behind the hung one.
+    layer.store().purge_all().await.unwrap();
+    let leader = {
+        let client = client.clone();
+        tokio::spawn(async move { fetch(&client, addr, "GET", "/hung", &[]).await })
+    };
+    until("the new leader", || origin.calls() == 4).await;
+    let follower = {
+        let client = client.clone();
+        tokio::spawn(async move { fetch(&client, addr, "GET", "/hung", &[]).await })
+    };
+    until("the follower to wait on the new leader", || layer.stats().waiting == 1).await;
+    origin.gate.notify_one();
+    assert_eq!(leader.await.unwrap().body, PAGE);
+    let follower = follower.await.unwrap();
+    assert!(
+        follower.cache_status().contains("collapsed"),
+        "{}",
+        follower.cache_status()
+    );
+    assert_eq!(origin.calls(), 4);
     hung.abort();
     server.abort();
 }
