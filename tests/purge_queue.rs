@@ -290,3 +290,62 @@ async fn a_tiered_purge_through_a_black_holed_link_lands_after_the_heal() {
     );
     assert_eq!(a_stale + b_stale + s, 0);
 }
+
+/// A queued purge of a tiered store counts as pending until the other instances' memory tiers
+/// have applied it: B's link to Redis is slow (100 ms each way, within its coherence window),
+/// so B hears of A's purge 100 ms after it landed. When A reports nothing pending, B already
+/// serves the new version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_landed_tiered_purge_stays_pending_until_every_memory_tier_applied_it() {
+    if !redis_server::available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let link_a = Proxy::start(([127, 0, 0, 1], server.port).into()).await;
+    let link_b = Proxy::start(([127, 0, 0, 1], server.port).into()).await;
+    link_b.set_delay(Duration::from_millis(100));
+    let namespace = fresh_namespace();
+    let tiered = |url: String| {
+        let namespace = namespace.clone();
+        async move {
+            let l2 = RedisStore::builder(url)
+                .namespace(&namespace)
+                .clock_skew_margin(Duration::ZERO)
+                .op_timeout(Duration::from_secs(1))
+                .connect()
+                .await
+                .expect("connect");
+            TieredStore::new(MemoryStore::new(), l2)
+        }
+    };
+    let store_a = tiered(link_a.url()).await;
+    let store_b = tiered(link_b.url()).await;
+    until("both feeds live", Duration::from_secs(10), || {
+        store_a.stats().coherent && store_b.stats().coherent
+    })
+    .await;
+    let books = Books::default();
+    let (a, b) = (instance(&books, store_a.clone()), instance(&books, store_b.clone()));
+    read_all(&a, &books, 1).await;
+    read_all(&b, &books, 1).await;
+    let (_, warm_stale) = read_all(&b, &books, 1).await;
+    assert_eq!(warm_stale, 0);
+
+    link_a.black_hole();
+    let (status, _, _) = send(&a, "POST", "/books/5/reviews").await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(store_a.l2().stats().pending_purges >= 1, "queued");
+    link_a.heal();
+    let landed = store_a.l2().stats().landed_purges;
+    until("the purge landed", Duration::from_secs(10), || {
+        store_a.l2().stats().pending_purges == 0
+    })
+    .await;
+    let (reads, stale) = read_all(&b, &books, 1).await;
+    eprintln!(
+        "after A reported nothing pending: B {reads} reads, {stale} stale; {:?}",
+        store_a.l2().stats()
+    );
+    assert_eq!(stale, 0, "B served what A's landed purge invalidated");
+    assert_eq!(store_a.l2().stats().landed_purges, landed + 1);
+}

@@ -69,8 +69,21 @@ struct State {
     by_tag: HashMap<Box<str>, Stamp>,
     /// Entries that started at or before this instant are invalid (a queued purge-all).
     floor: u64,
+    /// Purges that landed and are waiting for the memory tiers of other instances to apply
+    /// them (a tiered store's coherence window): still pending, still judging reads.
+    settling: u64,
     /// Whether a task is retrying the queue.
     retrying: bool,
+}
+
+/// What the retry task does next.
+#[derive(Debug)]
+pub(crate) enum Next {
+    Retry(Pending),
+    /// The queue is empty but this many landed purges are settling: wait, then `settled`.
+    Settle(u64),
+    /// Nothing left: the task ends.
+    Done,
 }
 
 /// The purges of one store that have not reached Redis yet.
@@ -170,18 +183,20 @@ impl PurgeQueue {
         });
     }
 
-    /// The next purge to retry, counted as a retry; `None` when the queue is empty, and then
-    /// the retry task must end (it is marked as ended under the same lock as the check).
-    pub(crate) fn next_retry(&self) -> Option<Pending> {
+    /// The next purge to retry (counted as a retry), or the settling to wait for; `Done` when
+    /// nothing is left, and then the retry task must end (it is marked as ended under the
+    /// same lock as the check).
+    pub(crate) fn next_retry(&self) -> Next {
         let mut state = self.lock();
         match state.queue.front() {
             Some(next) => {
                 self.retried.fetch_add(1, Ordering::Relaxed);
-                Some(next.clone())
+                Next::Retry(next.clone())
             }
+            None if state.settling > 0 => Next::Settle(state.settling),
             None => {
                 state.retrying = false;
-                None
+                Next::Done
             }
         }
     }
@@ -198,7 +213,30 @@ impl PurgeQueue {
             state.queue.remove(index);
             self.landed.fetch_add(1, Ordering::Relaxed);
         }
-        if state.queue.is_empty() {
+        self.clear_if_done(&mut state);
+    }
+
+    /// Marks `pending` as landed in Redis but not yet applied by every memory tier: it stays
+    /// pending until [`Self::settled`].
+    pub(crate) fn landed_settling(&self, pending: &Pending) {
+        let mut state = self.lock();
+        if let Some(index) = state.queue.iter().position(|p| p.id == pending.id) {
+            state.queue.remove(index);
+            state.settling += 1;
+        }
+    }
+
+    /// `count` settling purges have been applied everywhere (their window has passed).
+    pub(crate) fn settled(&self, count: u64) {
+        let mut state = self.lock();
+        let count = count.min(state.settling);
+        state.settling -= count;
+        self.landed.fetch_add(count, Ordering::Relaxed);
+        self.clear_if_done(&mut state);
+    }
+
+    fn clear_if_done(&self, state: &mut State) {
+        if state.queue.is_empty() && state.settling == 0 {
             state.by_tag.clear();
             state.bytes = 0;
             state.floor = 0;
@@ -231,7 +269,10 @@ impl PurgeQueue {
     }
 
     pub(crate) fn counts(&self) -> QueueCounts {
-        let pending = self.lock().queue.len() as u64;
+        let pending = {
+            let state = self.lock();
+            state.queue.len() as u64 + state.settling
+        };
         QueueCounts {
             pending,
             retried: self.retried.load(Ordering::Relaxed),
@@ -247,6 +288,13 @@ mod tests {
 
     fn tags(t: &[&str]) -> Vec<String> {
         t.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn next(queue: &PurgeQueue) -> Pending {
+        match queue.next_retry() {
+            Next::Retry(pending) => pending,
+            other => panic!("expected a purge to retry, got {other:?}"),
+        }
     }
 
     fn hard(t: &[&str]) -> PendingKind {
@@ -277,15 +325,15 @@ mod tests {
         assert_eq!(queue.judge(Requested::now().micros + 1, &tags(&["a"])), None);
         assert_eq!(queue.counts().pending, 2);
 
-        let first = queue.next_retry().unwrap();
+        let first = next(&queue);
         assert_eq!(first.kind, hard(&["a"]));
         queue.landed(&first);
         // Until the queue is empty every queued tag still judges reads (the safe side).
         assert_eq!(queue.judge(before, &tags(&["a"])), Some(PurgeMode::Hard));
-        let second = queue.next_retry().unwrap();
+        let second = next(&queue);
         queue.landed(&second);
         assert_eq!(queue.judge(before, &tags(&["a", "b"])), None);
-        assert!(queue.next_retry().is_none(), "empty: the retry task ends");
+        assert!(matches!(queue.next_retry(), Next::Done), "empty: the retry task ends");
         assert!(
             queue.push(hard(&["a"]), Requested::now()),
             "and the next failure starts another"
@@ -306,7 +354,7 @@ mod tests {
         queue.push(hard(&["t3"]), last);
         let counts = queue.counts();
         assert_eq!((counts.pending, counts.degraded), (1, 1));
-        let all = queue.next_retry().unwrap();
+        let all = next(&queue);
         assert_eq!(all.kind, PendingKind::All);
         assert!(all.requested >= last.at, "no older than the newest purge it replaces");
         // Every entry that started before the dropped purges is invalid, whatever its tags.
@@ -328,5 +376,22 @@ mod tests {
             "margin"
         );
         assert_eq!(queue.counts().degraded, 0);
+    }
+
+    #[test]
+    fn a_landed_purge_that_settles_stays_pending_and_judging_until_settled() {
+        let queue = PurgeQueue::new(1 << 20, Duration::ZERO);
+        let before = Requested::now().micros;
+        queue.push(hard(&["a"]), Requested::now());
+        let first = next(&queue);
+        queue.landed_settling(&first);
+        assert_eq!(queue.counts().pending, 1, "landed, not yet applied everywhere");
+        assert_eq!(queue.judge(before, &tags(&["a"])), Some(PurgeMode::Hard));
+        assert!(matches!(queue.next_retry(), Next::Settle(1)));
+        queue.settled(1);
+        let counts = queue.counts();
+        assert_eq!((counts.pending, counts.landed), (0, 1));
+        assert_eq!(queue.judge(before, &tags(&["a"])), None);
+        assert!(matches!(queue.next_retry(), Next::Done));
     }
 }

@@ -43,7 +43,7 @@
 //! entries this instance reads back from Redis are judged by it.
 
 use super::breaker::{Breaker, Permit};
-use super::purge_queue::{self, Pending, PendingKind, PurgeQueue, Requested};
+use super::purge_queue::{self, Next, Pending, PendingKind, PurgeQueue, Requested};
 use super::{Lookup, PurgeMode, Store, StoreError};
 use crate::store::stamps::{micros, micros_of};
 use crate::{CacheKey, Entry};
@@ -54,7 +54,7 @@ use ::redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
-use std::sync::{Arc, LazyLock, Weak};
+use std::sync::{Arc, LazyLock, OnceLock, Weak};
 use std::time::Duration;
 
 /// Sketches in the recent-purge filter's ring (as in memory).
@@ -398,6 +398,9 @@ struct Inner {
     counters: RedisCounters,
     /// Purges that failed, until they land.
     pending: PurgeQueue,
+    /// Set when a tiered store puts a memory tier over this store: how long a landed queued
+    /// purge takes to reach every memory tier.
+    tier_window: OnceLock<Duration>,
     /// The `maxmemory-policy` read at connect, as a [`MaxmemoryPolicy`] index.
     policy: AtomicU8,
     stamps_evictable: AtomicBool,
@@ -506,11 +509,13 @@ pub struct RedisStoreStats {
     /// How often the breaker opened.
     pub breaker_trips: u64,
     /// Purges that could not reach Redis and wait to be retried (applied to this instance's
-    /// reads meanwhile).
+    /// reads meanwhile). Under a [`TieredStore`](super::TieredStore), a queued purge that
+    /// other instances heard stays pending for the coherence window after it lands, until
+    /// their memory tiers have applied it.
     pub pending_purges: u64,
     /// Attempts to land a queued purge.
     pub retried_purges: u64,
-    /// Queued purges that have landed.
+    /// Queued purges that have landed (under a tiered store: and settled, as above).
     pub landed_purges: u64,
     /// Times the queue of pending purges passed its bound and became one purge-all.
     pub degraded_purges: u64,
@@ -737,6 +742,12 @@ impl RedisStore {
         self.purge_or_queue(PendingKind::All).await
     }
 
+    /// A memory tier of a tiered store sits over this store: queued purges that land settle
+    /// for `window` before they stop counting as pending.
+    pub(crate) fn attach_tier(&self, window: Duration) {
+        let _ = self.inner.tier_window.set(window);
+    }
+
     /// Whether this store talks to a Redis Cluster (where `PUBLISH` counts one node's
     /// subscribers only).
     pub(crate) fn is_cluster(&self) -> bool {
@@ -768,19 +779,27 @@ impl RedisStore {
             self.inner.pending.retries_ended();
             return;
         };
-        let store = Arc::downgrade(&self.inner);
+        let weak = Arc::downgrade(&self.inner);
         runtime.spawn(async move {
             let mut backoff = RETRY_MIN;
             loop {
                 tokio::time::sleep(backoff).await;
-                let Some(inner) = store.upgrade() else { return };
+                let Some(inner) = weak.upgrade() else { return };
                 let store = RedisStore { inner };
-                let Some(next) = store.inner.pending.next_retry() else {
-                    return;
-                };
-                backoff = match store.retry(&next).await {
-                    Ok(()) => Duration::ZERO,
-                    Err(_) => (backoff * 2).clamp(RETRY_MIN, RETRY_MAX),
+                backoff = match store.inner.pending.next_retry() {
+                    Next::Retry(next) => match store.retry(&next).await {
+                        Ok(()) => Duration::ZERO,
+                        Err(_) => (backoff * 2).clamp(RETRY_MIN, RETRY_MAX),
+                    },
+                    Next::Settle(count) => {
+                        let window = store.inner.tier_window.get().copied().unwrap_or_default();
+                        drop(store);
+                        tokio::time::sleep(window).await;
+                        let Some(inner) = weak.upgrade() else { return };
+                        inner.pending.settled(count);
+                        Duration::ZERO
+                    }
+                    Next::Done => return,
                 };
             }
         });
@@ -788,10 +807,17 @@ impl RedisStore {
 
     /// One queued purge, tried past an open breaker: the retries are one call at a time with
     /// backoff, and must land as soon as Redis answers, before other instances read from it.
+    /// Under a tiered store whose purge other subscriptions heard, it stays pending for the
+    /// coherence window after landing, until their memory tiers have applied it (or stopped
+    /// answering), as a direct purge through the tiered store returns only then.
     async fn retry(&self, pending: &Pending) -> Result<(), StoreError> {
         let age = pending.requested.elapsed();
-        self.send_purge(&pending.kind, age, Breaking::Past).await?;
-        self.inner.pending.landed(pending);
+        let heard = self.send_purge(&pending.kind, age, Breaking::Past).await?;
+        if self.inner.tier_window.get().is_some() && (heard > 0 || self.is_cluster()) {
+            self.inner.pending.landed_settling(pending);
+        } else {
+            self.inner.pending.landed(pending);
+        }
         tracing::info!("a queued purge landed in Redis");
         Ok(())
     }
@@ -960,6 +986,7 @@ impl RedisStoreBuilder {
                 breaker: Breaker::new(self.breaker_threshold, self.breaker_cooldown),
                 counters: RedisCounters::default(),
                 pending: PurgeQueue::new(self.pending_purge_bytes, self.skew_margin),
+                tier_window: OnceLock::new(),
                 policy: AtomicU8::new(MaxmemoryPolicy::Unknown.index()),
                 stamps_evictable: AtomicBool::new(false),
             }),

@@ -73,6 +73,7 @@ impl TieredStore {
     /// within a Tokio runtime (the subscription and heartbeats run as tasks, ended with the
     /// last clone).
     pub fn new(l1: MemoryStore, l2: RedisStore) -> Self {
+        l2.attach_tier(COHERENCE_WINDOW);
         let feed = Feed::start(l1.clone(), l2.clone());
         TieredStore { l1, l2, feed }
     }
@@ -100,8 +101,6 @@ impl TieredStore {
         }
     }
 
-    /// Keeps `entry` in L1 if the feed has stayed in the epoch of `ticket` (else a purge may
-    /// have been missed since the entry was judged).
     /// After a purge landed and was heard by `heard` subscribers: if another instance's
     /// memory tier may hold what it names, waits [`Self::COHERENCE_WINDOW`], by when that tier
     /// has applied it or stopped answering. Alone on the channel (no subscriber, or only this
@@ -120,6 +119,8 @@ impl TieredStore {
         }
     }
 
+    /// Keeps `entry` in L1 if the feed has stayed in the epoch of `ticket` (else a purge may
+    /// have been missed since the entry was judged).
     async fn keep(&self, key: &CacheKey, entry: Entry, ttl: Duration, ticket: Ticket) -> Result<(), StoreError> {
         // A copy Redis judged valid just now: L1 checks it against the purges it learned
         // recently, not against the age of its request.

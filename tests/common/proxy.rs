@@ -1,14 +1,15 @@
 //! A loopback TCP proxy the tests put between a client and a server, and switch to
 //! black-hole a link (connections stay open, nothing is forwarded, as after a NAT device
-//! dropped the flow) and heal it again.
+//! dropped the flow) and heal it again, or to delay what it forwards (a slow link).
 //!
 //! Include with `#[path = "common/proxy.rs"] mod proxy;`.
 
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -24,6 +25,8 @@ enum Mode {
 pub struct Proxy {
     pub addr: SocketAddr,
     mode: watch::Sender<Mode>,
+    /// Added to every forwarded chunk, in µs.
+    delay: Arc<AtomicU64>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -40,9 +43,12 @@ impl Proxy {
         let addr = listener.local_addr().expect("local addr");
         let (mode, _) = watch::channel(Mode::Forward);
         let modes = mode.clone();
+        let delay = Arc::new(AtomicU64::new(0));
+        let delays = delay.clone();
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let modes = modes.subscribe();
+                let delay = delays.clone();
                 tokio::spawn(async move {
                     let Ok(Ok(server)) =
                         tokio::time::timeout(std::time::Duration::from_secs(2), TcpStream::connect(upstream)).await
@@ -54,12 +60,23 @@ impl Proxy {
                     let dead = Arc::new(AtomicBool::new(false));
                     let (client_read, client_write) = client.into_split();
                     let (server_read, server_write) = server.into_split();
-                    tokio::spawn(pump(client_read, server_write, modes.clone(), dead.clone()));
-                    tokio::spawn(pump(server_read, client_write, modes, dead));
+                    tokio::spawn(pump(
+                        client_read,
+                        server_write,
+                        modes.clone(),
+                        dead.clone(),
+                        delay.clone(),
+                    ));
+                    tokio::spawn(pump(server_read, client_write, modes, dead, delay));
                 });
             }
         });
-        Proxy { addr, mode, accept }
+        Proxy {
+            addr,
+            mode,
+            delay,
+            accept,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -76,10 +93,33 @@ impl Proxy {
     pub fn heal(&self) {
         self.mode.send_replace(Mode::Forward);
     }
+
+    /// Every byte forwarded from now on, both ways, arrives `delay` after it was read (order
+    /// kept).
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay.store(delay.as_micros() as u64, SeqCst);
+    }
 }
 
-/// Copies one direction. Once a connection has dropped bytes it never forwards again.
-async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut mode: watch::Receiver<Mode>, dead: Arc<AtomicBool>) {
+/// Copies one direction, through a delay line. Once a connection has dropped bytes it never
+/// forwards again.
+async fn pump(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    mut mode: watch::Receiver<Mode>,
+    dead: Arc<AtomicBool>,
+    delay: Arc<AtomicU64>,
+) {
+    let (line, mut arrivals) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    // Ends once the reader below has ended and what it read has been written.
+    tokio::spawn(async move {
+        while let Some((due, bytes)) = arrivals.recv().await {
+            tokio::time::sleep_until(due).await;
+            if to.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    });
     let mut buf = vec![0u8; 16 << 10];
     loop {
         tokio::select! {
@@ -92,7 +132,8 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut mode: watch::
                     dead.store(true, SeqCst);
                     continue;
                 }
-                if to.write_all(&buf[..n]).await.is_err() {
+                let due = tokio::time::Instant::now() + Duration::from_micros(delay.load(SeqCst));
+                if line.send((due, buf[..n].to_vec())).is_err() {
                     return;
                 }
             }
