@@ -1,6 +1,6 @@
 //! Caching unary gRPC calls of a tonic service, and invalidating them from a mutation.
 //!
-//! Run it with `cargo run --example grpc` (no protoc needed: the code generated from
+//! Run it with `cargo run --example grpc --features grpc` (no protoc needed: the code generated from
 //! `proto/catalog.proto` is committed in `examples/grpc/catalog.rs`).
 //!
 //! A book catalogue (GetBook, ListBooks, AddReview) is served on a free loopback port behind

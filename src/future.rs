@@ -1,21 +1,77 @@
-//! The response future of [`CacheService`](crate::CacheService).
+//! What the layers' services share: the bounds on the service they wrap and on its bodies,
+//! and the boxed future their responses come through.
 
 use crate::CacheBody;
-use http::Response;
+use http::{Request, Response};
 use http_body::Body;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use tower_service::Service;
 
-type Boxed<B, E> = Pin<Box<dyn Future<Output = Result<Response<CacheBody<B>>, E>> + Send>>;
+/// A boxed future of a response; one per request through a layer's service.
+pub(crate) type Boxed<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+/// The services [`CacheLayer`](crate::CacheLayer) and
+/// [`InvalidateLayer`](crate::InvalidateLayer) wrap: HTTP services that can be cloned and sent
+/// into the tasks the cache spawns (background refreshes, purges that outlive the client).
+///
+/// Implemented for every service that qualifies (an axum `Router`, a tonic server, a
+/// `tower::service_fn`...); it only names the bounds once, for code generic over what the
+/// layers wrap:
+///
+/// ```
+/// use tower::Layer;
+/// use tower_response_cache::{CacheLayer, CacheService, HttpService, MemoryStore};
+///
+/// fn cached<S: HttpService<axum::body::Body>>(service: S, layer: &CacheLayer<MemoryStore>) -> CacheService<S, MemoryStore> {
+///     layer.layer(service)
+/// }
+///
+/// let app = axum::Router::new().route("/", axum::routing::get(|| async { "hello" }));
+/// let service = cached(app, &CacheLayer::new(MemoryStore::new()));
+/// # drop(service);
+/// ```
+pub trait HttpService<ReqB>:
+    Service<Request<ReqB>, Response = Response<Self::ResBody>, Future: Send + 'static, Error: Send + 'static>
+    + Clone
+    + Send
+    + 'static
+{
+    /// The body of the service's responses.
+    type ResBody: SendBody;
+}
+
+impl<S, ReqB, ResB> HttpService<ReqB> for S
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResB: SendBody,
+{
+    type ResBody = ResB;
+}
+
+/// A response body the cache can read on one task and hand to another.
+pub trait SendBody: Body<Data: Send, Error: Send> + Send + 'static {}
+
+impl<B> SendBody for B
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Send,
+{
+}
+
+type BoxedCached<B, E> = Boxed<Response<CacheBody<B>>, E>;
 
 /// Response future of [`CacheService`](crate::CacheService).
 ///
 /// The cache's flow awaits the store, the inner service and the body in turn; it is boxed
 /// once per request so that stores can be written with plain `async fn`.
 pub struct ResponseFuture<B: Body, E> {
-    inner: Boxed<B, E>,
+    inner: BoxedCached<B, E>,
 }
 
 impl<B: Body, E> ResponseFuture<B, E> {

@@ -6,7 +6,7 @@
 //! credential-bearing header values are hashed (SHA-256) so that no secret is kept in a key.
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, AUTHORIZATION, CONTENT_TYPE, COOKIE, HOST, PROXY_AUTHORIZATION};
+use http::header::{HeaderMap, HeaderName, AUTHORIZATION, COOKIE, HOST, PROXY_AUTHORIZATION};
 use http::{request, Method};
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -169,14 +169,16 @@ pub(crate) fn variant(primary: &CacheKey, names: &[HeaderName], headers: &Header
     CacheKey(buf.into())
 }
 
+#[cfg(feature = "grpc")]
 /// The metadata that selects how a gRPC response is encoded: its framing, the compression
 /// of the request message, and the compressions the client can read.
 static GRPC_ENCODING_FIELDS: [HeaderName; 3] = [
-    CONTENT_TYPE,
+    http::header::CONTENT_TYPE,
     HeaderName::from_static("grpc-encoding"),
     HeaderName::from_static("grpc-accept-encoding"),
 ];
 
+#[cfg(feature = "grpc")]
 /// The key of an opted-in gRPC call: the primary key (method, host, path, identity), then a
 /// hash of the request body (the length-prefixed message), the encoding metadata and the
 /// metadata named in `vary`.
@@ -421,6 +423,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "grpc")]
     fn grpc_calls_are_keyed_by_message_encoding_and_varied_metadata() {
         let c = KeyConfig::default();
         let vary = [HeaderName::from_static("x-tenant")];

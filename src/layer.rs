@@ -7,7 +7,9 @@ use crate::policy::{PolicyConfig, RouteOverride, DEFAULT_CACHEABLE_STATUSES};
 use crate::service::CacheService;
 use crate::status;
 use crate::tags::TagLimits;
-use crate::{CacheKey, GrpcMethods, Store};
+#[cfg(feature = "grpc")]
+use crate::GrpcMethods;
+use crate::{CacheKey, Store};
 use http::{request, response, HeaderName, StatusCode};
 use std::fmt;
 use std::sync::Arc;
@@ -41,6 +43,7 @@ pub(crate) struct Config {
     pub(crate) coalesce_timeout: Duration,
     pub(crate) remember_uncacheable: Duration,
     pub(crate) origin_timeout: Option<Duration>,
+    #[cfg(feature = "grpc")]
     pub(crate) grpc: Option<GrpcMethods>,
 }
 
@@ -60,8 +63,8 @@ impl Config {
 
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("policy", &self.policy)
+        let mut f = f.debug_struct("Config");
+        f.field("policy", &self.policy)
             .field("key", &self.key)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("identity", &self.identity.is_some())
@@ -74,9 +77,10 @@ impl fmt::Debug for Config {
             .field("coalesce", &self.coalesce)
             .field("coalesce_timeout", &self.coalesce_timeout)
             .field("remember_uncacheable", &self.remember_uncacheable)
-            .field("origin_timeout", &self.origin_timeout)
-            .field("grpc", &self.grpc)
-            .finish()
+            .field("origin_timeout", &self.origin_timeout);
+        #[cfg(feature = "grpc")]
+        f.field("grpc", &self.grpc);
+        f.finish()
     }
 }
 
@@ -151,6 +155,7 @@ impl<St: Store> CacheLayer<St> {
                 coalesce_timeout: Duration::from_secs(10),
                 remember_uncacheable: Duration::from_secs(5),
                 origin_timeout: None,
+                #[cfg(feature = "grpc")]
                 grpc: None,
             },
         }
@@ -207,7 +212,7 @@ impl<S, St> Layer<S> for CacheLayer<St> {
 /// | [`remember_uncacheable`](Self::remember_uncacheable) | 5 s |
 /// | [`honor_request_directives`](Self::honor_request_directives) | `false` |
 /// | [`cache_status_name`](Self::cache_status_name) | `tower-response-cache` |
-/// | [`grpc`](Self::grpc) | none: every gRPC call passes through |
+/// | `grpc` (feature `grpc`) | none: every gRPC call passes through |
 #[must_use]
 pub struct CacheLayerBuilder<St> {
     store: St,
@@ -441,6 +446,8 @@ impl<St: Store> CacheLayerBuilder<St> {
     ///     )
     ///     .build();
     /// ```
+    #[cfg(feature = "grpc")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
     pub fn grpc(mut self, methods: GrpcMethods) -> Self {
         if methods.caches_without_reader() {
             tracing::warn!(

@@ -7,7 +7,10 @@ mod body;
 mod coalesce;
 mod entry;
 mod future;
+#[cfg(feature = "grpc")]
+#[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
 pub mod grpc;
+mod grpc_wire;
 pub mod invalidate;
 mod key;
 mod layer;
@@ -21,7 +24,8 @@ mod warm;
 
 pub use body::CacheBody;
 pub use entry::{CachedResponse, DecodeError, Entry};
-pub use future::ResponseFuture;
+pub use future::{HttpService, ResponseFuture, SendBody};
+#[cfg(feature = "grpc")]
 pub use grpc::{GrpcMethod, GrpcMethods, GrpcRequest};
 pub use invalidate::{Invalidate, InvalidateLayer, InvalidateLayerBuilder};
 pub use key::CacheKey;

@@ -1,10 +1,10 @@
 //! Filling the cache ahead of traffic.
 
+use crate::future::HttpService;
 use crate::status;
 use crate::{CacheLayer, Store};
 use futures_util::StreamExt;
-use http::{Request, Response};
-use http_body::Body;
+use http::Request;
 use std::future::poll_fn;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -41,15 +41,10 @@ impl<St: Store> CacheLayer<St> {
     /// assert_eq!(report.stored, 20);
     /// # });
     /// ```
-    pub async fn warm<S, ReqB, ResB, I>(&self, inner: S, requests: I, concurrency: usize) -> WarmReport
+    pub async fn warm<S, ReqB, I>(&self, inner: S, requests: I, concurrency: usize) -> WarmReport
     where
-        S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Send + 'static,
+        S: HttpService<ReqB>,
         ReqB: Send + 'static,
-        ResB: Body + Send + 'static,
-        ResB::Data: Send,
-        ResB::Error: Send,
         I: IntoIterator<Item = Request<ReqB>>,
     {
         let service = self.layer(inner);

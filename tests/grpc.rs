@@ -744,6 +744,6 @@ fn generated_code_matches_the_proto() {
     let current = std::fs::read_to_string(&committed).unwrap_or_default();
     assert!(
         current == fresh,
-        "examples/grpc/catalog.rs is out of date: run `REGENERATE_GRPC_CODE=1 cargo test --test grpc generated_code`"
+        "examples/grpc/catalog.rs is out of date: run `REGENERATE_GRPC_CODE=1 cargo test --features grpc --test grpc generated_code`"
     );
 }

@@ -73,42 +73,22 @@
 //! gRPC-Web (`application/grpc-web`) calls are not recognised as gRPC; put the cache inside
 //! the gRPC-Web translation layer so that it sees plain gRPC.
 
+mod adapter;
 mod methods;
 mod read;
 
+pub(crate) use adapter::{GrpcCall, OptedIn};
+
 pub use methods::{GrpcMethod, GrpcMethods, GrpcRequest};
 
+use crate::grpc_wire::{has_grpc_content_type, is_grpc, status_code, GRPC_STATUS};
 use crate::metrics::BypassReason;
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, CONTENT_TYPE};
-use http::{request, response, Method, StatusCode};
-use methods::TagsFn;
-use std::fmt;
-use std::sync::Arc;
-
-/// `grpc-status`: the call's status code, in the trailers (or in the headers of a
-/// trailers-only response).
-pub(crate) const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+use http::header::HeaderMap;
+use http::{response, StatusCode};
 
 /// The length prefix of a gRPC message: a compressed flag and a 32-bit big-endian length.
 const PREFIX: usize = 5;
-
-/// Whether a request is a gRPC call: `POST` with `content-type: application/grpc`, or one of
-/// its `+format` / parameter variants. gRPC-Web is not.
-pub(crate) fn is_grpc(parts: &request::Parts) -> bool {
-    parts.method == Method::POST && has_grpc_content_type(&parts.headers)
-}
-
-fn has_grpc_content_type(headers: &HeaderMap) -> bool {
-    const GRPC: &[u8] = b"application/grpc";
-    headers.get(CONTENT_TYPE).is_some_and(|value| {
-        let value = value.as_bytes();
-        value
-            .get(..GRPC.len())
-            .is_some_and(|start| start.eq_ignore_ascii_case(GRPC))
-            && matches!(value.get(GRPC.len()), None | Some(b'+' | b';'))
-    })
-}
 
 /// The declared length of the body's first message, prefix included, once the prefix is known.
 fn first_frame_len(head: &[u8]) -> Option<usize> {
@@ -153,17 +133,6 @@ pub(crate) fn single_message(body: &[u8]) -> Option<(bool, &[u8])> {
     }
 }
 
-/// The `grpc-status` code in `headers`; an unreadable value counts as an unknown error.
-pub(crate) fn status_code(headers: &HeaderMap) -> Option<u32> {
-    let value = headers.get(GRPC_STATUS)?;
-    Some(
-        std::str::from_utf8(value.as_bytes())
-            .ok()
-            .and_then(|text| text.trim().parse().ok())
-            .unwrap_or(2),
-    )
-}
-
 /// A trailers-only response whose status says the server failed, as a 5xx would: it may be
 /// answered for by a stale entry under `stale-if-error`.
 pub(crate) fn is_server_failure(headers: &HeaderMap) -> bool {
@@ -195,41 +164,6 @@ pub(crate) fn body_refusal(data: &[u8], trailers: Option<&HeaderMap>) -> Option<
     None
 }
 
-/// What the cache keeps of an opted-in call until its response is stored.
-#[derive(Clone)]
-pub(crate) struct GrpcCall {
-    /// The uncompressed request message, for the method's tag function.
-    message: Option<Bytes>,
-    tags: Option<Arc<TagsFn>>,
-}
-
-impl GrpcCall {
-    /// `frame` is the request body, already checked to be one message.
-    pub(crate) fn new(method: &GrpcMethod, frame: &Bytes) -> Self {
-        GrpcCall {
-            message: uncompressed_message(frame),
-            tags: method.tags_fn().cloned(),
-        }
-    }
-
-    /// The tags the method's tag function gives this call.
-    pub(crate) fn tags(&self, request: &request::Parts) -> Vec<String> {
-        match &self.tags {
-            Some(tags) => tags(&GrpcRequest::new(request, self.message.as_deref())),
-            None => Vec::new(),
-        }
-    }
-}
-
-impl fmt::Debug for GrpcCall {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GrpcCall")
-            .field("message_len", &self.message.as_ref().map(Bytes::len))
-            .field("tags", &self.tags.is_some())
-            .finish()
-    }
-}
-
 /// The message of a one-message body, if it is not compressed.
 pub(crate) fn uncompressed_message(frame: &Bytes) -> Option<Bytes> {
     match single_message(frame) {
@@ -241,7 +175,7 @@ pub(crate) fn uncompressed_message(frame: &Bytes) -> Option<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::{Request, Response};
+    use http::{request, Request, Response};
 
     fn frame(flag: u8, message: &[u8]) -> Vec<u8> {
         let mut body = vec![flag];

@@ -1,7 +1,9 @@
-//! `InvalidateLayer`: configuration only.
+//! `InvalidateLayer` and its builder: the configuration and counters shared by every service
+//! the layer makes.
 
 use super::service::InvalidateService;
 use crate::store::PurgeMode;
+#[cfg(feature = "grpc")]
 use crate::GrpcMethods;
 use http::{request, StatusCode};
 use std::fmt;
@@ -16,6 +18,7 @@ pub(crate) struct Shared<St> {
     pub(crate) rules: Option<Box<RulesFn>>,
     pub(crate) mode: PurgeMode,
     pub(crate) counters: Counters,
+    #[cfg(feature = "grpc")]
     pub(crate) grpc: Option<GrpcMethods>,
 }
 
@@ -67,12 +70,13 @@ impl<St> Clone for InvalidateLayer<St> {
 
 impl<St: fmt::Debug> fmt::Debug for InvalidateLayer<St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("InvalidateLayer")
-            .field("store", &self.shared.store)
+        let mut f = f.debug_struct("InvalidateLayer");
+        f.field("store", &self.shared.store)
             .field("rules", &self.shared.rules.is_some())
-            .field("mode", &self.shared.mode)
-            .field("grpc", &self.shared.grpc)
-            .finish()
+            .field("mode", &self.shared.mode);
+        #[cfg(feature = "grpc")]
+        f.field("grpc", &self.shared.grpc);
+        f.finish()
     }
 }
 
@@ -89,6 +93,7 @@ impl<St> InvalidateLayer<St> {
             store,
             rules: None,
             mode: PurgeMode::Hard,
+            #[cfg(feature = "grpc")]
             grpc: None,
         }
     }
@@ -127,24 +132,26 @@ pub struct InvalidateLayerBuilder<St> {
     store: St,
     rules: Option<Box<RulesFn>>,
     mode: PurgeMode,
+    #[cfg(feature = "grpc")]
     grpc: Option<GrpcMethods>,
 }
 
 impl<St: fmt::Debug> fmt::Debug for InvalidateLayerBuilder<St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("InvalidateLayerBuilder")
-            .field("store", &self.store)
+        let mut f = f.debug_struct("InvalidateLayerBuilder");
+        f.field("store", &self.store)
             .field("rules", &self.rules.is_some())
-            .field("mode", &self.mode)
-            .field("grpc", &self.grpc)
-            .finish()
+            .field("mode", &self.mode);
+        #[cfg(feature = "grpc")]
+        f.field("grpc", &self.grpc);
+        f.finish()
     }
 }
 
 impl<St> InvalidateLayerBuilder<St> {
     /// Derives tags to purge from the request and the (successful) status, e.g. from the
     /// route: `POST /books/7/reviews` → `book:7`. For the gRPC mutations declared with
-    /// [`grpc`](Self::grpc) it is called with `200 OK`, and its tags are purged once the
+    /// `grpc` (feature `grpc`) it is called with `200 OK`, and its tags are purged once the
     /// call succeeds.
     ///
     /// ```
@@ -182,6 +189,8 @@ impl<St> InvalidateLayerBuilder<St> {
     ///     ))
     ///     .build();
     /// ```
+    #[cfg(feature = "grpc")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
     pub fn grpc(mut self, methods: GrpcMethods) -> Self {
         self.grpc = Some(methods);
         self
@@ -202,6 +211,7 @@ impl<St> InvalidateLayerBuilder<St> {
                 rules: self.rules,
                 mode: self.mode,
                 counters: Counters::default(),
+                #[cfg(feature = "grpc")]
                 grpc: self.grpc,
             }),
         }

@@ -4,12 +4,14 @@
 use super::body::{InvalidateBody, OnTrailers};
 use super::layer::Shared;
 use super::{is_unsafe, rfc9111_tags, succeeded, Invalidate, TargetPurged};
-use crate::grpc::{self, GrpcMethod, GrpcRequest};
+use crate::future::{Boxed, HttpService, SendBody};
+#[cfg(feature = "grpc")]
+use crate::grpc::{self, GrpcRequest};
+use crate::grpc_wire;
 use crate::store::{PurgeMode, Store};
 use crate::tags::{detached, string_list, CACHE_GROUP_INVALIDATION};
 use futures_util::TryFutureExt;
 use http::{request, HeaderMap, Request, Response, StatusCode};
-use http_body::Body;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -65,7 +67,7 @@ impl<S, St> InvalidateService<S, St> {
 /// Response future of [`InvalidateService`]: the inner response, returned once its purges
 /// are done (for a gRPC call whose status comes in trailers, the trailers wait for them).
 pub struct InvalidateFuture<T, E> {
-    inner: Pin<Box<dyn Future<Output = Result<T, E>> + Send>>,
+    inner: Boxed<T, E>,
 }
 
 impl<T, E> Future for InvalidateFuture<T, E> {
@@ -81,20 +83,15 @@ impl<T, E> fmt::Debug for InvalidateFuture<T, E> {
     }
 }
 
-impl<S, St, ReqB, ResB> Service<Request<ReqB>> for InvalidateService<S, St>
+impl<S, St, ReqB> Service<Request<ReqB>> for InvalidateService<S, St>
 where
-    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
+    S: HttpService<ReqB>,
     St: Store,
     ReqB: Send + 'static,
-    ResB: Body + Send + 'static,
-    ResB::Data: Send,
-    ResB::Error: Send,
 {
-    type Response = Response<InvalidateBody<ResB>>;
+    type Response = Response<InvalidateBody<S::ResBody>>;
     type Error = S::Error;
-    type Future = InvalidateFuture<Response<InvalidateBody<ResB>>, S::Error>;
+    type Future = InvalidateFuture<Response<InvalidateBody<S::ResBody>>, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -110,7 +107,7 @@ where
         }
         let shared = self.shared.clone();
         let (parts, body) = req.into_parts();
-        if grpc::is_grpc(&parts) {
+        if grpc_wire::is_grpc(&parts) {
             return InvalidateFuture {
                 inner: Box::pin(grpc_call(shared, inner, parts, body)),
             };
@@ -202,30 +199,10 @@ where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
     St: Store,
     ReqB: Send + 'static,
-    ResB: Body + Send + 'static,
-    ResB::Data: Send,
-    ResB::Error: Send,
+    ResB: SendBody,
 {
-    let methods = shared.grpc.as_ref();
-    let mutation = methods.and_then(|methods| methods.mutation(&parts));
     let request = detached(&parts);
-    let mut frame = None;
-    let body = match (methods, mutation.and_then(GrpcMethod::tags_fn)) {
-        (Some(methods), Some(_)) => match methods.read_request(body).await {
-            Ok((body, read)) => {
-                frame = Some(read);
-                body
-            }
-            Err((body, reason)) => {
-                tracing::debug!(
-                    reason = reason.as_str(),
-                    "gRPC mutation message not read: tags named without it"
-                );
-                body
-            }
-        },
-        _ => body,
-    };
+    let (body, declared) = declared_mutation(&shared, &request, body).await;
     let response = inner.call(Request::from_parts(parts, body)).await?;
 
     let mut purges = Purges::default();
@@ -233,22 +210,19 @@ where
     if let Some(invalidate) = response.extensions().get::<Invalidate>() {
         purges.add(invalidate.mode(), invalidate.as_slice().iter().cloned());
     }
-    match mutation {
-        Some(method) => {
+    match declared {
+        Some(tags) => {
             if let Some(rules) = &shared.rules {
                 purges.add(shared.mode, rules(&request, StatusCode::OK));
             }
-            if let Some(tags) = method.tags_fn() {
-                let message = frame.as_ref().and_then(grpc::uncompressed_message);
-                purges.add(shared.mode, tags(&GrpcRequest::new(&request, message.as_deref())));
-            }
+            purges.add(shared.mode, tags);
         }
         // Neither declared a mutation nor naming anything to purge: a plain call.
         None if purges.is_empty() => return Ok(response.map(InvalidateBody::plain)),
         None => {}
     }
 
-    let trailers_only = grpc::status_code(response.headers());
+    let trailers_only = grpc_wire::status_code(response.headers());
     if !response.status().is_success() || trailers_only.is_some_and(|code| code != 0) {
         shared.counters.skipped.fetch_add(1, Relaxed);
         return Ok(response.map(InvalidateBody::plain));
@@ -258,7 +232,7 @@ where
         return Ok(response.map(InvalidateBody::plain));
     }
     let on_trailers: OnTrailers = Box::new(move |trailers| match trailers {
-        Some(trailers) if grpc::status_code(trailers) == Some(0) => {
+        Some(trailers) if grpc_wire::status_code(trailers) == Some(0) => {
             purges.add_named(shared.mode, trailers);
             Some(Box::pin(async move {
                 purge(shared, purges).await;
@@ -270,6 +244,48 @@ where
         }
     });
     Ok(response.map(|body| InvalidateBody::watched(body, on_trailers)))
+}
+
+/// For a declared gRPC mutation, the tags its method's tag function names from the request
+/// and its message (read here and handed on byte for byte); `None` for any other call.
+#[cfg(feature = "grpc")]
+async fn declared_mutation<St, B: Send + 'static>(
+    shared: &Shared<St>,
+    request: &request::Parts,
+    body: B,
+) -> (B, Option<Vec<String>>) {
+    let Some((methods, method)) = shared
+        .grpc
+        .as_ref()
+        .and_then(|methods| Some((methods, methods.mutation(request)?)))
+    else {
+        return (body, None);
+    };
+    let Some(tags) = method.tags_fn() else {
+        return (body, Some(Vec::new()));
+    };
+    let (body, message) = match methods.read_request(body).await {
+        Ok((body, frame)) => (body, grpc::uncompressed_message(&frame)),
+        Err((body, reason)) => {
+            tracing::debug!(
+                reason = reason.as_str(),
+                "gRPC mutation message not read: tags named without it"
+            );
+            (body, None)
+        }
+    };
+    let tags = tags(&GrpcRequest::new(request, message.as_deref()));
+    (body, Some(tags))
+}
+
+/// Without the `grpc` feature no gRPC mutation is declared.
+#[cfg(not(feature = "grpc"))]
+async fn declared_mutation<St, B>(
+    _shared: &Shared<St>,
+    _request: &request::Parts,
+    body: B,
+) -> (B, Option<Vec<String>>) {
+    (body, None)
 }
 
 /// Runs the purges to their end whatever the client does; the response waits for them

@@ -3,10 +3,9 @@
 
 use super::lookup::{Lookout, Stale};
 use super::respond::{finish, from_entry, not_stored};
-use crate::body::{collect_bounded, collect_ready, collect_within, Collected, ReadWhole, StoreWhenWhole};
+use crate::body::{collect_bounded, collect_ready, Collected, ReadWhole, StoreWhenWhole};
 use crate::coalesce::{Flight, OriginFailure, Settlement};
 use crate::entry::{CachedResponse, Entry};
-use crate::grpc;
 use crate::key::{self, CacheKey};
 use crate::layer::{Config, Shared};
 use crate::metrics::{BypassReason, Counters};
@@ -163,7 +162,7 @@ fn decide<'a, St>(shared: &Shared<St>, judged: &Judged<'a>, head: &response::Par
     let lookout = judged.lookout;
     let status = head.status;
     // A gRPC server fails with HTTP 200 and the failure in `grpc-status`.
-    let grpc_failure = lookout.grpc.is_some() && grpc::is_server_failure(&head.headers);
+    let grpc_failure = lookout.grpc.as_ref().is_some_and(|call| call.is_server_failure(head));
     if status.is_server_error() || grpc_failure {
         if let Some(stale) = judged.fallback {
             return Decision::StandIn(stale);
@@ -180,7 +179,7 @@ fn decide<'a, St>(shared: &Shared<St>, judged: &Judged<'a>, head: &response::Par
     if let (StatusCode::NOT_MODIFIED, Some(stale)) = (status, judged.revalidating) {
         return Decision::Revalidated(stale);
     }
-    if let Some(reason) = lookout.grpc.as_ref().and_then(|_| grpc::head_refusal(head)) {
+    if let Some(reason) = lookout.grpc.as_ref().and_then(|call| call.head_refusal(head)) {
         return Decision::Refuse(reason, Settlement::Retry);
     }
     let policy = &shared.config.policy;
@@ -240,18 +239,20 @@ async fn keep<St: Store, B: Body>(
     let config = &shared.config;
     let status = head.status;
     let max = config.max_body_bytes;
-    let mut declared = None;
-    let collected = match lookout.grpc {
-        // One message is all a storable gRPC response holds: a second one shows a stream,
-        // passed on at once.
-        Some(_) => Ok(collect_within(body, |frame| grpc::one_message_limit(frame, max, &mut declared)).await),
+    let mut too_large = BypassReason::BodyTooLarge;
+    let collected = match &lookout.grpc {
+        Some(call) => {
+            let (collected, reason) = call.collect(body, max).await;
+            too_large = reason;
+            Ok(collected)
+        }
         None if client.is_some() => collect_ready(body, max).await,
         None => Ok(collect_bounded(body, max).await),
     };
     let (data, trailers) = match collected {
         Ok(Collected::Complete { data, trailers }) => (data, trailers),
         Ok(Collected::TooLarge(body)) => {
-            let reason = grpc::too_large_reason(declared, max, BypassReason::BodyTooLarge);
+            let reason = too_large;
             return (
                 not_stored(shared, head, body, reason, miss_kind),
                 Settlement::Uncacheable,
@@ -292,7 +293,7 @@ async fn keep<St: Store, B: Body>(
     if let Some(reason) = lookout
         .grpc
         .as_ref()
-        .and_then(|_| grpc::body_refusal(&data, trailers.as_ref()))
+        .and_then(|call| call.body_refusal(&data, trailers.as_ref()))
     {
         let settlement = match reason {
             BypassReason::Streaming => Settlement::Uncacheable,

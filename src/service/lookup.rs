@@ -1,7 +1,7 @@
 //! Finding a stored response this request may be answered with.
 
+use super::call::GrpcCall;
 use crate::entry::{CachedResponse, Entry};
-use crate::grpc::GrpcCall;
 use crate::key::{self, CacheKey};
 use crate::layer::Shared;
 use crate::policy::{RequestFacts, RouteOverride};

@@ -1,15 +1,15 @@
 //! `CacheService`: request → key → lookup → hit (fresh, or stale while one refresh runs), or
 //! miss → coalesce → inner service → policy → store.
 
+mod call;
 mod forward;
 mod lookup;
 mod respond;
 
 use crate::coalesce::{self, Flight, Join, OriginFailure, Settlement};
-use crate::future::ResponseFuture;
-use crate::grpc::{self, GrpcCall};
+use crate::future::{HttpService, ResponseFuture, SendBody};
+use crate::grpc_wire;
 use crate::invalidate;
-use crate::key;
 use crate::layer::Shared;
 use crate::metrics::{BypassReason, Counters};
 use crate::policy::{cache_control::CacheControl, RequestFacts, RouteOverride};
@@ -17,6 +17,7 @@ use crate::status::{MissKind, Outcome};
 use crate::store::{request_clock, Store};
 use crate::tags::detached;
 use crate::CacheBody;
+use call::OptedIn;
 use forward::{forward, gateway_timeout, invalidate_target, Attempt};
 use http::header::{AUTHORIZATION, CACHE_CONTROL, COOKIE, IF_MODIFIED_SINCE, IF_NONE_MATCH, RANGE};
 use http::{request, Method, Request, Response};
@@ -81,20 +82,15 @@ impl<S, St> CacheService<S, St> {
     }
 }
 
-impl<S, St, ReqB, ResB> Service<Request<ReqB>> for CacheService<S, St>
+impl<S, St, ReqB> Service<Request<ReqB>> for CacheService<S, St>
 where
-    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
+    S: HttpService<ReqB>,
     St: Store,
     ReqB: Send + 'static,
-    ResB: Body + Send + 'static,
-    ResB::Data: Send,
-    ResB::Error: Send,
 {
-    type Response = Response<CacheBody<ResB>>;
+    type Response = Response<CacheBody<S::ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<ResB, S::Error>;
+    type Future = ResponseFuture<S::ResBody, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -121,27 +117,22 @@ where
     S::Future: Send,
     St: Store,
     ReqB: Send + 'static,
-    ResB: Body + Send + 'static,
-    ResB::Data: Send,
-    ResB::Error: Send,
+    ResB: SendBody,
 {
     let config = &shared.config;
     let (parts, body) = req.into_parts();
     let mut route = config.route_override.as_ref().and_then(|f| f(&parts));
-    let grpc_method = config
-        .grpc
-        .as_ref()
-        .and_then(|methods| Some((methods, methods.cached(&parts)?)));
-    if let Some(reason) = request_bypass(&shared, &parts, route, grpc_method.is_some()) {
+    let opted_in = OptedIn::find(config, &parts);
+    if let Some(reason) = request_bypass(&shared, &parts, route, opted_in.is_some()) {
         // Boxed here and below: the paths that wait on the inner service would otherwise
         // make every request's future (hits included) as large as theirs.
         return Box::pin(bypass(&shared, inner, parts, body, reason)).await;
     }
     // An opted-in gRPC call is keyed by its request message, read here and handed on.
-    let (body, grpc) = match grpc_method {
+    let (body, call) = match opted_in {
         None => (body, None),
-        Some((methods, method)) => match Box::pin(methods.read_request(body)).await {
-            Ok((body, frame)) => (body, Some((methods, method, frame))),
+        Some(opted_in) => match Box::pin(opted_in.read(body)).await {
+            Ok((body, call)) => (body, Some(call)),
             Err((body, reason)) => return Box::pin(bypass(&shared, inner, parts, body, reason)).await,
         },
     };
@@ -152,13 +143,11 @@ where
         parts.headers.get(IF_NONE_MATCH).cloned(),
         parts.headers.get(IF_MODIFIED_SINCE).cloned(),
     );
-    let mut grpc_call = None;
-    if let Some((methods, method, frame)) = grpc {
-        primary = key::grpc_call(&primary, &frame, &parts.headers, methods.vary());
-        route = route.or(method.cached_ttl().map(RouteOverride::Ttl));
+    if let Some(call) = &call {
+        primary = call.key(&primary, &parts.headers);
+        route = route.or(call.ttl().map(RouteOverride::Ttl));
         // A gRPC client cannot read a 304.
         conditional = (None, None);
-        grpc_call = Some(GrpcCall::new(method, &frame));
     }
     let lookout = Lookout {
         primary,
@@ -171,7 +160,7 @@ where
         head: parts.method == Method::HEAD,
         if_none_match: conditional.0,
         if_modified_since: conditional.1,
-        grpc: grpc_call,
+        grpc: call,
     };
     let directives = config
         .honor_request_directives
@@ -368,7 +357,7 @@ where
     tracing::debug!(method = %parts.method, uri = %parts.uri, reason = reason.as_str(), "cache bypass");
     // A gRPC path names a procedure, not a resource, and a gRPC call's HTTP status says
     // nothing of its success: gRPC mutations purge through the InvalidateLayer.
-    let mutation = (invalidate::is_unsafe(&parts.method) && !grpc::is_grpc(&parts)).then(|| detached(&parts));
+    let mutation = (invalidate::is_unsafe(&parts.method) && !grpc_wire::is_grpc(&parts)).then(|| detached(&parts));
     let response = inner.call(Request::from_parts(parts, body)).await?;
     // An InvalidateLayer inside this one may have purged the target in this very store.
     let purged_inside = response
