@@ -535,7 +535,8 @@ async fn stats(State(state): State<AppState>) -> Response {
             "misses": cache.misses,
             "invalidated_misses": cache.invalidated_misses,
             "stores": cache.stores,
-            "bypasses": cache.bypasses,
+            "bypasses": by_name(&cache.bypasses),
+            "not_stored": by_name(&cache.not_stored),
             "store_errors": cache.store_errors,
             "stale_hits": cache.stale_hits,
             "coalesced": cache.coalesced,
@@ -808,14 +809,15 @@ async fn play(s: &mut Script) -> Result<(), String> {
     let stats = stats.json();
     let (cache, origin) = (&stats["cache"], &stats["origin"]);
     println!(
-        "\ncache: {} hits, {} stale hits, {} collapsed, {} misses ({} invalidated), {} stores, bypasses {}",
+        "\ncache: {} hits, {} stale hits, {} collapsed, {} misses ({} invalidated), {} stores, bypasses {}, not stored {}",
         cache["hits"],
         cache["stale_hits"],
         cache["coalesced"],
         cache["misses"],
         cache["invalidated_misses"],
         cache["stores"],
-        cache["bypasses"]
+        cache["bypasses"],
+        cache["not_stored"]
     );
     println!(
         "origin: {} calls {}, /slow keys {}",
@@ -922,4 +924,12 @@ async fn serve(addr: SocketAddr, store: &str) -> Result<(), String> {
     };
     let server = axum::serve(listener, app(AppState::new(store, db))).with_graceful_shutdown(ctrl_c);
     server.await.map_err(|e| format!("server error: {e}"))
+}
+
+/// Counts by reason, keyed by the names `Cache-Status` uses.
+fn by_name(counts: &std::collections::BTreeMap<tower_response_cache::BypassReason, u64>) -> serde_json::Value {
+    counts
+        .iter()
+        .map(|(reason, n)| (reason.as_str().to_string(), json!(n)))
+        .collect()
 }

@@ -5,7 +5,7 @@ use crate::key::KeyConfig;
 use crate::metrics::{CacheStats, Counters};
 use crate::policy::{PolicyConfig, RouteOverride, DEFAULT_CACHEABLE_STATUSES};
 use crate::service::CacheService;
-use crate::status;
+use crate::status::{CacheStatusHeader, CacheStatusName};
 use crate::tags::TagLimits;
 #[cfg(feature = "grpc")]
 use crate::GrpcMethods;
@@ -38,7 +38,8 @@ pub(crate) struct Config {
     pub(crate) tag_limits: TagLimits,
     pub(crate) honor_request_directives: bool,
     pub(crate) strip_targeted: bool,
-    pub(crate) status_name: Box<str>,
+    pub(crate) status_name: CacheStatusName,
+    pub(crate) status_header: CacheStatusHeader,
     pub(crate) coalesce: bool,
     pub(crate) coalesce_timeout: Duration,
     pub(crate) remember_uncacheable: Duration,
@@ -74,6 +75,7 @@ impl fmt::Debug for Config {
             .field("honor_request_directives", &self.honor_request_directives)
             .field("strip_targeted", &self.strip_targeted)
             .field("status_name", &self.status_name)
+            .field("status_header", &self.status_header)
             .field("coalesce", &self.coalesce)
             .field("coalesce_timeout", &self.coalesce_timeout)
             .field("remember_uncacheable", &self.remember_uncacheable)
@@ -150,7 +152,8 @@ impl<St: Store> CacheLayer<St> {
                 tag_limits: TagLimits::default(),
                 honor_request_directives: false,
                 strip_targeted: false,
-                status_name: status::DEFAULT_NAME.into(),
+                status_name: CacheStatusName::default(),
+                status_header: CacheStatusHeader::Always,
                 coalesce: true,
                 coalesce_timeout: Duration::from_secs(10),
                 remember_uncacheable: Duration::from_secs(5),
@@ -212,6 +215,7 @@ impl<S, St> Layer<S> for CacheLayer<St> {
 /// | [`remember_uncacheable`](Self::remember_uncacheable) | 5 s |
 /// | [`honor_request_directives`](Self::honor_request_directives) | `false` |
 /// | [`cache_status_name`](Self::cache_status_name) | `tower-response-cache` |
+/// | [`cache_status`](Self::cache_status) | [`CacheStatusHeader::Always`] |
 /// | `grpc` (feature `grpc`) | none: every gRPC call passes through |
 #[must_use]
 pub struct CacheLayerBuilder<St> {
@@ -420,14 +424,25 @@ impl<St: Store> CacheLayerBuilder<St> {
         self
     }
 
-    /// The name this cache gives itself in `Cache-Status`. Must be a structured-field
-    /// token (letters first; no spaces); an invalid name keeps the default.
-    pub fn cache_status_name(mut self, name: &str) -> Self {
-        if status::is_valid_name(name) {
-            self.config.status_name = name.into();
-        } else {
-            tracing::warn!(name, "invalid Cache-Status name ignored");
-        }
+    /// The name this cache gives itself in `Cache-Status`: a [`CacheStatusName`], which
+    /// only a structured-field token can be.
+    ///
+    /// ```
+    /// use tower_response_cache::{CacheLayer, CacheStatusName, MemoryStore};
+    ///
+    /// let name = CacheStatusName::new("edge-eu-1").expect("a token");
+    /// let layer = CacheLayer::builder(MemoryStore::new()).cache_status_name(name).build();
+    /// ```
+    pub fn cache_status_name(mut self, name: CacheStatusName) -> Self {
+        self.config.status_name = name;
+        self
+    }
+
+    /// When `Cache-Status` is sent (every response by default). The typed
+    /// [`CacheOutcome`](crate::CacheOutcome) extension is on every response either way.
+    /// See [`CacheStatusHeader`] for an example.
+    pub fn cache_status(mut self, when: CacheStatusHeader) -> Self {
+        self.config.status_header = when;
         self
     }
 

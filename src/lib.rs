@@ -33,6 +33,7 @@ pub use layer::{CacheLayer, CacheLayerBuilder};
 pub use metrics::{BypassReason, CacheStats};
 pub use policy::RouteOverride;
 pub use service::CacheService;
+pub use status::{CacheOutcome, CacheStatusHeader, CacheStatusName, InvalidCacheStatusName, Served, StaleReason};
 pub use store::{Lookup, MemoryStore, PurgeMode, Store, StoreError};
 pub use tags::CacheTags;
 pub use warm::WarmReport;

@@ -5,8 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Why a request was not answered from the cache, or its response was not stored.
 ///
-/// The name ([`as_str`](Self::as_str)) appears as the `detail` of the `Cache-Status` header
-/// and as the key of [`CacheStats::bypasses`].
+/// The name ([`as_str`](Self::as_str)) appears as the `detail` of the `Cache-Status` header.
+/// [`CacheStats::bypasses`] counts requests the cache did not look up, by reason, and
+/// [`CacheStats::not_stored`] responses it did not store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum BypassReason {
@@ -131,8 +132,12 @@ pub struct CacheStats {
     pub invalidated_misses: u64,
     /// Responses written to the store.
     pub stores: u64,
-    /// Requests that bypassed the cache or responses not stored, by reason.
-    pub bypasses: BTreeMap<&'static str, u64>,
+    /// Requests the cache did not look up (a method other than GET/HEAD, a route override,
+    /// a request's `no-store`...), by reason.
+    pub bypasses: BTreeMap<BypassReason, u64>,
+    /// Responses from the inner service that were not stored (`no-store`, `private`, a
+    /// status that may not be stored, a body too large, a store error...), by reason.
+    pub not_stored: BTreeMap<BypassReason, u64>,
     /// Store operations that failed (the request was served anyway).
     pub store_errors: u64,
     /// Requests answered from a stale entry (stale-while-revalidate, soft purge, or
@@ -155,9 +160,14 @@ pub struct CacheStats {
 }
 
 impl CacheStats {
-    /// Every bypass, whatever its reason.
+    /// Every request not looked up, whatever its reason.
     pub fn total_bypasses(&self) -> u64 {
         self.bypasses.values().sum()
+    }
+
+    /// Every response not stored, whatever its reason.
+    pub fn total_not_stored(&self) -> u64 {
+        self.not_stored.values().sum()
     }
 }
 
@@ -175,6 +185,7 @@ pub(crate) struct Counters {
     pub(crate) revalidations: AtomicU64,
     pub(crate) errors_absorbed: AtomicU64,
     bypasses: [AtomicU64; BypassReason::ALL.len()],
+    not_stored: [AtomicU64; BypassReason::ALL.len()],
 }
 
 impl Counters {
@@ -196,8 +207,13 @@ impl Counters {
     pub(crate) fn count(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);
     }
+    /// A request not looked up.
     pub(crate) fn bypass(&self, reason: BypassReason) {
         self.bypasses[reason as usize].fetch_add(1, Relaxed);
+    }
+    /// A response not stored.
+    pub(crate) fn not_stored(&self, reason: BypassReason) {
+        self.not_stored[reason as usize].fetch_add(1, Relaxed);
     }
 
     pub(crate) fn snapshot(&self) -> CacheStats {
@@ -214,13 +230,18 @@ impl Counters {
             background_refreshes: self.background_refreshes.load(Relaxed),
             revalidations: self.revalidations.load(Relaxed),
             errors_absorbed: self.errors_absorbed.load(Relaxed),
-            bypasses: BypassReason::ALL
-                .iter()
-                .map(|r| (r.as_str(), self.bypasses[*r as usize].load(Relaxed)))
-                .filter(|(_, n)| *n > 0)
-                .collect(),
+            bypasses: by_reason(&self.bypasses),
+            not_stored: by_reason(&self.not_stored),
         }
     }
+}
+
+fn by_reason(counts: &[AtomicU64; BypassReason::ALL.len()]) -> BTreeMap<BypassReason, u64> {
+    BypassReason::ALL
+        .iter()
+        .map(|r| (*r, counts[*r as usize].load(Relaxed)))
+        .filter(|(_, n)| *n > 0)
+        .collect()
 }
 
 #[cfg(test)]
@@ -233,11 +254,13 @@ mod tests {
             assert_eq!(*r as usize, i);
         }
         let c = Counters::default();
-        c.bypass(BypassReason::StoreError);
+        c.not_stored(BypassReason::StoreError);
         c.bypass(BypassReason::Method);
         c.bypass(BypassReason::Method);
         let s = c.snapshot();
-        assert_eq!(s.bypasses.get("method"), Some(&2));
-        assert_eq!(s.total_bypasses(), 3);
+        assert_eq!(s.bypasses.get(&BypassReason::Method), Some(&2));
+        assert_eq!(s.total_bypasses(), 2, "responses not stored are counted apart");
+        assert_eq!(s.not_stored.get(&BypassReason::StoreError), Some(&1));
+        assert_eq!(s.total_not_stored(), 1);
     }
 }

@@ -1,8 +1,9 @@
-//! The `Cache-Status` (RFC 9211) and `Age` headers the layer adds to every response.
+//! What the cache did with each request: the typed [`CacheOutcome`] every response carries,
+//! and the `Cache-Status` (RFC 9211) and `Age` headers written from it.
 
 use crate::metrics::BypassReason;
 use http::header::{HeaderMap, HeaderName, HeaderValue, AGE};
-use std::fmt::Write;
+use std::fmt::{self, Write};
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ pub(crate) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-statu
 /// The name the layer gives itself in `Cache-Status` unless configured otherwise.
 pub(crate) const DEFAULT_NAME: &str = "tower-response-cache";
 
-/// What the cache did with one request, as RFC 9211 parameters.
+/// What the cache did with one request, as RFC 9211 parameters and as the typed outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Outcome {
     hit: bool,
@@ -23,6 +24,231 @@ pub(crate) struct Outcome {
     stored: bool,
     collapsed: bool,
     detail: Option<&'static str>,
+    stale: Option<StaleReason>,
+    bypass: Option<BypassReason>,
+    not_stored: Option<BypassReason>,
+}
+
+/// Why a stale entry answered a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StaleReason {
+    /// Inside its `stale-while-revalidate` window, while one request refreshes it.
+    WhileRevalidate,
+    /// The origin failed (an error or a 5xx) inside its `stale-if-error` window.
+    IfError,
+    /// The origin took longer than `origin_timeout`, inside the `stale-if-error` window.
+    OriginTimeout,
+    /// The client's `max-stale` accepted it (request directives honoured).
+    MaxStale,
+}
+
+impl StaleReason {
+    /// The name `Cache-Status` gives it as `detail`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StaleReason::WhileRevalidate => "stale-while-revalidate",
+            StaleReason::IfError => "stale-if-error",
+            StaleReason::OriginTimeout => "origin-timeout",
+            StaleReason::MaxStale => "max-stale",
+        }
+    }
+}
+
+/// How a response was served, in [`CacheOutcome::served`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Served {
+    /// From a fresh entry.
+    Hit,
+    /// From a stale entry.
+    Stale(StaleReason),
+    /// Looked up, and answered by the inner service (or, [`CacheOutcome::collapsed`], by
+    /// another request's call to it).
+    Miss,
+    /// Not looked up: passed to the inner service untouched.
+    Bypass(BypassReason),
+}
+
+/// What the cache did with a request: a response extension on every response the
+/// [`CacheLayer`](crate::CacheLayer)'s service returns, whether or not `Cache-Status` is sent.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use tower::{Layer, Service, ServiceExt};
+/// use tower_response_cache::{CacheLayer, CacheOutcome, MemoryStore, Served};
+///
+/// let app = axum::Router::new().route("/", axum::routing::get(|| async { "hello" }));
+/// let mut service = CacheLayer::new(MemoryStore::new()).layer(app);
+/// let get = || http::Request::get("/").body(axum::body::Body::empty()).unwrap();
+///
+/// let first = service.ready().await.unwrap().call(get()).await.unwrap();
+/// let outcome = first.extensions().get::<CacheOutcome>().unwrap();
+/// assert_eq!((outcome.served(), outcome.stored()), (Served::Miss, true));
+///
+/// let second = service.ready().await.unwrap().call(get()).await.unwrap();
+/// assert_eq!(second.extensions().get::<CacheOutcome>().unwrap().served(), Served::Hit);
+/// # });
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct CacheOutcome {
+    outcome: Outcome,
+    age: Option<Duration>,
+}
+
+impl CacheOutcome {
+    pub(crate) fn new(outcome: Outcome, age: Option<Duration>) -> Self {
+        CacheOutcome { outcome, age }
+    }
+
+    /// How the response was served.
+    pub fn served(&self) -> Served {
+        let o = &self.outcome;
+        match (o.stale, o.bypass) {
+            (Some(reason), _) => Served::Stale(reason),
+            (None, Some(reason)) => Served::Bypass(reason),
+            (None, None) if o.hit => Served::Hit,
+            (None, None) => Served::Miss,
+        }
+    }
+
+    /// Whether the inner service's response was written to the store.
+    pub fn stored(&self) -> bool {
+        self.outcome.stored
+    }
+
+    /// Why the inner service's response was not stored, when the cache refused it (a miss
+    /// whose response is stored, or that was not asked for, has none).
+    pub fn not_stored(&self) -> Option<BypassReason> {
+        self.outcome.not_stored
+    }
+
+    /// Whether this request waited for another's call to the inner service and was answered
+    /// from what it stored.
+    pub fn collapsed(&self) -> bool {
+        self.outcome.collapsed
+    }
+
+    /// The age of the stored response served, when one was.
+    pub fn age(&self) -> Option<Duration> {
+        self.age
+    }
+
+    /// Adds this cache's `Cache-Status` member, under its `name`, after any from caches
+    /// nearer the origin (RFC 9211 §2).
+    pub(crate) fn write_header(&self, headers: &mut HeaderMap, name: &str) {
+        let mut text = String::with_capacity(name.len() + 64);
+        self.outcome.write(name, &mut text);
+        // The string's buffer becomes the header value: one allocation, no copy.
+        if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(text.into_bytes())) {
+            headers.append(CACHE_STATUS, value);
+        }
+    }
+}
+
+/// When the layer sends `Cache-Status`: it tells every client what the cache did (hit or
+/// miss, freshness left, why a response was not stored), which may be more than an
+/// application wants to show.
+///
+/// ```
+/// use http::HeaderName;
+/// use tower_response_cache::{CacheLayer, CacheStatusHeader, MemoryStore};
+///
+/// // Only for requests that ask, e.g. from the team's debugging tools.
+/// let layer = CacheLayer::builder(MemoryStore::new())
+///     .cache_status(CacheStatusHeader::WhenRequested(HeaderName::from_static("x-cache-debug")))
+///     .build();
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum CacheStatusHeader {
+    /// On every response (the default).
+    #[default]
+    Always,
+    /// Never; the [`CacheOutcome`] extension still says what happened.
+    Never,
+    /// Only on responses to requests that carry this header (any value).
+    WhenRequested(HeaderName),
+}
+
+impl CacheStatusHeader {
+    pub(crate) fn sent_for(&self, request: &HeaderMap) -> bool {
+        match self {
+            CacheStatusHeader::Always => true,
+            CacheStatusHeader::Never => false,
+            CacheStatusHeader::WhenRequested(name) => request.contains_key(name),
+        }
+    }
+}
+
+/// The name a cache gives itself in `Cache-Status`: a structured-field token (RFC 9651: a
+/// letter or `*` first, then letters, digits and `!#$%&'*+-.^_`|~:/`).
+///
+/// ```
+/// use tower_response_cache::CacheStatusName;
+///
+/// assert!(CacheStatusName::new("edge-eu-1").is_ok());
+/// let error = CacheStatusName::new("my cache").unwrap_err();
+/// assert_eq!(error.to_string(), "invalid Cache-Status name \"my cache\": not a structured-field token");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheStatusName(Box<str>);
+
+impl CacheStatusName {
+    /// `name`, if it is a token.
+    pub fn new(name: &str) -> Result<Self, InvalidCacheStatusName> {
+        if is_valid_name(name) {
+            Ok(CacheStatusName(name.into()))
+        } else {
+            Err(InvalidCacheStatusName(name.into()))
+        }
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for CacheStatusName {
+    fn default() -> Self {
+        CacheStatusName(DEFAULT_NAME.into())
+    }
+}
+
+impl std::str::FromStr for CacheStatusName {
+    type Err = InvalidCacheStatusName;
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        CacheStatusName::new(name)
+    }
+}
+
+/// A name that cannot stand in `Cache-Status` (see [`CacheStatusName`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidCacheStatusName(Box<str>);
+
+impl fmt::Display for InvalidCacheStatusName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid Cache-Status name {:?}: not a structured-field token",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for InvalidCacheStatusName {}
+
+impl fmt::Debug for CacheOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheOutcome")
+            .field("served", &self.served())
+            .field("stored", &self.stored())
+            .field("not_stored", &self.not_stored())
+            .field("collapsed", &self.collapsed())
+            .field("age", &self.age)
+            .finish()
+    }
 }
 
 /// Why a lookup found nothing usable.
@@ -71,12 +297,13 @@ impl Outcome {
     }
 
     /// Answered from a stale entry, `stale_for` past its freshness.
-    pub(crate) fn stale_hit(stale_for: Duration, detail: &'static str) -> Self {
+    pub(crate) fn stale_hit(stale_for: Duration, reason: StaleReason) -> Self {
         Outcome {
             hit: true,
             ttl: Some(signed_secs(stale_for, true)),
             fwd: Some("stale"),
-            detail: Some(detail),
+            detail: Some(reason.as_str()),
+            stale: Some(reason),
             ..Outcome::default()
         }
     }
@@ -103,8 +330,16 @@ impl Outcome {
             fwd: Some(fwd),
             fwd_status: Some(fwd_status),
             detail: Some(reason.as_str()),
+            bypass: Some(reason),
             ..Outcome::default()
         }
+    }
+
+    /// Looked up, forwarded, and the response refused by the store's rules.
+    pub(crate) fn refused(mut self, reason: BypassReason) -> Self {
+        self.detail = Some(reason.as_str());
+        self.not_stored = Some(reason);
+        self
     }
 
     pub(crate) fn stored(mut self, stored: bool) -> Self {
@@ -153,18 +388,9 @@ impl Outcome {
     }
 }
 
-/// Adds this cache's `Cache-Status` member after any from caches nearer the origin
-/// (RFC 9211 §2), and `Age` on hits.
-pub(crate) fn decorate(headers: &mut HeaderMap, name: &str, outcome: Outcome, age: Option<Duration>) {
-    let mut text = String::with_capacity(name.len() + 64);
-    outcome.write(name, &mut text);
-    // The string's buffer becomes the header value: one allocation, no copy.
-    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(text.into_bytes())) {
-        headers.append(CACHE_STATUS, value);
-    }
-    if let Some(age) = age {
-        headers.insert(AGE, age_value(age.as_secs()));
-    }
+/// The `Age` of a stored response served.
+pub(crate) fn write_age(headers: &mut HeaderMap, age: Duration) {
+    headers.insert(AGE, age_value(age.as_secs()));
 }
 
 /// `Age` values of the first minutes, built once and shared, so that hits do not format them.
@@ -181,20 +407,8 @@ fn age_value(secs: u64) -> HeaderValue {
     }
 }
 
-/// What this cache's own (last) `Cache-Status` member says: `(hit, stored)`.
-pub(crate) fn read_own(headers: &HeaderMap) -> (bool, bool) {
-    let own = headers
-        .get_all(CACHE_STATUS)
-        .iter()
-        .next_back()
-        .map(HeaderValue::as_bytes)
-        .unwrap_or_default();
-    let has = |param: &[u8]| own.split(|b| *b == b';').any(|p| p.trim_ascii() == param);
-    (has(b"hit"), has(b"stored"))
-}
-
 /// Whether `name` can stand as the cache's name in `Cache-Status` (an sf-token).
-pub(crate) fn is_valid_name(name: &str) -> bool {
+fn is_valid_name(name: &str) -> bool {
     let mut bytes = name.bytes();
     matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'*')
         && bytes.all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&b))
@@ -206,7 +420,7 @@ mod tests {
 
     fn render(outcome: Outcome) -> String {
         let mut h = HeaderMap::new();
-        decorate(&mut h, DEFAULT_NAME, outcome, None);
+        CacheOutcome::new(outcome, None).write_header(&mut h, DEFAULT_NAME);
         h[CACHE_STATUS].to_str().unwrap().to_string()
     }
 
@@ -233,7 +447,7 @@ mod tests {
             render(method),
             "tower-response-cache; fwd=method; fwd-status=201; detail=method"
         );
-        let stale = Outcome::stale_hit(Duration::from_secs(5), "stale-while-revalidate");
+        let stale = Outcome::stale_hit(Duration::from_secs(5), StaleReason::WhileRevalidate);
         assert_eq!(
             render(stale),
             "tower-response-cache; hit; ttl=-5; fwd=stale; detail=stale-while-revalidate"
@@ -249,31 +463,41 @@ mod tests {
     fn appends_after_upstream_members() {
         let mut h = HeaderMap::new();
         h.insert(CACHE_STATUS, HeaderValue::from_static("origin-cache; hit"));
-        decorate(
-            &mut h,
-            "edge",
-            Outcome::hit(Duration::ZERO),
-            Some(Duration::from_secs(3)),
-        );
+        CacheOutcome::new(Outcome::hit(Duration::ZERO), None).write_header(&mut h, "edge");
         let all: Vec<_> = h.get_all(CACHE_STATUS).iter().collect();
         assert_eq!(all, ["origin-cache; hit", "edge; hit; ttl=0"]);
-        assert_eq!(h[AGE], "3");
     }
 
     #[test]
-    fn reads_back_its_own_member() {
-        let mut h = HeaderMap::new();
-        h.insert(CACHE_STATUS, HeaderValue::from_static("origin; hit"));
-        decorate(
-            &mut h,
-            DEFAULT_NAME,
-            Outcome::miss(MissKind::Miss, 200).stored(true),
-            None,
+    fn the_typed_outcome_says_how_a_response_was_served() {
+        let typed = |o: Outcome| CacheOutcome::new(o, None);
+        let stored = typed(Outcome::miss(MissKind::Miss, 200).stored(true));
+        assert_eq!(
+            (stored.served(), stored.stored(), stored.not_stored()),
+            (Served::Miss, true, None)
         );
-        assert_eq!(read_own(&h), (false, true));
-        decorate(&mut h, DEFAULT_NAME, Outcome::hit(Duration::ZERO), None);
-        assert_eq!(read_own(&h), (true, false));
-        assert_eq!(read_own(&HeaderMap::new()), (false, false));
+        let refused = typed(Outcome::miss(MissKind::Miss, 200).refused(BypassReason::NoStore));
+        assert_eq!(
+            (refused.served(), refused.stored(), refused.not_stored()),
+            (Served::Miss, false, Some(BypassReason::NoStore))
+        );
+        let bypass = typed(Outcome::bypass(BypassReason::Method, 201));
+        assert_eq!(bypass.served(), Served::Bypass(BypassReason::Method));
+        let stale = typed(Outcome::stale_hit(Duration::from_secs(1), StaleReason::IfError).collapsed());
+        assert_eq!(stale.served(), Served::Stale(StaleReason::IfError));
+        assert!(stale.collapsed());
+        assert_eq!(typed(Outcome::hit(Duration::ZERO)).served(), Served::Hit);
+    }
+
+    #[test]
+    fn cache_status_is_sent_as_configured() {
+        let mut asks = HeaderMap::new();
+        asks.insert("x-cache-debug", HeaderValue::from_static("1"));
+        let when = CacheStatusHeader::WhenRequested(HeaderName::from_static("x-cache-debug"));
+        assert!(when.sent_for(&asks));
+        assert!(!when.sent_for(&HeaderMap::new()));
+        assert!(CacheStatusHeader::Always.sent_for(&HeaderMap::new()));
+        assert!(!CacheStatusHeader::Never.sent_for(&asks));
     }
 
     #[test]

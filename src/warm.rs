@@ -1,7 +1,7 @@
 //! Filling the cache ahead of traffic.
 
 use crate::future::HttpService;
-use crate::status;
+use crate::status::{CacheOutcome, Served};
 use crate::{CacheLayer, Store};
 use futures_util::StreamExt;
 use http::Request;
@@ -19,7 +19,7 @@ pub struct WarmReport {
     pub stored: usize,
     /// Requests already answered by a fresh entry (nothing to do).
     pub already_fresh: usize,
-    /// Responses the cache would not store (see their `Cache-Status` detail).
+    /// Responses the cache would not store (see their [`CacheOutcome::not_stored`]).
     pub not_stored: usize,
     /// Requests the inner service failed.
     pub failed: usize,
@@ -61,10 +61,11 @@ impl<St: Store> CacheLayer<St> {
             .buffer_unordered(concurrency.max(1))
             .fold(WarmReport::default(), |mut report, result| async move {
                 report.requested += 1;
-                match result.as_ref().map(|r| status::read_own(r.headers())) {
+                let outcome = result.as_ref().map(|r| r.extensions().get::<CacheOutcome>().copied());
+                match outcome {
                     Err(_) => report.failed += 1,
-                    Ok((true, _)) => report.already_fresh += 1,
-                    Ok((_, true)) => report.stored += 1,
+                    Ok(Some(o)) if matches!(o.served(), Served::Hit | Served::Stale(_)) => report.already_fresh += 1,
+                    Ok(Some(o)) if o.stored() => report.stored += 1,
                     Ok(_) => report.not_stored += 1,
                 }
                 report

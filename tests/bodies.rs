@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, StreamBody};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
-use tower_response_cache::{CacheLayer, MemoryStore};
+use tower_response_cache::{BypassReason, CacheLayer, MemoryStore};
 
 const LIMIT: usize = 16;
 
@@ -73,7 +73,7 @@ async fn a_streaming_body_that_grows_past_the_limit_is_streamed_through_and_not_
     }
     let stats = layer.stats();
     assert_eq!(stats.stores, 0);
-    assert_eq!(stats.bypasses.get("too-large"), Some(&2));
+    assert_eq!(stats.not_stored.get(&BypassReason::BodyTooLarge), Some(&2));
     assert_eq!(layer.store().stats().entries, 0);
 }
 

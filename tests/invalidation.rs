@@ -10,7 +10,9 @@ use http_body_util::BodyExt;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use tower::ServiceExt;
-use tower_response_cache::{CacheLayer, CacheTags, Invalidate, InvalidateLayer, MemoryStore, PurgeMode, Store};
+use tower_response_cache::{
+    BypassReason, CacheLayer, CacheTags, Invalidate, InvalidateLayer, MemoryStore, PurgeMode, Store,
+};
 
 /// Origin calls per route, and the version of the data each GET sees.
 #[derive(Clone, Default)]
@@ -376,7 +378,7 @@ async fn tag_function_and_limits() {
     let first = send(&app, "GET", "/books/1").await;
     assert!(first.cache_status.contains("detail=tags"), "{}", first.cache_status);
     assert!(!is_hit(&send(&app, "GET", "/books/1").await));
-    assert_eq!(tight.stats().bypasses.get("tags"), Some(&2));
+    assert_eq!(tight.stats().not_stored.get(&BypassReason::Tags), Some(&2));
 }
 
 #[tokio::test]

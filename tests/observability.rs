@@ -9,7 +9,8 @@ use http::header::CACHE_CONTROL;
 use http::Method;
 use std::time::Duration;
 use tower_response_cache::{
-    BypassReason, CacheKey, CacheLayer, Entry, Lookup, MemoryStore, PurgeMode, Store, StoreError,
+    BypassReason, CacheKey, CacheLayer, CacheOutcome, CacheStatusHeader, CacheStatusName, Entry, Lookup, MemoryStore,
+    PurgeMode, Served, StaleReason, Store, StoreError,
 };
 
 /// Answers by path: `/nostore` says `no-store`, `/cookie` sets a cookie, others are plain.
@@ -45,18 +46,13 @@ async fn stats_count_hits_misses_stores_and_bypasses_by_reason() {
     assert_eq!(stats.invalidated_misses, 0);
     assert_eq!(stats.stores, 1);
     assert_eq!(stats.store_errors, 0);
-    let bypasses: Vec<(&str, u64)> = stats.bypasses.iter().map(|(k, v)| (*k, *v)).collect();
-    assert_eq!(
-        bypasses,
-        [
-            ("head", 1),
-            ("method", 2),
-            ("no-store", 1),
-            ("range", 1),
-            ("set-cookie", 1)
-        ]
-    );
-    assert_eq!(stats.total_bypasses(), 6);
+    // Requests not looked up, and responses not stored, each by reason.
+    let bypasses: Vec<(&str, u64)> = stats.bypasses.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    assert_eq!(bypasses, [("method", 2), ("range", 1)]);
+    assert_eq!(stats.total_bypasses(), 3);
+    let not_stored: Vec<(&str, u64)> = stats.not_stored.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    assert_eq!(not_stored, [("head", 1), ("no-store", 1), ("set-cookie", 1)]);
+    assert_eq!(stats.total_not_stored(), 3);
     assert_eq!(origin.calls(), 7);
 }
 
@@ -97,7 +93,7 @@ async fn bypass_reason_names_match_cache_status_details() {
 async fn every_response_carries_cache_status_under_the_configured_name() {
     let origin = Origin::new();
     let layer = CacheLayer::builder(MemoryStore::new())
-        .cache_status_name("edge")
+        .cache_status_name(CacheStatusName::new("edge").unwrap())
         .build();
     let app = origin.app(layer, by_path);
     let responses = [
@@ -115,15 +111,82 @@ async fn every_response_carries_cache_status_under_the_configured_name() {
     }
 }
 
+#[test]
+fn an_invalid_cache_status_name_is_an_error_not_a_silent_default() {
+    for bad in ["two words", "1st", "", "a;b", "näme"] {
+        let error = CacheStatusName::new(bad).expect_err(bad);
+        assert!(error.to_string().contains("not a structured-field token"), "{error}");
+    }
+    assert_eq!("edge/1.0".parse::<CacheStatusName>().unwrap().as_str(), "edge/1.0");
+}
+
+/// Every response carries the typed outcome, on every path: miss stored, hit, HEAD hit,
+/// bypass, not stored with its reason, stale.
 #[tokio::test]
-async fn an_invalid_cache_status_name_keeps_the_default() {
+async fn every_response_carries_its_typed_outcome() {
     let origin = Origin::new();
-    let layer = CacheLayer::builder(MemoryStore::new())
-        .cache_status_name("two words")
+    let app = origin.app(default_layer(), |request: Request| {
+        use axum::response::IntoResponse;
+        match request.uri().path() {
+            "/nostore" => ([(CACHE_CONTROL, "no-store")], "x").into_response(),
+            "/stale" => ([(CACHE_CONTROL, "max-age=0, stale-while-revalidate=60")], "x").into_response(),
+            _ => "plain".into_response(),
+        }
+    });
+    let outcome = |response: &http::Response<_>| *response.extensions().get::<CacheOutcome>().expect("an outcome");
+    let first = outcome(&send(&app, get("/a")).await);
+    assert_eq!(
+        (first.served(), first.stored(), first.not_stored()),
+        (Served::Miss, true, None)
+    );
+    let hit = outcome(&send(&app, get("/a")).await);
+    assert_eq!((hit.served(), hit.stored()), (Served::Hit, false));
+    assert!(hit.age().is_some(), "a hit says the age of what it served");
+    assert_eq!(
+        outcome(&send(&app, request(Method::HEAD, "/a", &[])).await).served(),
+        Served::Hit
+    );
+    let post = outcome(&send(&app, request(Method::POST, "/a", &[])).await);
+    assert_eq!(post.served(), Served::Bypass(BypassReason::Method));
+    let refused = outcome(&send(&app, get("/nostore")).await);
+    assert_eq!(
+        (refused.served(), refused.stored(), refused.not_stored()),
+        (Served::Miss, false, Some(BypassReason::NoStore))
+    );
+    send(&app, get("/stale")).await;
+    let stale = outcome(&send(&app, get("/stale")).await);
+    assert_eq!(stale.served(), Served::Stale(StaleReason::WhileRevalidate));
+}
+
+/// `Cache-Status` can be switched off, or sent only to requests that ask for it; the typed
+/// outcome is there either way.
+#[tokio::test]
+async fn cache_status_is_sent_only_as_configured() {
+    let origin = Origin::new();
+    let never = CacheLayer::builder(MemoryStore::new())
+        .cache_status(CacheStatusHeader::Never)
         .build();
-    let app = origin.app(layer, by_path);
-    let response = send(&app, get("/a")).await;
-    assert!(cache_status(&response).starts_with(&format!("{NAME}; ")));
+    let app = origin.app(never, by_path);
+    for response in [send(&app, get("/a")).await, send(&app, get("/a")).await] {
+        assert!(response.headers().get("cache-status").is_none());
+        assert!(response.extensions().get::<CacheOutcome>().is_some());
+    }
+    let asked = CacheLayer::builder(MemoryStore::new())
+        .cache_status(CacheStatusHeader::WhenRequested(http::HeaderName::from_static(
+            "x-cache-debug",
+        )))
+        .build();
+    let app = origin.app(asked, by_path);
+    let plain = send(&app, get("/b")).await;
+    assert!(plain.headers().get("cache-status").is_none());
+    let debug = send(&app, get_with("/b", &[("x-cache-debug", "1")])).await;
+    assert!(cache_status(&debug).contains("; hit"), "{}", cache_status(&debug));
+    let hit = send(&app, get("/b")).await;
+    assert!(hit.headers().get("cache-status").is_none());
+    assert!(
+        hit.headers().get("age").is_some(),
+        "Age is HTTP, not debugging: always sent"
+    );
 }
 
 #[tokio::test]
@@ -182,7 +245,7 @@ async fn a_failing_store_never_fails_the_request() {
     assert_eq!(stats.hits, 0);
     assert_eq!(stats.stores, 0);
     assert!(stats.store_errors >= 2, "each request counts its failures: {stats:?}");
-    assert_eq!(stats.bypasses.get("store-error"), Some(&2));
+    assert_eq!(stats.not_stored.get(&BypassReason::StoreError), Some(&2));
 }
 
 #[tokio::test]

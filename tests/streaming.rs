@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-use tower_response_cache::{CacheLayer, MemoryStore};
+use tower_response_cache::{BypassReason, CacheLayer, MemoryStore};
 
 /// Lines in a feed.
 const LINES: usize = 10;
@@ -252,7 +252,7 @@ async fn a_body_that_fails_mid_stream_stores_nothing() {
     assert!(cache_status(&next).contains("fwd=miss"), "{}", cache_status(&next));
     assert_eq!(text(next).await, all_lines());
     assert_eq!(fed.origin.calls(), 2);
-    assert_eq!(layer.stats().bypasses.get("body-error"), Some(&1));
+    assert_eq!(layer.stats().not_stored.get(&BypassReason::BodyError), Some(&1));
     connection.close().await;
     server.abort();
 }

@@ -11,7 +11,7 @@ use crate::layer::{Config, Shared};
 use crate::metrics::{BypassReason, Counters};
 use crate::policy::cache_control::CacheControl;
 use crate::policy::{self, Freshness, RequestFacts};
-use crate::status::{MissKind, Outcome};
+use crate::status::{MissKind, Outcome, StaleReason};
 use crate::store::{PurgeMode, Store};
 use crate::tags::{detached, string_list, CACHE_GROUPS};
 use crate::{CacheBody, CacheTags};
@@ -88,13 +88,13 @@ where
         // The timeout only bounds how long a stale answer is held back.
         (Some(stale), Some(timeout)) => match tokio::time::timeout(timeout, call).await {
             Ok(result) => result,
-            Err(_) => return Ok(stale_on_error(shared, stale, lookout, None, "origin-timeout")),
+            Err(_) => return Ok(stale_on_error(shared, stale, lookout, None, StaleReason::OriginTimeout)),
         },
         _ => call.await,
     };
     let response = match (result, fallback) {
         (Ok(response), _) => response,
-        (Err(_), Some(stale)) => return Ok(stale_on_error(shared, stale, lookout, None, "stale-if-error")),
+        (Err(_), Some(stale)) => return Ok(stale_on_error(shared, stale, lookout, None, StaleReason::IfError)),
         (Err(error), None) => return Err(error),
     };
     let response_time = SystemTime::now();
@@ -108,7 +108,7 @@ where
         response_time,
     };
     Ok(match decide(shared, &judged, &head) {
-        Decision::StandIn(stale) => stale_on_error(shared, stale, lookout, Some(head.status), "stale-if-error"),
+        Decision::StandIn(stale) => stale_on_error(shared, stale, lookout, Some(head.status), StaleReason::IfError),
         Decision::OriginFailure => origin_failure(shared, head, body, lookout, miss_kind).await,
         Decision::Refuse(reason, settlement) => {
             let response = not_stored(shared, head, CacheBody::streamed(body), reason, miss_kind);
@@ -366,14 +366,14 @@ impl<St: Store> StoreWhenWhole for StoreOnceWhole<St> {
     }
 
     fn too_large(self: Box<Self>) {
-        self.shared.counters.bypass(BypassReason::BodyTooLarge);
+        self.shared.counters.not_stored(BypassReason::BodyTooLarge);
         if let Some(flight) = self.flight {
             flight.settle(Settlement::Uncacheable);
         }
     }
 
     fn failed(self: Box<Self>) {
-        self.shared.counters.bypass(BypassReason::BodyError);
+        self.shared.counters.not_stored(BypassReason::BodyError);
         // A broken body says nothing of the key: a waiter takes over.
         if let Some(flight) = self.flight {
             flight.settle(Settlement::Retry);
@@ -404,7 +404,7 @@ fn settled(stored: bool) -> Settlement {
 fn stored_outcome(outcome: Outcome, stored: Result<bool, ()>) -> Outcome {
     match stored {
         Ok(stored) => outcome.stored(stored),
-        Err(()) => outcome.detail(BypassReason::StoreError.as_str()),
+        Err(()) => outcome.refused(BypassReason::StoreError),
     }
 }
 
@@ -481,17 +481,17 @@ fn stale_on_error<St, B: Body>(
     stale: &Stale,
     lookout: &Lookout,
     status: Option<StatusCode>,
-    detail: &'static str,
+    reason: StaleReason,
 ) -> Forwarded<B> {
     Counters::count(&shared.counters.errors_absorbed);
     Counters::count(&shared.counters.stale_hits);
     tracing::warn!(
         status = status.map(|s| s.as_u16()),
-        detail,
+        detail = reason.as_str(),
         "origin failed; serving a stale response"
     );
     let now = SystemTime::now();
-    let mut outcome = Outcome::stale_hit(stale.stale_for(now), detail);
+    let mut outcome = Outcome::stale_hit(stale.stale_for(now), reason);
     if let Some(status) = status {
         outcome = outcome.fwd_status(status.as_u16());
     }
@@ -615,7 +615,7 @@ async fn store<St: Store>(
         Ok(false) => Ok(false),
         Err(error) => {
             shared.counters.store_error();
-            shared.counters.bypass(BypassReason::StoreError);
+            shared.counters.not_stored(BypassReason::StoreError);
             tracing::warn!(%error, "cache store write failed; response served uncached");
             Err(())
         }

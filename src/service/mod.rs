@@ -13,7 +13,7 @@ use crate::invalidate;
 use crate::layer::Shared;
 use crate::metrics::{BypassReason, Counters};
 use crate::policy::{cache_control::CacheControl, RequestFacts, RouteOverride};
-use crate::status::{MissKind, Outcome};
+use crate::status::{CacheOutcome, MissKind, Outcome, StaleReason};
 use crate::store::{request_clock, Store};
 use crate::tags::detached;
 use crate::CacheBody;
@@ -100,7 +100,17 @@ where
         // The ready service goes into the future; the clone stays for the next poll_ready.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::new(handle(self.shared.clone(), inner, req))
+        let shared = self.shared.clone();
+        let status_sent = shared.config.status_header.sent_for(req.headers());
+        ResponseFuture::new(async move {
+            let mut response = handle(&shared, inner, req).await?;
+            if status_sent {
+                if let Some(outcome) = response.extensions().get::<CacheOutcome>().copied() {
+                    outcome.write_header(response.headers_mut(), shared.config.status_name.as_str());
+                }
+            }
+            Ok(response)
+        })
     }
 }
 
@@ -108,7 +118,7 @@ where
 const MAX_TAKEOVERS: usize = 3;
 
 async fn handle<S, St, ReqB, ResB>(
-    shared: Arc<Shared<St>>,
+    shared: &Arc<Shared<St>>,
     mut inner: S,
     req: Request<ReqB>,
 ) -> Result<Response<CacheBody<ResB>>, S::Error>
@@ -123,17 +133,17 @@ where
     let (parts, body) = req.into_parts();
     let mut route = config.route_override.as_ref().and_then(|f| f(&parts));
     let opted_in = OptedIn::find(config, &parts);
-    if let Some(reason) = request_bypass(&shared, &parts, route, opted_in.is_some()) {
+    if let Some(reason) = request_bypass(shared, &parts, route, opted_in.is_some()) {
         // Boxed here and below: the paths that wait on the inner service would otherwise
         // make every request's future (hits included) as large as theirs.
-        return Box::pin(bypass(&shared, inner, parts, body, reason)).await;
+        return Box::pin(bypass(shared, inner, parts, body, reason)).await;
     }
     // An opted-in gRPC call is keyed by its request message, read here and handed on.
     let (body, call) = match opted_in {
         None => (body, None),
         Some(opted_in) => match Box::pin(opted_in.read(body)).await {
             Ok((body, call)) => (body, Some(call)),
-            Err((body, reason)) => return Box::pin(bypass(&shared, inner, parts, body, reason)).await,
+            Err((body, reason)) => return Box::pin(bypass(shared, inner, parts, body, reason)).await,
         },
     };
 
@@ -167,7 +177,7 @@ where
         .then(|| CacheControl::from_headers(&parts.headers, &CACHE_CONTROL));
 
     let generation = shared.coalescer.generation();
-    let mut found = lookup(&shared, &lookout, &parts.headers).await;
+    let mut found = lookup(shared, &lookout, &parts.headers).await;
     // The client's own limits, when honoured (RFC 9111 §5.2.1): an entry too old for them
     // goes to the origin (revalidated when it can be); one they accept stale is served.
     let mut client_refuses_stored = false;
@@ -184,9 +194,9 @@ where
             }
             Found::Stale(stale) if accepts_stale(cc, &stale, now) => {
                 Counters::count(&shared.counters.stale_hits);
-                let outcome = Outcome::stale_hit(stale.stale_for(now), "max-stale");
+                let outcome = Outcome::stale_hit(stale.stale_for(now), StaleReason::MaxStale);
                 let age = Some(stale.entry.age(now));
-                return Ok(from_entry(&shared, &stale.entry, &lookout, outcome, age));
+                return Ok(from_entry(shared, &stale.entry, &lookout, outcome, age));
             }
             Found::Stale(stale) => {
                 client_refuses_stored = requires_newer(cc, &stale.entry, now);
@@ -200,24 +210,24 @@ where
         // untouched, and its 206 is never stored.
         let Found::Fresh(entry) = found else {
             if directives.as_ref().is_some_and(|cc| cc.only_if_cached) {
-                return Ok(gateway_timeout(&shared, MissKind::Miss));
+                return Ok(gateway_timeout(shared, MissKind::Miss));
             }
-            return Box::pin(bypass(&shared, inner, parts, body, BypassReason::Range)).await;
+            return Box::pin(bypass(shared, inner, parts, body, BypassReason::Range)).await;
         };
         let now = SystemTime::now();
         let outcome = Outcome::hit(entry.ttl(now));
         return Ok(
-            match respond::ranged(&shared, &entry, &lookout, &parts.headers, outcome, entry.age(now)) {
+            match respond::ranged(shared, &entry, &lookout, &parts.headers, outcome, entry.age(now)) {
                 Some(partial) => {
                     shared.counters.hit();
                     partial
                 }
-                None => hit(&shared, &entry, &lookout),
+                None => hit(shared, &entry, &lookout),
             },
         );
     }
     let (stale, miss_kind) = match found {
-        Found::Fresh(entry) => return Ok(hit(&shared, &entry, &lookout)),
+        Found::Fresh(entry) => return Ok(hit(shared, &entry, &lookout)),
         Found::Stale(stale) if client_refuses_stored => (Some(stale), MissKind::Request),
         Found::Stale(stale) => {
             let now = SystemTime::now();
@@ -239,9 +249,9 @@ where
                     tokio::spawn(refresh);
                 }
                 Counters::count(&shared.counters.stale_hits);
-                let outcome = Outcome::stale_hit(stale.stale_for(now), "stale-while-revalidate");
+                let outcome = Outcome::stale_hit(stale.stale_for(now), StaleReason::WhileRevalidate);
                 return Ok(from_entry(
-                    &shared,
+                    shared,
                     &stale.entry,
                     &lookout,
                     outcome,
@@ -254,14 +264,14 @@ where
     };
     shared.counters.miss(miss_kind == MissKind::Invalidated);
     if directives.is_some_and(|cc| cc.only_if_cached) {
-        return Ok(gateway_timeout(&shared, miss_kind));
+        return Ok(gateway_timeout(shared, miss_kind));
     }
     if lookout.head {
         // A HEAD response has no body to store; it must never become the GET entry.
-        shared.counters.bypass(BypassReason::Head);
+        shared.counters.not_stored(BypassReason::Head);
         let response = Box::pin(inner.call(Request::from_parts(parts, body))).await?;
-        let outcome = Outcome::miss(miss_kind, response.status().as_u16()).detail(BypassReason::Head.as_str());
-        return Ok(streamed(&shared, response, outcome));
+        let outcome = Outcome::miss(miss_kind, response.status().as_u16()).refused(BypassReason::Head);
+        return Ok(streamed(shared, response, outcome));
     }
 
     let mut flight = None;
@@ -287,10 +297,10 @@ where
                     coalesce::Outcome::Abandoned | coalesce::Outcome::Settled(Settlement::Retry) => continue,
                     coalesce::Outcome::Settled(Settlement::Uncacheable) => break,
                     coalesce::Outcome::Settled(Settlement::Failed(failure)) => {
-                        return Ok(shared_failure(&shared, &failure, miss_kind));
+                        return Ok(shared_failure(shared, &failure, miss_kind));
                     }
                     coalesce::Outcome::Settled(settlement) => {
-                        let collapsed = collapsed(&shared, settlement, &lookout, &parts, miss_kind);
+                        let collapsed = collapsed(shared, settlement, &lookout, &parts, miss_kind);
                         if let Some(response) = Box::pin(collapsed).await {
                             return Ok(response);
                         }
@@ -307,9 +317,9 @@ where
     // rather than call the origin a second time.
     if let Some(lead) = flight.take() {
         if shared.coalescer.generation() != generation {
-            if let Found::Fresh(entry) = lookup(&shared, &lookout, &parts.headers).await {
+            if let Found::Fresh(entry) = lookup(shared, &lookout, &parts.headers).await {
                 lead.settle(Settlement::Stored);
-                return Ok(hit(&shared, &entry, &lookout));
+                return Ok(hit(shared, &entry, &lookout));
             }
         }
         flight = Some(lead);
@@ -322,7 +332,7 @@ where
         absorb_errors: true,
         client: Some(&mut flight),
     };
-    match Box::pin(forward(&shared, &mut inner, parts, body, attempt)).await {
+    match Box::pin(forward(shared, &mut inner, parts, body, attempt)).await {
         Ok((response, settlement)) => {
             if let Some(flight) = flight {
                 flight.settle(settlement);
@@ -406,7 +416,7 @@ async fn collapsed<St: Store, B: Body>(
             Counters::count(&shared.counters.stale_hits);
             (
                 stale.entry.clone(),
-                Outcome::stale_hit(stale.stale_for(now), "stale-if-error").collapsed(),
+                Outcome::stale_hit(stale.stale_for(now), StaleReason::IfError).collapsed(),
             )
         }
         _ => return None,

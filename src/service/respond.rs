@@ -5,7 +5,7 @@ use crate::entry::CachedResponse;
 use crate::layer::Shared;
 use crate::metrics::BypassReason;
 use crate::policy;
-use crate::status::{self, MissKind, Outcome};
+use crate::status::{self, CacheOutcome, MissKind, Outcome};
 use crate::CacheBody;
 use http::header::{
     HeaderMap, HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_RANGE, DATE, ETAG, EXPIRES,
@@ -238,9 +238,9 @@ pub(super) fn not_stored<St, B>(
     reason: BypassReason,
     kind: MissKind,
 ) -> Response<B> {
-    shared.counters.bypass(reason);
+    shared.counters.not_stored(reason);
     tracing::debug!(reason = reason.as_str(), "response not stored");
-    let outcome = Outcome::miss(kind, parts.status.as_u16()).detail(reason.as_str());
+    let outcome = Outcome::miss(kind, parts.status.as_u16()).refused(reason);
     finish(shared, Response::from_parts(parts, body), outcome, None)
 }
 
@@ -253,7 +253,8 @@ pub(super) fn streamed<St, B: Body>(
     finish(shared, response.map(CacheBody::streamed), outcome, None)
 }
 
-/// Adds `Cache-Status` (and `Age`), and records the outcome as a response extension.
+/// Records the outcome as a response extension (`Cache-Status` is written from it once the
+/// response leaves the service, if it is sent at all) and adds `Age` to a stored response.
 pub(super) fn finish<St, B>(
     shared: &Shared<St>,
     mut response: Response<B>,
@@ -266,7 +267,10 @@ pub(super) fn finish<St, B>(
             response.headers_mut().remove(name);
         }
     }
-    status::decorate(response.headers_mut(), &config.status_name, outcome, age);
+    if let Some(age) = age {
+        status::write_age(response.headers_mut(), age);
+    }
+    response.extensions_mut().insert(CacheOutcome::new(outcome, age));
     response
 }
 
