@@ -33,6 +33,9 @@ pub(crate) enum Settlement {
     /// The response could not be kept (the store declined or failed, the body broke off, it
     /// answered the leader's credentials alone): one waiter takes over.
     Retry,
+    /// The response was stored for the leader's identity alone: waiters with an identity go
+    /// to the origin themselves, others take over.
+    PerIdentity,
 }
 
 /// What a failing origin answered, as waiters replay it: a 5xx response, or `None` when the
@@ -217,7 +220,7 @@ impl Flight {
         match &settlement {
             Settlement::Uncacheable => self.coalescer.remember(&self.key),
             Settlement::Stored => self.coalescer.forget(&self.key),
-            Settlement::StaleOnError | Settlement::Failed(_) | Settlement::Retry => {}
+            Settlement::StaleOnError | Settlement::Failed(_) | Settlement::Retry | Settlement::PerIdentity => {}
         }
         self.settled = true;
         self.coalescer

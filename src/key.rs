@@ -12,13 +12,18 @@ use sha2::{Digest, Sha256};
 use std::fmt;
 
 /// Format version: bump when the encoding changes so that old entries in a shared store miss.
-const KEY_VERSION: &[u8] = b"trc1";
+const KEY_VERSION: &[u8] = b"trc2";
+
+/// The selecting dimension of responses stored per identity: listed with the `Vary` names of
+/// such an entry, its value is the request's identity (hashed), never a request header.
+pub(crate) const IDENTITY: HeaderName = HeaderName::from_static("tower-response-cache-identity");
 
 /// The key under which a response is stored.
 ///
 /// Built by the layer from the request: method class (GET and HEAD share), host (unless
-/// disabled), path, normalised query, identity and, for responses with `Vary`, the values of
-/// the named request headers. Cheap to clone.
+/// disabled), path, normalised query and, for responses with `Vary`, the values of the named
+/// request headers, and for responses stored per identity, the identity (hashed). Cheap to
+/// clone.
 ///
 /// ```
 /// use tower_response_cache::{CacheLayer, MemoryStore};
@@ -77,8 +82,8 @@ impl Default for KeyConfig {
 }
 
 impl KeyConfig {
-    /// The primary key: method class, host, path, normalised query and identity.
-    pub(crate) fn primary(&self, parts: &request::Parts, identity: Option<&str>) -> CacheKey {
+    /// The primary key: method class, host, path and normalised query.
+    pub(crate) fn primary(&self, parts: &request::Parts) -> CacheKey {
         let path = parts.uri.path();
         let pairs = self.query_pairs(parts.uri.query().unwrap_or(""));
         let method = method_class(&parts.method).as_bytes();
@@ -101,9 +106,7 @@ impl KeyConfig {
             + 1
             + fields.iter().map(|f| 4 + f.len()).sum::<usize>()
             + 4
-            + pairs.iter().map(|p| 4 + p.len()).sum::<usize>()
-            + 1
-            + identity.map_or(0, |_| 32);
+            + pairs.iter().map(|p| 4 + p.len()).sum::<usize>();
         let mut buf = Vec::with_capacity(len);
         buf.extend_from_slice(KEY_VERSION);
         buf.push(b'P');
@@ -115,13 +118,6 @@ impl KeyConfig {
         buf.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
         for pair in pairs {
             field(&mut buf, pair.as_bytes());
-        }
-        match identity {
-            Some(id) => {
-                buf.push(1);
-                buf.extend_from_slice(&Sha256::digest(id.as_bytes()));
-            }
-            None => buf.push(0),
         }
         CacheKey(buf.into())
     }
@@ -160,12 +156,45 @@ fn param_name(pair: &str) -> &str {
     pair.split_once('=').map_or(pair, |(name, _)| name)
 }
 
-/// The secondary key of one variant: the primary key plus the values of the `Vary` fields.
-pub(crate) fn variant(primary: &CacheKey, names: &[HeaderName], headers: &HeaderMap) -> CacheKey {
-    let mut buf = Vec::with_capacity(primary.0.len() + 16 * names.len() + 8);
+/// The secondary key of one variant: the primary key plus the values of the `Vary` fields,
+/// and, where [`IDENTITY`] is among them, the request's identity.
+pub(crate) fn variant(
+    primary: &CacheKey,
+    names: &[HeaderName],
+    headers: &HeaderMap,
+    identity: Option<&str>,
+) -> CacheKey {
+    let mut buf = Vec::with_capacity(primary.0.len() + 16 * names.len() + 40);
     buf.extend_from_slice(&primary.0);
     buf.push(b'V');
-    write_fields(&mut buf, names.iter(), names.len(), headers);
+    let varied = names.iter().filter(|name| **name != IDENTITY);
+    write_fields(
+        &mut buf,
+        varied,
+        names.iter().filter(|name| **name != IDENTITY).count(),
+        headers,
+    );
+    if names.contains(&IDENTITY) {
+        buf.push(b'I');
+        match identity {
+            Some(id) => {
+                buf.push(1);
+                buf.extend_from_slice(&Sha256::digest(id.as_bytes()));
+            }
+            // No identity is never the same variant as any identity.
+            None => buf.push(0),
+        }
+    }
+    CacheKey(buf.into())
+}
+
+/// The key one identity's concurrent misses on `primary` coalesce on, when that resource is
+/// stored per identity (other identities' calls are their own).
+pub(crate) fn personal(primary: &CacheKey, identity: &str) -> CacheKey {
+    let mut buf = Vec::with_capacity(primary.0.len() + 33);
+    buf.extend_from_slice(&primary.0);
+    buf.push(b'U');
+    buf.extend_from_slice(&Sha256::digest(identity.as_bytes()));
     CacheKey(buf.into())
 }
 
@@ -314,19 +343,19 @@ mod tests {
             ignored_query_params: vec!["utm_*".into(), "fbclid".into()],
             ..KeyConfig::default()
         };
-        config.primary(&parts("GET", uri, &[]), None)
+        config.primary(&parts("GET", uri, &[]))
     }
 
     #[test]
     fn get_and_head_share_other_methods_do_not() {
         let c = KeyConfig::default();
         assert_eq!(
-            c.primary(&parts("GET", "/a", &[]), None),
-            c.primary(&parts("HEAD", "/a", &[]), None)
+            c.primary(&parts("GET", "/a", &[])),
+            c.primary(&parts("HEAD", "/a", &[]))
         );
         assert_ne!(
-            c.primary(&parts("GET", "/a", &[]), None),
-            c.primary(&parts("POST", "/a", &[]), None)
+            c.primary(&parts("GET", "/a", &[])),
+            c.primary(&parts("POST", "/a", &[]))
         );
     }
 
@@ -344,9 +373,9 @@ mod tests {
     #[test]
     fn host_is_keyed_unless_disabled() {
         let c = KeyConfig::default();
-        let a = c.primary(&parts("GET", "/a", &[("host", "a.example")]), None);
-        let b = c.primary(&parts("GET", "/a", &[("host", "b.example")]), None);
-        let upper = c.primary(&parts("GET", "/a", &[("host", "A.EXAMPLE")]), None);
+        let a = c.primary(&parts("GET", "/a", &[("host", "a.example")]));
+        let b = c.primary(&parts("GET", "/a", &[("host", "b.example")]));
+        let upper = c.primary(&parts("GET", "/a", &[("host", "A.EXAMPLE")]));
         assert_ne!(a, b);
         assert_eq!(a, upper);
         let c = KeyConfig {
@@ -354,8 +383,8 @@ mod tests {
             ..KeyConfig::default()
         };
         assert_eq!(
-            c.primary(&parts("GET", "/a", &[("host", "a.example")]), None),
-            c.primary(&parts("GET", "/a", &[("host", "b.example")]), None)
+            c.primary(&parts("GET", "/a", &[("host", "a.example")])),
+            c.primary(&parts("GET", "/a", &[("host", "b.example")]))
         );
     }
 
@@ -367,13 +396,34 @@ mod tests {
             "/a",
             &[("authorization", "Bearer s3cr3t-token"), ("cookie", "sid=hunter2")],
         );
-        let primary = c.primary(&p, Some("user-secret-identity"));
-        let names = [AUTHORIZATION, COOKIE];
-        let v = variant(&primary, &names, &p.headers);
+        let primary = c.primary(&p);
+        let names = [AUTHORIZATION, COOKIE, IDENTITY];
+        let v = variant(&primary, &names, &p.headers, Some("user-secret-identity"));
         let text = String::from_utf8_lossy(v.as_bytes());
         for secret in ["s3cr3t-token", "hunter2", "user-secret-identity"] {
             assert!(!text.contains(secret), "{secret} leaked into {text}");
         }
+    }
+
+    #[test]
+    fn the_identity_dimension_is_the_identity_never_a_request_header() {
+        let c = KeyConfig::default();
+        let plain = parts("GET", "/me", &[]);
+        let forged = parts("GET", "/me", &[("tower-response-cache-identity", "alice")]);
+        let names = [IDENTITY];
+        let key = |p: &request::Parts, id| variant(&c.primary(p), &names, &p.headers, id);
+        assert_eq!(key(&plain, Some("alice")), key(&forged, Some("alice")));
+        assert_eq!(
+            key(&plain, None),
+            key(&forged, None),
+            "a header cannot claim an identity"
+        );
+        assert_ne!(key(&plain, None), key(&plain, Some("")));
+        assert_ne!(key(&plain, Some("alice")), key(&plain, Some("bob")));
+        assert_ne!(
+            personal(&c.primary(&plain), "alice"),
+            personal(&c.primary(&plain), "bob")
+        );
     }
 
     #[test]
@@ -382,7 +432,7 @@ mod tests {
         let names = [HeaderName::from_static("accept-language")];
         let k = |h: &[(&str, &str)]| {
             let p = parts("GET", "/a", h);
-            variant(&c.primary(&p, None), &names, &p.headers)
+            variant(&c.primary(&p), &names, &p.headers, None)
         };
         assert_ne!(k(&[("accept-language", "en")]), k(&[("accept-language", "fr")]));
         assert_ne!(k(&[("accept-language", "")]), k(&[]));
@@ -395,7 +445,7 @@ mod tests {
         let c = KeyConfig::default();
         let k = |name: &'static str, h: &[(&str, &str)]| {
             let p = parts("GET", "/a", h);
-            variant(&c.primary(&p, None), &[HeaderName::from_static(name)], &p.headers)
+            variant(&c.primary(&p), &[HeaderName::from_static(name)], &p.headers, None)
         };
         let one = k("accept-language", &[("accept-language", "en, fr;q=0.5")]);
         for same in [
@@ -431,7 +481,7 @@ mod tests {
             let mut headers = vec![("content-type", "application/grpc")];
             headers.extend_from_slice(h);
             let p = parts("POST", "/catalog.Catalog/GetBook", &headers);
-            grpc_call(&c.primary(&p, None), message, &p.headers, &vary)
+            grpc_call(&c.primary(&p), message, &p.headers, &vary)
         };
         let base = k(b"\0\0\0\0\x01\x08", &[]);
         assert_eq!(
@@ -449,9 +499,9 @@ mod tests {
             "/catalog.Catalog/GetBook",
             &[("content-type", "application/grpc")],
         );
-        let primary = c.primary(&p, None);
+        let primary = c.primary(&p);
         assert_ne!(base, primary);
-        assert_ne!(base, variant(&primary, &vary, &p.headers));
+        assert_ne!(base, variant(&primary, &vary, &p.headers, None));
     }
 
     fn segment() -> impl Strategy<Value = String> {
@@ -459,7 +509,8 @@ mod tests {
     }
 
     proptest! {
-        /// Requests that differ in path, query, identity or a varied header never share a key.
+        /// Requests that differ in path, query, identity (where entries are per identity) or
+        /// a varied header never share a key.
         #[test]
         fn distinct_requests_never_share_a_key(
             p1 in segment(), p2 in segment(), q1 in segment(), q2 in segment(),
@@ -471,17 +522,18 @@ mod tests {
                 let uri = format!("/{p}?{q}");
                 let headers: Vec<(&str, &str)> = v.iter().map(|v| ("accept", v.as_str())).collect();
                 let parts = parts("GET", &uri, &headers);
-                let primary = c.primary(&parts, id.as_deref());
-                (primary.clone(), variant(&primary, &[http::header::ACCEPT], &parts.headers), parts)
+                let primary = c.primary(&parts);
+                let names = [http::header::ACCEPT, IDENTITY];
+                (primary.clone(), variant(&primary, &names, &parts.headers, id.as_deref()), parts)
             };
             let (k1, var1, r1) = build(&p1, &q1, &id1, &v1);
             let (k2, var2, r2) = build(&p2, &q2, &id2, &v2);
             let same_path = r1.uri.path() == r2.uri.path();
             let same_query = c.query_pairs(r1.uri.query().unwrap_or("")) == c.query_pairs(r2.uri.query().unwrap_or(""));
-            let same_primary = same_path && same_query && id1 == id2;
+            let same_primary = same_path && same_query;
             prop_assert_eq!(k1 == k2, same_primary);
             let norm = |v: &Option<String>| v.as_ref().map(|s| s.trim().to_string());
-            prop_assert_eq!(var1 == var2, same_primary && norm(&v1) == norm(&v2));
+            prop_assert_eq!(var1 == var2, same_primary && id1 == id2 && norm(&v1) == norm(&v2));
         }
 
         /// Shuffling the query and adding ignored parameters never changes the key.

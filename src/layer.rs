@@ -88,9 +88,11 @@ impl fmt::Debug for Config {
 
 /// A [`Layer`] that caches responses of the services it wraps in a [`Store`].
 ///
-/// Safe by default: only GET and HEAD, never requests with credentials unless an identity
-/// scopes the key, never `no-store`, `private`, `Set-Cookie`, `Vary: *`, ranges, oversize or
-/// failed bodies. Every response carries a `Cache-Status` header saying what happened.
+/// Safe by default: only GET and HEAD, never answers to requests with credentials unless
+/// they are explicitly shareable or stored for the caller's identity alone, never
+/// `no-store`, `Set-Cookie`, `Vary: *`, ranges, oversize or failed bodies, `private` only per
+/// identity. Every response carries a [`CacheOutcome`](crate::CacheOutcome) extension and, by
+/// default, a `Cache-Status` header saying what happened.
 ///
 /// ```
 /// use axum::{routing::get, Router};
@@ -175,11 +177,11 @@ impl<St: Store> CacheLayer<St> {
         &self.shared.store
     }
 
-    /// The primary key the layer would use for a request (identity included; `Vary`
-    /// values, which depend on the response, are not).
+    /// The primary key the layer would use for a request. `Vary` values and the identity,
+    /// which select among a resource's entries as its responses say, are not part of it.
     pub fn cache_key(&self, parts: &request::Parts) -> CacheKey {
         let config = &self.shared.config;
-        config.key.primary(parts, config.identity(parts).as_deref())
+        config.key.primary(parts)
     }
 }
 
@@ -202,7 +204,7 @@ impl<S, St> Layer<S> for CacheLayer<St> {
 /// | [`cacheable_statuses`](Self::cacheable_statuses) | 200 203 204 300 301 308 404 405 410 414 501 |
 /// | [`key_host`](Self::key_host) | `true` |
 /// | [`ignore_query_param`](Self::ignore_query_param) | none |
-/// | [`vary_by_identity`](Self::vary_by_identity) | none: requests with credentials bypass |
+/// | [`vary_by_identity`](Self::vary_by_identity) | none: answers to requests with credentials are stored only if explicitly shareable |
 /// | [`route_override`](Self::route_override) | none |
 /// | [`tag_with`](Self::tag_with) | none (tags come from `Cache-Groups` and [`CacheTags`](crate::CacheTags)) |
 /// | [`max_tags_per_entry`](Self::max_tags_per_entry) | 64 |
@@ -289,9 +291,30 @@ impl<St: Store> CacheLayerBuilder<St> {
         self
     }
 
-    /// Scopes entries to the identity this function returns for a request. Requests with an
-    /// identity may carry credentials and may be answered `private` responses, each from
-    /// their own entries; the identity is hashed before it enters a key.
+    /// The identity of a request's caller (a user id from a session, a verified token's
+    /// subject), or `None` for an anonymous request.
+    ///
+    /// A request with an identity counts as one with credentials, and the response chooses
+    /// its scope, as a `Vary` would: an explicitly shareable one (`public` or `s-maxage`,
+    /// fresh by the origin's word) is one entry for everyone, found by signed-in and
+    /// anonymous requests alike; any other, and a `private` one always, is stored for that
+    /// identity alone and found by it alone. A [`RouteOverride`] can force either scope. A
+    /// request with credentials but no identity never gets a per-identity entry. The
+    /// identity is hashed before it enters a key.
+    ///
+    /// ```
+    /// use tower_response_cache::{CacheLayer, MemoryStore};
+    ///
+    /// let layer = CacheLayer::builder(MemoryStore::new())
+    ///     .vary_by_identity(|request| {
+    ///         let cookie = request.headers.get("cookie")?.to_str().ok()?;
+    ///         cookie.split("; ").find_map(|c| c.strip_prefix("user=")).map(str::to_owned)
+    ///     })
+    ///     .build();
+    /// ```
+    ///
+    /// (The cookie here stands for a session the application verifies: an identity must be
+    /// one a client cannot claim for someone else.)
     pub fn vary_by_identity<F>(mut self, identity: F) -> Self
     where
         F: Fn(&request::Parts) -> Option<String> + Send + Sync + 'static,

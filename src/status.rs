@@ -75,18 +75,18 @@ pub enum Served {
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-/// use tower::{Layer, Service, ServiceExt};
+/// use tower::{Layer, ServiceExt};
 /// use tower_response_cache::{CacheLayer, CacheOutcome, MemoryStore, Served};
 ///
 /// let app = axum::Router::new().route("/", axum::routing::get(|| async { "hello" }));
-/// let mut service = CacheLayer::new(MemoryStore::new()).layer(app);
+/// let service = CacheLayer::new(MemoryStore::new()).layer(app);
 /// let get = || http::Request::get("/").body(axum::body::Body::empty()).unwrap();
 ///
-/// let first = service.ready().await.unwrap().call(get()).await.unwrap();
+/// let first = service.clone().oneshot(get()).await.unwrap();
 /// let outcome = first.extensions().get::<CacheOutcome>().unwrap();
 /// assert_eq!((outcome.served(), outcome.stored()), (Served::Miss, true));
 ///
-/// let second = service.ready().await.unwrap().call(get()).await.unwrap();
+/// let second = service.clone().oneshot(get()).await.unwrap();
 /// assert_eq!(second.extensions().get::<CacheOutcome>().unwrap().served(), Served::Hit);
 /// # });
 /// ```

@@ -579,7 +579,13 @@ async fn chosen_metadata_and_identity_select_entries() {
     assert_stored_miss(get_book(&mut client, with(None, None)).await.metadata());
     assert_hit(get_book(&mut client, with(Some("a"), None)).await.metadata());
     assert_stored_miss(get_book(&mut client, with(Some("a"), Some("alice"))).await.metadata());
-    assert_stored_miss(get_book(&mut client, with(Some("a"), Some("bob"))).await.metadata());
+    // Alice's answer is stored for her alone: bob misses the variant of his identity.
+    let bob = get_book(&mut client, with(Some("a"), Some("bob"))).await;
+    let status = cache_status(bob.metadata());
+    assert!(
+        status.contains("fwd=vary-miss") && status.contains("; stored"),
+        "{status}"
+    );
     assert_hit(get_book(&mut client, with(Some("a"), Some("alice"))).await.metadata());
     assert_eq!(harness.library.get_book_calls(), 5);
 }

@@ -15,6 +15,12 @@ use std::time::{Duration, SystemTime};
 /// hook, or from a handler as a response extension. Safety rules still apply: an override
 /// never makes a `no-store`, `private` or `Set-Cookie` response shareable.
 ///
+/// The scope of a response to a request with an identity (see
+/// [`vary_by_identity`](crate::CacheLayerBuilder::vary_by_identity)) is chosen by the
+/// response: per identity, unless it is explicitly shareable (`public` or `s-maxage`, fresh
+/// by the origin's word). [`PerIdentity`](Self::PerIdentity) and [`Shared`](Self::Shared)
+/// force it.
+///
 /// ```
 /// use axum::{routing::get, Extension, Router};
 /// use std::time::Duration;
@@ -32,6 +38,14 @@ pub enum RouteOverride {
     Bypass,
     /// Use this freshness lifetime instead of the one the headers give.
     Ttl(Duration),
+    /// Store the response to a request with an identity for that identity alone, even if it
+    /// is marked shareable. Requests without an identity are not affected.
+    PerIdentity,
+    /// The response is the same for everyone: treat it as `public` with the origin's
+    /// freshness, so that the answer to a request with an identity or with credentials is
+    /// one entry for everyone. A `private` response is still stored per identity (and not
+    /// at all for a request without one).
+    Shared,
 }
 
 /// The statuses the layer stores on freshness it supplies itself (`default_ttl`, a route's
@@ -80,8 +94,8 @@ pub(crate) struct PolicyConfig {
 pub(crate) struct RequestFacts {
     /// The request carried `Authorization` or `Cookie`.
     pub(crate) credentials: bool,
-    /// The key includes the caller's identity.
-    pub(crate) identity_scoped: bool,
+    /// The layer found an identity for the caller: a response may be stored for it alone.
+    pub(crate) identity: bool,
     pub(crate) request_time: SystemTime,
 }
 
@@ -96,6 +110,8 @@ pub(crate) struct Freshness {
     pub(crate) must_revalidate: bool,
     /// `public`, `s-maxage` or `must-revalidate`: may answer requests that carry credentials.
     pub(crate) shareable_with_credentials: bool,
+    /// The `Vary` names, and [`key::IDENTITY`](crate::key::IDENTITY) for a response stored
+    /// for the requester's identity alone.
     pub(crate) vary: Vec<HeaderName>,
     /// How long a stale entry with a validator is kept so that it can be revalidated.
     pub(crate) revalidation_grace: Duration,
@@ -159,10 +175,10 @@ pub(crate) fn storable(
     if cc.no_store && !(cc.must_understand && understood) {
         return Err(BypassReason::NoStore);
     }
-    if cc.private && !request.identity_scoped {
+    if cc.private && !request.identity {
         return Err(BypassReason::Private);
     }
-    let vary = vary_names(headers).ok_or(BypassReason::VaryStar)?;
+    let mut vary = vary_names(headers).ok_or(BypassReason::VaryStar)?;
 
     let (lifetime, source) = match route {
         Some(RouteOverride::Ttl(ttl)) => (ttl, Source::Configured),
@@ -188,13 +204,22 @@ pub(crate) fn storable(
     // the route's): `default_ttl`, the heuristic and an expired or unreadable lifetime never
     // make one shareable.
     let explicit_freshness = matches!(source, Source::Explicit) || matches!(route, Some(RouteOverride::Ttl(_)));
-    let explicitly_shareable =
-        (cc.public || cc.s_maxage.is_some() || cc.must_revalidate) && explicit_freshness && lifetime > initial_age;
-    // Stored only by that exception: never served past that freshness (no stale windows,
-    // no `max-stale`), only revalidated.
-    let shared_by_exception = request.credentials && !request.identity_scoped;
-    if shared_by_exception && !explicitly_shareable {
+    // A route declared the same for everyone counts as `public` with the origin's freshness.
+    let declared_shared = route == Some(RouteOverride::Shared) && !cc.private;
+    let explicitly_shareable = declared_shared
+        || ((cc.public || cc.s_maxage.is_some() || cc.must_revalidate) && explicit_freshness && lifetime > initial_age);
+    // A request with an identity counts as one with credentials. Its response is stored for
+    // that identity alone unless it is explicitly shareable; a `private` one always is.
+    let per_identity =
+        request.identity && (cc.private || route == Some(RouteOverride::PerIdentity) || !explicitly_shareable);
+    // Shared with requests that carry credentials only by that exception: never served past
+    // that freshness (no stale windows, no `max-stale`), only revalidated.
+    let shared_by_exception = (request.credentials || request.identity) && !per_identity;
+    if request.credentials && !request.identity && !explicitly_shareable {
         return Err(BypassReason::Credentials);
+    }
+    if per_identity {
+        vary.push(crate::key::IDENTITY);
     }
     // For a shared cache `s-maxage` also means `proxy-revalidate` (RFC 9111 §5.2.2.10).
     let revalidate = cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some() || shared_by_exception;
@@ -345,7 +370,7 @@ mod tests {
     fn facts() -> RequestFacts {
         RequestFacts {
             credentials: false,
-            identity_scoped: false,
+            identity: false,
             request_time: SystemTime::now(),
         }
     }
@@ -360,12 +385,22 @@ mod tests {
         status: u16,
         headers: &[(&str, &[u8])],
     ) -> Result<Freshness, BypassReason> {
+        decide_full(config, facts, status, headers, None)
+    }
+
+    fn decide_full(
+        config: &PolicyConfig,
+        facts: RequestFacts,
+        status: u16,
+        headers: &[(&str, &[u8])],
+        route: Option<RouteOverride>,
+    ) -> Result<Freshness, BypassReason> {
         let mut builder = Response::builder().status(status);
         for (name, value) in headers {
             builder = builder.header(*name, HeaderValue::from_bytes(value).unwrap());
         }
         let (parts, ()) = builder.body(()).unwrap().into_parts();
-        storable(config, &facts, &parts, None, facts.request_time)
+        storable(config, &facts, &parts, route, facts.request_time)
     }
 
     #[test]
@@ -433,12 +468,61 @@ mod tests {
     }
 
     #[test]
-    fn private_is_stored_only_in_identity_scope() {
-        let scoped = RequestFacts {
-            identity_scoped: true,
+    fn private_is_stored_only_per_identity() {
+        let signed_in = RequestFacts {
+            identity: true,
             ..facts()
         };
-        assert!(decide_with(&config(), scoped, 200, &[("cache-control", b"private, max-age=5")]).is_ok());
+        let f = decide_with(&config(), signed_in, 200, &[("cache-control", b"private, max-age=5")]).unwrap();
+        assert!(f.vary.contains(&crate::key::IDENTITY));
+        assert_eq!(
+            decide_with(&config(), facts(), 200, &[("cache-control", b"private, max-age=5")]),
+            Err(BypassReason::Private)
+        );
+    }
+
+    #[test]
+    fn the_response_chooses_the_scope_of_an_answer_to_an_identity() {
+        let signed_in = RequestFacts {
+            identity: true,
+            ..facts()
+        };
+        let scope = |facts: RequestFacts, cc: &[u8], route: Option<RouteOverride>| {
+            let headers = [("cache-control", cc)];
+            decide_full(&config(), facts, 200, &headers, route).map(|f| f.vary.contains(&crate::key::IDENTITY))
+        };
+        // Explicitly shareable: one entry for everyone.
+        assert_eq!(scope(signed_in, b"public, max-age=60", None), Ok(false));
+        assert_eq!(scope(signed_in, b"s-maxage=60", None), Ok(false));
+        // Anything else, and `private` always: per identity.
+        assert_eq!(scope(signed_in, b"max-age=60", None), Ok(true));
+        assert_eq!(scope(signed_in, b"", None), Ok(true));
+        assert_eq!(
+            scope(signed_in, b"private, max-age=60", Some(RouteOverride::Shared)),
+            Ok(true)
+        );
+        // `public` needs the origin's freshness: `default_ttl` does not make it shareable.
+        assert_eq!(scope(signed_in, b"public", None), Ok(true));
+        // The route forces either scope.
+        assert_eq!(
+            scope(signed_in, b"public, max-age=60", Some(RouteOverride::PerIdentity)),
+            Ok(true)
+        );
+        assert_eq!(scope(signed_in, b"max-age=60", Some(RouteOverride::Shared)), Ok(false));
+        // Requests without an identity: never per identity.
+        assert_eq!(
+            scope(facts(), b"max-age=60", Some(RouteOverride::PerIdentity)),
+            Ok(false)
+        );
+        let creds = RequestFacts {
+            credentials: true,
+            ..facts()
+        };
+        assert_eq!(scope(creds, b"max-age=60", None), Err(BypassReason::Credentials));
+        assert_eq!(
+            scope(creds, b"private, max-age=60", Some(RouteOverride::Shared)),
+            Err(BypassReason::Private)
+        );
     }
 
     #[test]

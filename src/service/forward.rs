@@ -6,7 +6,7 @@ use super::respond::{finish, from_entry, not_stored};
 use crate::body::{collect_bounded, collect_ready, Collected, ReadWhole, StoreWhenWhole};
 use crate::coalesce::{Flight, OriginFailure, Settlement};
 use crate::entry::{CachedResponse, Entry};
-use crate::key::{self, CacheKey};
+use crate::key;
 use crate::layer::{Config, Shared};
 use crate::metrics::{BypassReason, Counters};
 use crate::policy::cache_control::CacheControl;
@@ -274,7 +274,7 @@ async fn keep<St: Store, B: Body>(
             };
             let store = StoreOnceWhole {
                 shared: shared.clone(),
-                primary: lookout.primary.clone(),
+                lookout: lookout.clone(),
                 request_headers: request.headers.clone(),
                 head: head_of(&head),
                 freshness,
@@ -315,18 +315,18 @@ async fn keep<St: Store, B: Body>(
     let request_time = lookout.facts.request_time;
     let entry = CachedResponse::new(&head, data, trailers, freshness, tags, request_time, response_time);
     let entry = Arc::new(entry);
-    let stored = store(shared, &lookout.primary, &entry, ttl, &request.headers).await;
+    let stored = store(shared, lookout, &entry, ttl, &request.headers).await;
     let outcome = stored_outcome(Outcome::miss(miss_kind, status.as_u16()), stored);
     let mut response = from_entry(shared, &entry, lookout, outcome, upstream_age(&entry));
     // Extensions are not stored; the response that was just produced keeps its own.
     response.extensions_mut().extend(head.extensions);
-    (response, settled(stored == Ok(true)))
+    (response, settled(stored == Ok(true), &entry))
 }
 
 /// A storable response whose body is still arriving, kept until it has come whole.
 struct StoreOnceWhole<St> {
     shared: Arc<Shared<St>>,
-    primary: CacheKey,
+    lookout: Lookout,
     request_headers: HeaderMap,
     head: response::Parts,
     freshness: Freshness,
@@ -351,16 +351,10 @@ impl<St: Store> StoreWhenWhole for StoreOnceWhole<St> {
                 this.request_time,
                 this.response_time,
             );
-            let stored = store(
-                &this.shared,
-                &this.primary,
-                &Arc::new(entry),
-                ttl,
-                &this.request_headers,
-            )
-            .await;
+            let entry = Arc::new(entry);
+            let stored = store(&this.shared, &this.lookout, &entry, ttl, &this.request_headers).await;
             if let Some(flight) = this.flight {
-                flight.settle(settled(stored == Ok(true)));
+                flight.settle(settled(stored == Ok(true), &entry));
             }
         }))
     }
@@ -392,11 +386,11 @@ fn head_of(parts: &response::Parts) -> response::Parts {
 
 /// What waiters learn from a response that was storable: look it up, or go alone (the
 /// store refused it or failed).
-fn settled(stored: bool) -> Settlement {
-    if stored {
-        Settlement::Stored
-    } else {
-        Settlement::Retry
+fn settled(stored: bool, entry: &CachedResponse) -> Settlement {
+    match stored {
+        true if entry.vary.contains(&key::IDENTITY) => Settlement::PerIdentity,
+        true => Settlement::Stored,
+        false => Settlement::Retry,
     }
 }
 
@@ -432,7 +426,9 @@ async fn origin_failure<St, B: Body>(
         .targeted
         .iter()
         .any(|name| CacheControl::from_targeted(&parts.headers, name).is_some_and(|cc| cc.private));
-    let personal = (lookout.facts.credentials && !lookout.facts.identity_scoped)
+    // An answer to an identity may be that identity's alone, like one to credentials.
+    let personal = lookout.facts.credentials
+        || lookout.facts.identity
         || parts.headers.contains_key(SET_COOKIE)
         || parts.headers.contains_key(VARY)
         || targeted_private
@@ -553,10 +549,10 @@ async fn revalidated<St: Store, B: Body>(
         response_time,
     );
     let entry = Arc::new(entry);
-    let stored = store(shared, &lookout.primary, &entry, ttl, &request.headers).await;
+    let stored = store(shared, lookout, &entry, ttl, &request.headers).await;
     let outcome = stored_outcome(Outcome::miss(MissKind::Stale, 304).detail("revalidated"), stored);
     let response = from_entry(shared, &entry, lookout, outcome, upstream_age(&entry));
-    (response, settled(stored == Ok(true)))
+    (response, settled(stored == Ok(true), &entry))
 }
 
 /// Every tag of a response about to be stored (plus `inherited` ones), or `None` if they
@@ -589,17 +585,18 @@ fn entry_tags(
 /// `Ok(false)` declined by the store, `Err(())` the store failed (logged and counted).
 async fn store<St: Store>(
     shared: &Shared<St>,
-    primary: &CacheKey,
+    lookout: &Lookout,
     entry: &Arc<CachedResponse>,
     ttl: Duration,
     request_headers: &HeaderMap,
 ) -> Result<bool, ()> {
     let store = &shared.store;
+    let primary = &lookout.primary;
     let result = if entry.vary.is_empty() {
         store.put(primary.clone(), Entry::Response(entry.clone()), ttl).await
     } else {
         let names: Arc<[HeaderName]> = entry.vary.clone().into();
-        let variant = key::variant(primary, &names, request_headers);
+        let variant = key::variant(primary, &names, request_headers, lookout.identity.as_deref());
         // The index outlives any one variant so that it never hides a live one.
         let index_ttl = shared.config.policy.max_ttl.max(ttl);
         match store.put(primary.clone(), Entry::Variants(names), index_ttl).await {

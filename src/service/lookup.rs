@@ -15,6 +15,8 @@ use std::time::{Duration, SystemTime};
 #[derive(Debug, Clone)]
 pub(super) struct Lookout {
     pub(super) primary: CacheKey,
+    /// The caller's identity, if the layer found one: it selects the entries stored for it.
+    pub(super) identity: Option<Arc<str>>,
     pub(super) facts: RequestFacts,
     pub(super) route: Option<RouteOverride>,
     pub(super) head: bool,
@@ -63,18 +65,25 @@ pub(super) enum Found {
     Fresh(Arc<CachedResponse>),
     Stale(Stale),
     Miss(MissKind),
+    /// The resource's entries are stored per identity, and this identity has none usable:
+    /// its answer is its own, so it waits for no other identity's call.
+    PersonalMiss,
 }
 
 /// Reads the primary key and, for varying responses, the variant the request selects.
 pub(super) async fn lookup<St: Store>(shared: &Shared<St>, lookout: &Lookout, headers: &HeaderMap) -> Found {
     let store = &shared.store;
-    let (response, standing) = match read(shared, store.get(&lookout.primary).await) {
-        Ok(Some((Entry::Response(response), soft))) if response.vary.is_empty() => (response, soft),
+    let identity = lookout.identity.as_deref();
+    let (response, standing, own) = match read(shared, store.get(&lookout.primary).await) {
+        Ok(Some((Entry::Response(response), soft))) if response.vary.is_empty() => (response, soft, false),
         Ok(Some((Entry::Response(_), _))) => return Found::Miss(MissKind::VaryMiss),
         Ok(Some((Entry::Variants(names), _))) => {
-            let variant = key::variant(&lookout.primary, &names, headers);
+            // Entries stored per identity are found by the identity that asked for them only.
+            let own = identity.is_some() && names.contains(&key::IDENTITY);
+            let variant = key::variant(&lookout.primary, &names, headers, identity);
             match read(shared, store.get(&variant).await) {
-                Ok(Some((Entry::Response(response), soft))) => (response, soft),
+                Ok(Some((Entry::Response(response), soft))) => (response, soft, own),
+                Ok(Some((Entry::Variants(_), _))) | Ok(None) if own => return Found::PersonalMiss,
                 Ok(Some((Entry::Variants(_), _))) | Ok(None) => return Found::Miss(MissKind::VaryMiss),
                 Err(kind) => return Found::Miss(kind),
             }
@@ -82,9 +91,10 @@ pub(super) async fn lookup<St: Store>(shared: &Shared<St>, lookout: &Lookout, he
         Ok(None) => return Found::Miss(MissKind::Miss),
         Err(kind) => return Found::Miss(kind),
     };
-    // The key settled Vary; what is left is whether these credentials may see the entry.
+    // The key settled Vary and identity; what is left is whether a request with credentials
+    // (or an identity) may see an entry stored for everyone.
     let facts = &lookout.facts;
-    if facts.credentials && !facts.identity_scoped && !response.shareable_with_credentials {
+    if (facts.credentials || facts.identity) && !own && !response.shareable_with_credentials {
         return Found::Miss(MissKind::Miss);
     }
     if standing == Standing::Valid && response.is_fresh(SystemTime::now()) {

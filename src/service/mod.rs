@@ -10,6 +10,7 @@ use crate::coalesce::{self, Flight, Join, OriginFailure, Settlement};
 use crate::future::{HttpService, ResponseFuture, SendBody};
 use crate::grpc_wire;
 use crate::invalidate;
+use crate::key::{self, CacheKey};
 use crate::layer::Shared;
 use crate::metrics::{BypassReason, Counters};
 use crate::policy::{cache_control::CacheControl, RequestFacts, RouteOverride};
@@ -147,8 +148,8 @@ where
         },
     };
 
-    let identity = config.identity(&parts);
-    let mut primary = config.key.primary(&parts, identity.as_deref());
+    let identity: Option<Arc<str>> = config.identity(&parts).map(Into::into);
+    let mut primary = config.key.primary(&parts);
     let mut conditional = (
         parts.headers.get(IF_NONE_MATCH).cloned(),
         parts.headers.get(IF_MODIFIED_SINCE).cloned(),
@@ -163,9 +164,10 @@ where
         primary,
         facts: RequestFacts {
             credentials: parts.headers.contains_key(AUTHORIZATION) || parts.headers.contains_key(COOKIE),
-            identity_scoped: identity.is_some(),
+            identity: identity.is_some(),
             request_time: request_clock(),
         },
+        identity,
         route,
         head: parts.method == Method::HEAD,
         if_none_match: conditional.0,
@@ -226,6 +228,7 @@ where
             },
         );
     }
+    let personal_miss = matches!(found, Found::PersonalMiss);
     let (stale, miss_kind) = match found {
         Found::Fresh(entry) => return Ok(hit(shared, &entry, &lookout)),
         Found::Stale(stale) if client_refuses_stored => (Some(stale), MissKind::Request),
@@ -235,7 +238,8 @@ where
                 // A HEAD never refreshes: its answer has no body, and the service behind the
                 // layer may be a HEAD-only handler (`Router::layer` wraps each method's own),
                 // so not even a GET made from it could be trusted. The next GET refreshes.
-                let flight = (!lookout.head).then(|| shared.coalescer.try_lead(&lookout.primary));
+                let flight_key = flight_key(&lookout, Some(&stale), false);
+                let flight = (!lookout.head).then(|| shared.coalescer.try_lead(&flight_key));
                 if let Some(flight) = flight.flatten() {
                     let refresh = refresh(
                         shared.clone(),
@@ -261,6 +265,7 @@ where
             (Some(stale), MissKind::Stale)
         }
         Found::Miss(kind) => (None, kind),
+        Found::PersonalMiss => (None, MissKind::VaryMiss),
     };
     shared.counters.miss(miss_kind == MissKind::Invalidated);
     if directives.is_some_and(|cc| cc.only_if_cached) {
@@ -277,15 +282,17 @@ where
     let mut flight = None;
     // A request with credentials (and no identity) gets its own answer, unless the stored
     // response shows that the resource answers them with a shareable one: it waits for no
-    // one, so that per-user pages are not served one after another.
+    // one, so that per-user pages are not served one after another. One with an identity,
+    // for a resource stored per identity, waits only for its own identity's call.
     let personal = lookout.facts.credentials
-        && !lookout.facts.identity_scoped
+        && !lookout.facts.identity
         && !stale.as_ref().is_some_and(|s| s.entry.shareable_with_credentials);
+    let flight_key = flight_key(&lookout, stale.as_ref(), personal_miss);
     if config.coalesce && personal {
-        flight = shared.coalescer.try_lead(&lookout.primary);
+        flight = shared.coalescer.try_lead(&flight_key);
     } else if config.coalesce {
         for _ in 0..MAX_TAKEOVERS {
-            match shared.coalescer.join(&lookout.primary) {
+            match shared.coalescer.join(&flight_key) {
                 Join::Lead(lead) => {
                     flight = Some(lead);
                     break;
@@ -296,6 +303,10 @@ where
                     // takes over for the rest.
                     coalesce::Outcome::Abandoned | coalesce::Outcome::Settled(Settlement::Retry) => continue,
                     coalesce::Outcome::Settled(Settlement::Uncacheable) => break,
+                    // The leader's answer was its identity's alone: another identity's is
+                    // its own too; a request without one may share the next leader's.
+                    coalesce::Outcome::Settled(Settlement::PerIdentity) if lookout.identity.is_some() => break,
+                    coalesce::Outcome::Settled(Settlement::PerIdentity) => continue,
                     coalesce::Outcome::Settled(Settlement::Failed(failure)) => {
                         return Ok(shared_failure(shared, &failure, miss_kind));
                     }
@@ -346,6 +357,16 @@ where
             }
             Err(error)
         }
+    }
+}
+
+/// The key concurrent misses coalesce on: the resource's, unless what the store holds shows
+/// it is stored per identity, then the caller's identity's own.
+fn flight_key(lookout: &Lookout, stale: Option<&Stale>, personal_miss: bool) -> CacheKey {
+    let per_identity = personal_miss || stale.is_some_and(|s| s.entry.vary.contains(&key::IDENTITY));
+    match &lookout.identity {
+        Some(identity) if per_identity => key::personal(&lookout.primary, identity),
+        _ => lookout.primary.clone(),
     }
 }
 
