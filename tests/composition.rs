@@ -322,7 +322,13 @@ async fn each_client_gets_its_encoding(at: &At) {
         let vary = gzip.header("vary").unwrap_or_default().to_ascii_lowercase();
         assert!(vary.contains("accept-encoding"), "{at}: vary {vary:?}");
 
-        for asked in [&[][..], &[("accept-encoding", "identity")]] {
+        // No header, only identity, and gzip refused (`q=0`: its own variant, not gzip's).
+        let plain_clients = [
+            &[][..],
+            &[("accept-encoding", "identity")],
+            &[("accept-encoding", "gzip;q=0")],
+        ];
+        for asked in plain_clients {
             let plain = at.client.get(&book, asked).await;
             assert_eq!(plain.header("content-encoding"), None, "{at}, {asked:?}, round {round}");
             assert_eq!(plain.text(), book_text(2), "{at}, {asked:?}, round {round}");
@@ -330,8 +336,8 @@ async fn each_client_gets_its_encoding(at: &At) {
         }
     }
     // Outside, one stored body is compressed per response; inside, each `Accept-Encoding`
-    // value (gzip, none, identity) selects its own stored variant.
-    let variants = if at.inside_cache() { 3 } else { 1 };
+    // value (gzip, none, identity, gzip;q=0) selects its own stored variant.
+    let variants = if at.inside_cache() { 4 } else { 1 };
     assert_eq!(at.reads.count(), before + variants, "{at}");
 }
 
