@@ -15,6 +15,21 @@ use std::task::{ready, Context, Poll};
 pin_project! {
     /// The body of every response that passes through [`CacheService`](crate::CacheService):
     /// a cached body (with its trailers), or the inner service's body streamed through.
+    ///
+    /// `CacheBody::default()` is an empty body, whatever `B` is, for middleware that makes
+    /// its own responses around the cache (tower-http's `TimeoutLayer` answers `408` with
+    /// one).
+    ///
+    /// ```
+    /// use http_body::Body;
+    /// use tower_response_cache::CacheBody;
+    ///
+    /// let empty = CacheBody::<axum::body::Body>::default();
+    /// assert!(empty.is_end_stream());
+    /// assert_eq!(empty.size_hint().exact(), Some(0));
+    /// ```
+    // `B: Body` stays on the definition: a body that failed while it was read keeps its
+    // `B::Error` to pass on after the bytes read before it.
     pub struct CacheBody<B: Body> {
         #[pin]
         kind: Kind<B>,
@@ -43,6 +58,13 @@ impl<B: Body> std::fmt::Debug for CacheBody<B> {
             Kind::Copied { .. } => "Copied",
         };
         f.debug_struct("CacheBody").field("kind", &kind).finish()
+    }
+}
+
+impl<B: Body> Default for CacheBody<B> {
+    /// An empty body.
+    fn default() -> Self {
+        CacheBody::empty()
     }
 }
 
@@ -463,6 +485,16 @@ mod tests {
             }
         }
         (data, trailers, None)
+    }
+
+    #[tokio::test]
+    async fn the_default_body_is_empty_and_ended() {
+        let body = CacheBody::<StreamBody<Frames>>::default();
+        assert!(body.is_end_stream());
+        assert_eq!(body.size_hint().exact(), Some(0));
+        let collected = body.collect().await.unwrap();
+        assert!(collected.trailers().is_none());
+        assert!(collected.to_bytes().is_empty());
     }
 
     #[tokio::test]

@@ -29,6 +29,19 @@ pin_project! {
     /// once it is done: the client's call completes after the purge, as an HTTP response
     /// would be returned after it. If the client goes away first, the body is read to its
     /// trailers in the background (for at most 10 s) and the purge still happens.
+    ///
+    /// `InvalidateBody::default()` is an empty body, whatever `B` is, for middleware that
+    /// makes its own responses around the layer (tower-http's `TimeoutLayer` answers `408`
+    /// with one).
+    ///
+    /// ```
+    /// use http_body::Body;
+    /// use tower_response_cache::invalidate::InvalidateBody;
+    ///
+    /// let empty = InvalidateBody::<axum::body::Body>::default();
+    /// assert!(empty.is_end_stream());
+    /// assert_eq!(empty.size_hint().exact(), Some(0));
+    /// ```
     pub struct InvalidateBody<B> {
         #[pin]
         kind: Kind<B>,
@@ -38,6 +51,7 @@ pin_project! {
 pin_project! {
     #[project = KindProj]
     enum Kind<B> {
+        Empty,
         Plain { #[pin] inner: B },
         Watched { watch: Watch<B> },
     }
@@ -80,9 +94,17 @@ impl<B> InvalidateBody<B> {
     }
 }
 
+impl<B> Default for InvalidateBody<B> {
+    /// An empty body.
+    fn default() -> Self {
+        InvalidateBody { kind: Kind::Empty }
+    }
+}
+
 impl<B> fmt::Debug for InvalidateBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match &self.kind {
+            Kind::Empty => "Empty",
             Kind::Plain { .. } => "Plain",
             Kind::Watched { .. } => "Watched",
         };
@@ -96,6 +118,7 @@ impl<B: Body> Body for InvalidateBody<B> {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Polled<B> {
         match self.project().kind.project() {
+            KindProj::Empty => Poll::Ready(None),
             KindProj::Plain { inner } => inner.poll_frame(cx),
             KindProj::Watched { watch } => watch.poll_frame(cx),
         }
@@ -103,6 +126,7 @@ impl<B: Body> Body for InvalidateBody<B> {
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
+            Kind::Empty => true,
             Kind::Plain { inner } => inner.is_end_stream(),
             Kind::Watched { watch } => {
                 watch.purging.is_none() && watch.body.as_ref().is_none_or(|body| body.is_end_stream())
@@ -112,6 +136,7 @@ impl<B: Body> Body for InvalidateBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
+            Kind::Empty => SizeHint::with_exact(0),
             Kind::Plain { inner } => inner.size_hint(),
             Kind::Watched { watch } => watch.body.as_ref().map_or_else(SizeHint::default, |b| b.size_hint()),
         }
@@ -298,6 +323,16 @@ mod tests {
             .expect("the background purge finished in time")
             .unwrap();
         assert_eq!(purges.load(SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn the_default_body_is_empty_and_ended() {
+        let empty = InvalidateBody::<http_body_util::Full<Bytes>>::default();
+        assert!(empty.is_end_stream());
+        assert_eq!(empty.size_hint().exact(), Some(0));
+        let collected = empty.collect().await.unwrap();
+        assert!(collected.trailers().is_none());
+        assert!(collected.to_bytes().is_empty());
     }
 
     #[test]
