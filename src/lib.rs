@@ -16,6 +16,7 @@ mod policy;
 mod service;
 mod status;
 pub mod store;
+mod structured_field;
 mod tags;
 mod warm;
 
