@@ -1,4 +1,6 @@
-//! `CacheLayer`: configuration only, built once and shared by every service it makes.
+//! `CacheLayer`: built once, it holds the configuration and the state its services share (the
+//! store handle, counters, in-flight misses), so clones of the layer and every service it
+//! makes count and coalesce together.
 
 use crate::coalesce::Coalescer;
 use crate::key::KeyConfig;

@@ -1,4 +1,5 @@
-//! `InvalidateLayer`: configuration only.
+//! `InvalidateLayer`: the configuration and the state its services share (the store handle and
+//! the purge counters), so clones of the layer report one set of counts.
 
 use super::service::InvalidateService;
 use crate::store::PurgeMode;

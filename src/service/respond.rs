@@ -253,7 +253,7 @@ pub(super) fn streamed<St, B: Body>(
     finish(shared, response.map(CacheBody::streamed), outcome, None)
 }
 
-/// Adds `Cache-Status` (and `Age`), and records the outcome as a response extension.
+/// Removes targeted cache-control fields when configured to, and adds `Cache-Status` (and `Age`).
 pub(super) fn finish<St, B>(
     shared: &Shared<St>,
     mut response: Response<B>,
