@@ -309,6 +309,7 @@ impl MemoryStore {
     /// a tiered store, refilled from Redis): its request may have started long ago, and it is
     /// checked against the purges this store learned recently instead of being refused for
     /// its age. Returns whether it was stored.
+    #[cfg(feature = "redis")]
     pub(crate) fn put_copy(&self, key: CacheKey, entry: Entry, ttl: Duration) -> bool {
         self.put_now(key, entry, ttl, Admission::Copy)
     }
