@@ -115,6 +115,15 @@ impl<St> InvalidateLayer<St> {
 /// | [`mode`](Self::mode) | [`PurgeMode::Hard`] |
 /// | [`grpc`](Self::grpc) | none: gRPC calls purge only what their response names |
 ///
+/// The configuration lives here only: a built layer has no setters, so none can be called
+/// on a clone and lost.
+///
+/// ```compile_fail
+/// use tower_response_cache::{InvalidateLayer, MemoryStore};
+/// let layer = InvalidateLayer::new(MemoryStore::new());
+/// let layer = layer.rules(|_, _| vec!["books".to_string()]); // no such method
+/// ```
+///
 /// # Example
 ///
 /// ```
@@ -129,15 +138,6 @@ impl<St> InvalidateLayer<St> {
 ///     .mode(PurgeMode::Soft)
 ///     .build();
 /// assert_eq!(layer.stats().purges, 0);
-/// ```
-///
-/// The configuration lives here only: a built layer has no setters, so none can be called
-/// on a clone and lost.
-///
-/// ```compile_fail
-/// use tower_response_cache::{InvalidateLayer, MemoryStore};
-/// let layer = InvalidateLayer::new(MemoryStore::new());
-/// let layer = layer.rules(|_, _| vec!["books".to_string()]); // no such method
 /// ```
 #[must_use]
 pub struct InvalidateLayerBuilder<St> {
