@@ -1,4 +1,6 @@
-//! `CacheLayer`: configuration only, built once and shared by every service it makes.
+//! `CacheLayer`: built once, it holds the configuration and the state its services share (the
+//! store handle, counters, in-flight misses), so clones of the layer and every service it
+//! makes count and coalesce together.
 
 use crate::coalesce::Coalescer;
 use crate::key::KeyConfig;
@@ -219,6 +221,40 @@ impl<S, St> Layer<S> for CacheLayer<St> {
 /// | [`cache_status_name`](Self::cache_status_name) | `tower-response-cache` |
 /// | [`cache_status`](Self::cache_status) | [`CacheStatusHeader::Always`] |
 /// | `grpc` (feature `grpc`) | none: every gRPC call passes through |
+///
+/// # Example
+///
+/// ```
+/// use http::StatusCode;
+/// use std::time::Duration;
+/// use tower_response_cache::{CacheLayer, CacheStatusHeader, CacheStatusName, MemoryStore, RouteOverride};
+///
+/// let layer = CacheLayer::builder(MemoryStore::new())
+///     .default_ttl(Duration::from_secs(30))
+///     .negative_ttl(Duration::from_secs(2))
+///     .max_ttl(Duration::from_secs(3600))
+///     .max_body_bytes(4 << 20)
+///     .cacheable_statuses([StatusCode::OK, StatusCode::NOT_FOUND])
+///     .key_host(false)
+///     .ignore_query_param("utm_*")
+///     // The caller's identity; the header is a stand-in for real auth.
+///     .vary_by_identity(|req| req.headers.get("x-user-id")?.to_str().ok().map(String::from))
+///     .route_override(|req| req.uri.path().starts_with("/admin").then_some(RouteOverride::Bypass))
+///     .max_tags_per_entry(16)
+///     .max_tag_len(256)
+///     .stale_while_revalidate(Duration::from_secs(30))
+///     .stale_if_error(Duration::from_secs(300))
+///     .origin_timeout(Duration::from_secs(2))
+///     .coalesce(true)
+///     .coalesce_timeout(Duration::from_secs(5))
+///     .remember_uncacheable(Duration::from_secs(10))
+///     .honor_request_directives(false)
+///     .strip_targeted_cache_control(true)
+///     .cache_status_name(CacheStatusName::new("edge").expect("a token"))
+///     .cache_status(CacheStatusHeader::Always)
+///     .build();
+/// assert_eq!(layer.stats().hits, 0);
+/// ```
 #[must_use]
 pub struct CacheLayerBuilder<St> {
     store: St,
@@ -238,6 +274,8 @@ impl<St: Store> CacheLayerBuilder<St> {
     /// Freshness for responses that give none (no `s-maxage`, `max-age` or `Expires`).
     /// `Duration::ZERO` leaves them to the RFC 9111 heuristic (a tenth of the time since
     /// `Last-Modified`), and uncached without it.
+    ///
+    /// See the [example](CacheLayerBuilder#example).
     pub fn default_ttl(mut self, ttl: Duration) -> Self {
         self.config.policy.default_ttl = ttl;
         self
@@ -246,18 +284,24 @@ impl<St: Store> CacheLayerBuilder<St> {
     /// Freshness for 4xx responses that give none (a 404 for a mistyped URL, a 405 for a GET
     /// on a POST-only route): kept briefly, not like pages. Never longer than `default_ttl`;
     /// `Duration::ZERO` stores no 4xx without freshness from the origin. Default 5 s.
+    ///
+    /// See the [example](CacheLayerBuilder#example).
     pub fn negative_ttl(mut self, ttl: Duration) -> Self {
         self.config.policy.negative_ttl = ttl;
         self
     }
 
     /// The longest freshness or stale window the layer grants, whatever the origin says.
+    ///
+    /// See the [example](CacheLayerBuilder#example).
     pub fn max_ttl(mut self, ttl: Duration) -> Self {
         self.config.policy.max_ttl = ttl;
         self
     }
 
     /// Bodies larger than this are streamed through, not stored.
+    ///
+    /// See the [example](CacheLayerBuilder#example).
     pub fn max_body_bytes(mut self, bytes: usize) -> Self {
         self.config.max_body_bytes = bytes;
         self
@@ -268,6 +312,8 @@ impl<St: Store> CacheLayerBuilder<St> {
     /// this list (RFC 9110 §15.1), so widening it never lets the heuristic keep a 403 or a
     /// 502. A response with freshness from the origin (`max-age`, `s-maxage`, `Expires`) may
     /// be stored whatever its final status (RFC 9111 §3); 206 and 304 never are.
+    ///
+    /// See the [example](CacheLayerBuilder#example).
     pub fn cacheable_statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
         self.config.policy.cacheable_statuses = statuses
             .into_iter()
@@ -279,6 +325,8 @@ impl<St: Store> CacheLayerBuilder<St> {
 
     /// Whether the host (and scheme, when the URI has one) is part of the key. Turn off only
     /// when every host serves the same content.
+    ///
+    /// See the [example](CacheLayerBuilder#example).
     pub fn key_host(mut self, include: bool) -> Self {
         self.config.key.include_host = include;
         self
@@ -286,6 +334,8 @@ impl<St: Store> CacheLayerBuilder<St> {
 
     /// Leaves a query parameter out of the key (a trailing `*` matches a prefix, as in
     /// `utm_*`). The inner service still receives it.
+    ///
+    /// See the [example](CacheLayerBuilder#example).
     pub fn ignore_query_param(mut self, name: impl Into<String>) -> Self {
         self.config.key.ignored_query_params.push(name.into());
         self
@@ -314,7 +364,8 @@ impl<St: Store> CacheLayerBuilder<St> {
     /// ```
     ///
     /// (The cookie here stands for a session the application verifies: an identity must be
-    /// one a client cannot claim for someone else.)
+    /// one a client cannot claim for someone else.) See also the
+    /// [example](CacheLayerBuilder#example).
     pub fn vary_by_identity<F>(mut self, identity: F) -> Self
     where
         F: Fn(&request::Parts) -> Option<String> + Send + Sync + 'static,
@@ -326,6 +377,8 @@ impl<St: Store> CacheLayerBuilder<St> {
     /// A per-route decision, taken before the request is looked up: bypass the cache, or
     /// fix the freshness lifetime. A handler can decide the same with a [`RouteOverride`]
     /// response extension.
+    ///
+    /// See the [example](CacheLayerBuilder#example).
     pub fn route_override<F>(mut self, route: F) -> Self
     where
         F: Fn(&request::Parts) -> Option<RouteOverride> + Send + Sync + 'static,
@@ -357,12 +410,16 @@ impl<St: Store> CacheLayerBuilder<St> {
 
     /// The most tags one entry may carry (the implicit path tag included). A response with
     /// more is not stored, since some of its purges could not reach it.
+    ///
+    /// See the [example](CacheLayerBuilder#example).
     pub fn max_tags_per_entry(mut self, n: usize) -> Self {
         self.config.tag_limits.max_tags = n;
         self
     }
 
     /// The longest tag, in bytes. A response with a longer tag is not stored.
+    ///
+    /// See the [example](CacheLayerBuilder#example).
     pub fn max_tag_len(mut self, bytes: usize) -> Self {
         self.config.tag_limits.max_len = bytes;
         self
@@ -371,6 +428,8 @@ impl<St: Store> CacheLayerBuilder<St> {
     /// How long past its freshness a response may be served while one background request
     /// refreshes it, when the response gives no `stale-while-revalidate` directive
     /// (RFC 5861 §3). Never for `must-revalidate` or `no-cache` responses.
+    ///
+    /// See the [example](CacheLayerBuilder#example).
     pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
         self.config.policy.stale_while_revalidate = window;
         self
@@ -379,6 +438,8 @@ impl<St: Store> CacheLayerBuilder<St> {
     /// How long past its freshness a response may stand in for an origin that errors,
     /// times out (see [`origin_timeout`](Self::origin_timeout)) or answers 5xx, when the
     /// response gives no `stale-if-error` directive (RFC 5861 §4).
+    ///
+    /// See the [example](CacheLayerBuilder#example).
     pub fn stale_if_error(mut self, window: Duration) -> Self {
         self.config.policy.stale_if_error = window;
         self
@@ -386,12 +447,16 @@ impl<St: Store> CacheLayerBuilder<St> {
 
     /// How long to wait for the origin before answering from a stale entry that may stand
     /// in for errors. Without such an entry the layer waits as long as the origin takes.
+    ///
+    /// See the [example](CacheLayerBuilder#example).
     pub fn origin_timeout(mut self, timeout: Duration) -> Self {
         self.config.origin_timeout = Some(timeout);
         self
     }
 
     /// Whether concurrent misses on one key share one call to the inner service.
+    ///
+    /// See the [example](CacheLayerBuilder#example).
     pub fn coalesce(mut self, coalesce: bool) -> Self {
         self.config.coalesce = coalesce;
         self
@@ -400,6 +465,8 @@ impl<St: Store> CacheLayerBuilder<St> {
     /// The deadline of a flight: how long, from the start of a leader's call, misses on the
     /// same key wait for it. Past it they make their own call, the next miss leads a new
     /// flight, and a background refresh still running is abandoned.
+    ///
+    /// See the [example](CacheLayerBuilder#example).
     pub fn coalesce_timeout(mut self, timeout: Duration) -> Self {
         self.config.coalesce_timeout = timeout;
         self
@@ -407,6 +474,8 @@ impl<St: Store> CacheLayerBuilder<St> {
 
     /// How long a key whose response could not be shared skips coalescing, so that
     /// requests for it do not queue one behind another.
+    ///
+    /// See the [example](CacheLayerBuilder#example).
     pub fn remember_uncacheable(mut self, duration: Duration) -> Self {
         self.config.remember_uncacheable = duration;
         self
@@ -415,6 +484,8 @@ impl<St: Store> CacheLayerBuilder<St> {
     /// Honours the client's `Cache-Control` (`no-store`, `no-cache`, `max-age=0`,
     /// `only-if-cached`), as a shared cache in front of trusted clients would. Off by
     /// default so that clients cannot force traffic onto the origin.
+    ///
+    /// See the [example](CacheLayerBuilder#example).
     pub fn honor_request_directives(mut self, honor: bool) -> Self {
         self.config.honor_request_directives = honor;
         self
@@ -442,6 +513,8 @@ impl<St: Store> CacheLayerBuilder<St> {
 
     /// Removes the targeted fields this cache obeys from the responses it sends (they are
     /// passed on by default, so that a cache further downstream can use them too).
+    ///
+    /// See the [example](CacheLayerBuilder#example).
     pub fn strip_targeted_cache_control(mut self, strip: bool) -> Self {
         self.config.strip_targeted = strip;
         self
@@ -498,6 +571,8 @@ impl<St: Store> CacheLayerBuilder<St> {
     }
 
     /// Builds the layer.
+    ///
+    /// See the [example](CacheLayerBuilder#example).
     pub fn build(self) -> CacheLayer<St> {
         let coalescer = Arc::new(Coalescer::new(
             self.config.remember_uncacheable,

@@ -121,6 +121,25 @@ impl std::fmt::Display for BypassReason {
 }
 
 /// A snapshot of a layer's counters, from [`CacheLayer::stats`](crate::CacheLayer::stats).
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use axum::{body::Body, routing::get, Router};
+/// use http_body_util::BodyExt;
+/// use tower::ServiceExt;
+/// use tower_response_cache::{CacheLayer, MemoryStore};
+///
+/// let layer = CacheLayer::new(MemoryStore::new());
+/// let app = Router::new().route("/", get(|| async { "hello" })).layer(layer.clone());
+/// for _ in 0..2 {
+///     let request = http::Request::get("/").body(Body::empty()).unwrap();
+///     let response = app.clone().oneshot(request).await.unwrap();
+///     response.into_body().collect().await.unwrap();
+/// }
+/// let stats = layer.stats();
+/// assert_eq!((stats.misses, stats.stores, stats.hits), (1, 1, 1));
+/// # });
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CacheStats {

@@ -6,6 +6,8 @@
 use http::header::{HeaderMap, HeaderName};
 use http::{request, Request};
 
+use crate::structured_field::{self, BareItem, Item, Member};
+
 /// `Cache-Groups` (RFC 9875 §2): the groups a response belongs to.
 pub(crate) const CACHE_GROUPS: HeaderName = HeaderName::from_static("cache-groups");
 /// `Cache-Group-Invalidation` (RFC 9875 §3): groups to invalidate after an unsafe request.
@@ -81,7 +83,7 @@ impl TagLimits {
     }
 }
 
-/// A field that is not a valid RFC 8941 List, or that has members other than Strings.
+/// A field that is not a valid RFC 9651 List, or that has members other than Strings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct MalformedList {
     /// The String members that could be read, if the field was a List at all.
@@ -102,18 +104,16 @@ pub(crate) fn string_list(headers: &HeaderMap, name: &HeaderName) -> Result<Vec<
         }
         combined.extend_from_slice(line.as_bytes());
     }
-    let list = sfv::Parser::new(&combined)
-        .parse::<sfv::List>()
-        .map_err(|_| MalformedList { readable: Vec::new() })?;
+    let list = structured_field::parse_list(&combined).map_err(|_| MalformedList { readable: Vec::new() })?;
     let mut strings = Vec::with_capacity(list.len());
     let mut malformed = false;
     for member in list {
         match member {
-            sfv::ListEntry::Item(item) => match item.bare_item.as_string() {
-                Some(s) => strings.push(s.as_str().to_owned()),
-                None => malformed = true,
-            },
-            sfv::ListEntry::InnerList(_) => malformed = true,
+            Member::Item(Item {
+                bare_item: BareItem::String(s),
+                ..
+            }) => strings.push(s),
+            _ => malformed = true,
         }
     }
     if malformed {

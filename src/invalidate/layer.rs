@@ -127,6 +127,22 @@ impl<St> InvalidateLayer<St> {
 /// let layer = InvalidateLayer::new(MemoryStore::new());
 /// let layer = layer.rules(|_, _| vec!["books".to_string()]); // no such method
 /// ```
+///
+/// # Example
+///
+/// ```
+/// use tower_response_cache::{InvalidateLayer, MemoryStore, PurgeMode};
+///
+/// let layer = InvalidateLayer::builder(MemoryStore::new())
+///     // A successful POST under /books/ also purges the list pages.
+///     .rules(|req, _status| match req.uri.path().starts_with("/books/") {
+///         true => vec!["books".to_string()],
+///         false => vec![],
+///     })
+///     .mode(PurgeMode::Soft)
+///     .build();
+/// assert_eq!(layer.stats().purges, 0);
+/// ```
 #[must_use]
 pub struct InvalidateLayerBuilder<St> {
     store: St,
@@ -198,12 +214,16 @@ impl<St> InvalidateLayerBuilder<St> {
 
     /// The mode of purges named by the header, the rules and RFC 9111 (default hard).
     /// An [`Invalidate`](super::Invalidate) extension carries its own mode.
+    ///
+    /// See the [example](InvalidateLayerBuilder#example).
     pub fn mode(mut self, mode: PurgeMode) -> Self {
         self.mode = mode;
         self
     }
 
     /// The layer, configured.
+    ///
+    /// See the [example](InvalidateLayerBuilder#example).
     pub fn build(self) -> InvalidateLayer<St> {
         InvalidateLayer {
             shared: Arc::new(Shared {

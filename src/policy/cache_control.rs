@@ -3,6 +3,8 @@
 use http::header::{HeaderMap, HeaderName};
 use std::time::Duration;
 
+use crate::structured_field::{self, BareItem, Member};
+
 /// The delta-seconds ceiling of RFC 9111 §1.2.2: larger values are read as 2^31 seconds.
 const DELTA_SECONDS_CAP: u64 = 1 << 31;
 
@@ -121,24 +123,26 @@ impl CacheControl {
             }
             combined.extend_from_slice(line.as_bytes());
         }
-        let dictionary = sfv::Parser::new(&combined).parse::<sfv::Dictionary>().ok()?;
+        let dictionary = structured_field::parse_dictionary(&combined).ok()?;
         if dictionary.is_empty() {
             return None;
         }
         let mut cc = CacheControl::default();
         for (key, member) in &dictionary {
-            let sfv::ListEntry::Item(item) = member else {
+            let Member::Item(item) = member else {
                 continue;
             };
-            let value = &item.bare_item;
             // A directive without an argument is Boolean true; `no-cache="f"` and
             // `private="f"` are read as their unqualified (stricter) forms.
-            let set = value.as_boolean().unwrap_or(value.as_string().is_some());
-            let seconds = value
-                .as_integer()
-                .map(i64::from)
-                .filter(|n| *n >= 0)
-                .map(|n| Duration::from_secs((n as u64).min(DELTA_SECONDS_CAP)));
+            let set = match item.bare_item {
+                BareItem::Boolean(b) => b,
+                BareItem::String(_) => true,
+                _ => false,
+            };
+            let seconds = match item.bare_item {
+                BareItem::Integer(n) if n >= 0 => Some(Duration::from_secs((n as u64).min(DELTA_SECONDS_CAP))),
+                _ => None,
+            };
             match key.as_str() {
                 "no-store" => cc.no_store |= set,
                 "no-cache" => cc.no_cache |= set,

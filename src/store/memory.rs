@@ -83,6 +83,20 @@ impl std::fmt::Debug for MemoryStore {
 }
 
 /// Configuration for a [`MemoryStore`].
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_response_cache::MemoryStore;
+///
+/// let store = MemoryStore::builder()
+///     .max_bytes(256 << 20)
+///     .in_flight_horizon(Duration::from_secs(120))
+///     .purge_filter_bytes(1 << 20)
+///     .build();
+/// assert_eq!(store.stats().entries, 0);
+/// ```
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct MemoryStoreBuilder {
@@ -94,6 +108,8 @@ pub struct MemoryStoreBuilder {
 impl MemoryStoreBuilder {
     /// The byte budget for entries (default 64 MiB), their tags' purge records included.
     /// Least valuable entries are evicted past it.
+    ///
+    /// See the [example](MemoryStoreBuilder#example).
     pub fn max_bytes(mut self, max_bytes: u64) -> Self {
         self.max_bytes = max_bytes;
         self
@@ -106,6 +122,8 @@ impl MemoryStoreBuilder {
     /// fixed-size filter of [`purge_filter_bytes`](Self::purge_filter_bytes). A response
     /// whose request started longer ago than that is not stored if purges were forgotten
     /// since; keep it above the layer's `origin_timeout` and `coalesce_timeout`.
+    ///
+    /// See the [example](MemoryStoreBuilder#example).
     pub fn in_flight_horizon(mut self, horizon: Duration) -> Self {
         self.in_flight_horizon = horizon;
         self
@@ -115,12 +133,16 @@ impl MemoryStoreBuilder {
     /// that 1,000,000 purges of tags no entry carries cost. A fuller filter refuses more
     /// writes of responses that were in flight during a burst of purges, never an entry
     /// already stored.
+    ///
+    /// See the [example](MemoryStoreBuilder#example).
     pub fn purge_filter_bytes(mut self, bytes: usize) -> Self {
         self.purge_filter_bytes = bytes;
         self
     }
 
     /// Builds the store.
+    ///
+    /// See the [example](MemoryStoreBuilder#example).
     pub fn build(self) -> MemoryStore {
         let evictions = Arc::new(AtomicU64::new(0));
         let max_bytes = self.max_bytes.max(1);

@@ -537,6 +537,31 @@ impl fmt::Debug for RedisStore {
 }
 
 /// Configures a [`RedisStore`].
+///
+/// # Example
+///
+/// ```no_run
+/// # async fn run() -> Result<(), tower_response_cache::StoreError> {
+/// use std::time::Duration;
+/// use tower_response_cache::store::RedisStore;
+///
+/// let store = RedisStore::builder("redis://127.0.0.1:6379")
+///     .namespace("shop")
+///     .op_timeout(Duration::from_millis(100))
+///     .circuit_breaker(5, Duration::from_secs(2))
+///     .max_entry_ttl(Duration::from_secs(3600))
+///     .in_flight_horizon(Duration::from_secs(60))
+///     .purge_filter_bytes(4 << 20)
+///     .clock_skew_margin(Duration::from_millis(500))
+///     .pending_purge_bytes(1 << 20)
+///     .connect()
+///     .await?;
+/// // A Redis Cluster, given some of its nodes:
+/// let cluster = RedisStore::cluster_builder(["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"])
+///     .connect()
+///     .await?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct RedisStoreBuilder {
@@ -870,12 +895,16 @@ impl RedisStoreBuilder {
     }
 
     /// The key prefix (default `trc`), so that several applications can share one Redis.
+    ///
+    /// See the [example](RedisStoreBuilder#example).
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
         self.namespace = namespace.into();
         self
     }
 
     /// The longest one operation may take before the layer gives up on it (default 250 ms).
+    ///
+    /// See the [example](RedisStoreBuilder#example).
     pub fn op_timeout(mut self, timeout: Duration) -> Self {
         self.op_timeout = timeout;
         self
@@ -883,6 +912,8 @@ impl RedisStoreBuilder {
 
     /// After `failures` failed operations in a row, stop calling Redis for `cooldown`, then
     /// let one call through to test it (default 5 failures, 2 s).
+    ///
+    /// See the [example](RedisStoreBuilder#example).
     pub fn circuit_breaker(mut self, failures: u32, cooldown: Duration) -> Self {
         self.breaker_threshold = failures;
         self.breaker_cooldown = cooldown;
@@ -890,6 +921,8 @@ impl RedisStoreBuilder {
     }
 
     /// The longest an entry is kept (default 24 h, as the layer's `max_ttl`).
+    ///
+    /// See the [example](RedisStoreBuilder#example).
     pub fn max_entry_ttl(mut self, ttl: Duration) -> Self {
         self.max_entry_ttl = ttl;
         self
@@ -899,6 +932,8 @@ impl RedisStoreBuilder {
     /// 60 s), as [`MemoryStoreBuilder::in_flight_horizon`](crate::store::MemoryStoreBuilder::in_flight_horizon).
     /// The first purge of a namespace fixes the filter's interval (half this) and size for
     /// every instance; later instances use what Redis holds.
+    ///
+    /// See the [example](RedisStoreBuilder#example).
     pub fn in_flight_horizon(mut self, horizon: Duration) -> Self {
         self.in_flight_horizon = horizon;
         self
@@ -907,6 +942,8 @@ impl RedisStoreBuilder {
     /// The bytes of the recent-purge filter in Redis (default 4 MiB, four sketches of a
     /// quarter each, allocated as purges come): all that 1,000,000 purges of tags no entry
     /// carries cost there. As [`MemoryStoreBuilder::purge_filter_bytes`](crate::store::MemoryStoreBuilder::purge_filter_bytes).
+    ///
+    /// See the [example](RedisStoreBuilder#example).
     pub fn purge_filter_bytes(mut self, bytes: usize) -> Self {
         self.purge_filter_bytes = bytes;
         self
@@ -915,6 +952,8 @@ impl RedisStoreBuilder {
     /// How far ahead of Redis's clock a purge is stamped (default 500 ms), to cover instances
     /// whose clocks run ahead: an entry whose request started that much after a purge is
     /// still refused.
+    ///
+    /// See the [example](RedisStoreBuilder#example).
     pub fn clock_skew_margin(mut self, margin: Duration) -> Self {
         self.skew_margin = margin;
         self
@@ -923,6 +962,8 @@ impl RedisStoreBuilder {
     /// How many bytes of tags the purges waiting for an unreachable Redis may hold (default
     /// 1 MiB; each tag costs its length plus 64 bytes). Past it they become one purge-all,
     /// sent when Redis is reachable again.
+    ///
+    /// See the [example](RedisStoreBuilder#example).
     pub fn pending_purge_bytes(mut self, bytes: usize) -> Self {
         self.pending_purge_bytes = bytes;
         self
@@ -935,6 +976,8 @@ impl RedisStoreBuilder {
     /// be reached yet, in the background until it can) and logs at error level if the policy
     /// can evict the keys purges depend on (`allkeys-*`). A Redis that refuses `CONFIG GET`,
     /// as managed services may, is logged and used all the same.
+    ///
+    /// See the [example](RedisStoreBuilder#example).
     pub async fn connect(self) -> Result<RedisStore, StoreError> {
         let first = self
             .nodes

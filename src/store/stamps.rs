@@ -286,7 +286,7 @@ pub(crate) enum Admission {
     /// shared store had not yet recorded when it answered is one this store learned within
     /// the horizon, so it is checked against the filter and a purge-all of the horizon only,
     /// instead of being refused as too old.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // only the tiered store copies
     Copy,
 }
 
