@@ -41,9 +41,9 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
+use tower_response_cache::store::Lookup;
 use tower_response_cache::{
-    CacheLayer, CacheTags, Invalidate, InvalidateLayer, Lookup, MemoryStore, PurgeMode, RouteOverride, Store,
-    StoreError,
+    CacheLayer, CacheTags, Invalidate, InvalidateLayer, MemoryStore, PurgeMode, RouteOverride, Store, StoreError,
 };
 
 /// What one database round trip costs.
@@ -92,7 +92,7 @@ impl Store for TourStore {
     async fn put(
         &self,
         key: tower_response_cache::CacheKey,
-        entry: tower_response_cache::Entry,
+        entry: tower_response_cache::store::Entry,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         each_store!(self, s => s.put(key, entry, ttl).await)

@@ -20,7 +20,6 @@ mod tags;
 mod warm;
 
 pub use body::CacheBody;
-pub use entry::{CachedResponse, DecodeError, Entry};
 pub use future::ResponseFuture;
 pub use grpc::{GrpcMethod, GrpcMethods, GrpcRequest};
 pub use invalidate::{Invalidate, InvalidateLayer, InvalidateLayerBuilder};
@@ -29,6 +28,6 @@ pub use layer::{CacheLayer, CacheLayerBuilder};
 pub use metrics::{BypassReason, CacheStats};
 pub use policy::RouteOverride;
 pub use service::CacheService;
-pub use store::{Lookup, MemoryStore, PurgeMode, Store, StoreError};
+pub use store::{MemoryStore, PurgeMode, Store, StoreError};
 pub use tags::CacheTags;
 pub use warm::WarmReport;

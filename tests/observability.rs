@@ -8,9 +8,8 @@ use common::*;
 use http::header::CACHE_CONTROL;
 use http::Method;
 use std::time::Duration;
-use tower_response_cache::{
-    BypassReason, CacheKey, CacheLayer, Entry, Lookup, MemoryStore, PurgeMode, Store, StoreError,
-};
+use tower_response_cache::store::{Entry, Lookup};
+use tower_response_cache::{BypassReason, CacheKey, CacheLayer, MemoryStore, PurgeMode, Store, StoreError};
 
 /// Answers by path: `/nostore` says `no-store`, `/cookie` sets a cookie, others are plain.
 fn by_path(request: Request) -> axum::response::Response {

@@ -192,7 +192,7 @@ async fn unreadable_values_are_misses_and_counted() {
             .await
             .expect("an unreadable value is not a store failure");
         assert!(
-            matches!(lookup, tower_response_cache::Lookup::Miss),
+            matches!(lookup, tower_response_cache::store::Lookup::Miss),
             "{kind}: {lookup:?}"
         );
         assert_eq!(store.stats().corrupt, i as u64 + 1);

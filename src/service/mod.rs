@@ -6,6 +6,7 @@ mod lookup;
 mod respond;
 
 use crate::coalesce::{self, Flight, Join, OriginFailure, Settlement};
+use crate::entry::CachedResponse;
 use crate::future::ResponseFuture;
 use crate::grpc::{self, GrpcCall};
 use crate::invalidate;
@@ -383,7 +384,7 @@ where
 }
 
 /// Answers from a fresh entry.
-fn hit<St, B: Body>(shared: &Shared<St>, entry: &crate::CachedResponse, lookout: &Lookout) -> Response<CacheBody<B>> {
+fn hit<St, B: Body>(shared: &Shared<St>, entry: &CachedResponse, lookout: &Lookout) -> Response<CacheBody<B>> {
     shared.counters.hit();
     let now = SystemTime::now();
     from_entry(
@@ -483,7 +484,7 @@ fn shared_failure<St, B: Body>(shared: &Shared<St>, failure: &OriginFailure, kin
 }
 
 /// The client asks for something newer than `entry` (`no-cache`, `max-age`, `min-fresh`).
-fn requires_newer(cc: &CacheControl, entry: &crate::CachedResponse, now: SystemTime) -> bool {
+fn requires_newer(cc: &CacheControl, entry: &CachedResponse, now: SystemTime) -> bool {
     cc.no_cache
         || cc.max_age.is_some_and(|max| entry.age(now) > max)
         || cc.min_fresh.is_some_and(|min| entry.ttl(now) < min)

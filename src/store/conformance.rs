@@ -11,9 +11,9 @@
 //!
 //! Each check panics with a message naming the rule the store broke.
 
-use super::{request_clock, Lookup, PurgeMode, Store};
+use super::{request_clock, Entry, Lookup, PurgeMode, Store};
 use crate::entry::testing::{response, started_at};
-use crate::{CacheKey, Entry};
+use crate::CacheKey;
 use http::HeaderName;
 use std::future::Future;
 use std::sync::Arc;

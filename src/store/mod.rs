@@ -28,7 +28,9 @@ pub use memory::{MemoryStore, MemoryStoreBuilder, MemoryStoreStats};
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use tiered::{TieredStore, TieredStoreStats};
 
-use crate::{CacheKey, CachedResponse, Entry};
+pub use crate::entry::{CachedResponse, DecodeError, Entry};
+
+use crate::CacheKey;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

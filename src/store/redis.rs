@@ -44,9 +44,10 @@
 
 use super::breaker::{Breaker, Permit};
 use super::purge_queue::{self, Next, Pending, PendingKind, PurgeQueue, Requested};
+use super::Entry;
 use super::{Lookup, PurgeMode, Store, StoreError};
 use crate::store::stamps::{micros, micros_of};
-use crate::{CacheKey, Entry};
+use crate::CacheKey;
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster_async::ClusterConnection;
 use ::redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
