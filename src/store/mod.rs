@@ -4,8 +4,12 @@
 //! invalidation layer and programmatic purges. Stores know nothing of HTTP semantics beyond
 //! [`CachedResponse`]: the layer decides what to keep and for how long.
 //!
+//! A store is chosen at compile time (`CacheLayer<MemoryStore>`), or at run time behind a
+//! [`BoxStore`]; an `Arc<S>` of a store is a store too.
+//!
 //! Every store must pass [`conformance::run`], the suite the crate's own stores run.
 
+mod boxed;
 #[cfg(feature = "redis")]
 mod breaker;
 pub mod conformance;
@@ -23,6 +27,7 @@ mod tiered;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::{MaxmemoryPolicy, RedisStore, RedisStoreBuilder, RedisStoreStats};
+pub use boxed::BoxStore;
 pub use memory::{MemoryStore, MemoryStoreBuilder, MemoryStoreStats};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
