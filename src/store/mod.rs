@@ -7,11 +7,14 @@
 //! A store is chosen at compile time (`CacheLayer<MemoryStore>`), or at run time behind a
 //! [`BoxStore`]; an `Arc<S>` of a store is a store too.
 //!
-//! Every store must pass [`conformance::run`], the suite the crate's own stores run.
+//! Every store must pass `conformance::run` (feature `test-util`), the suite the crate's own
+//! stores run.
 
 mod boxed;
 #[cfg(feature = "redis")]
 mod breaker;
+#[cfg(any(test, feature = "test-util"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod conformance;
 #[cfg(feature = "redis")]
 mod feed;
