@@ -22,7 +22,8 @@
 //! hard and soft purges, no resurrection (a response whose request started before a purge of
 //! one of its tags is never served after it, even when written after it, and even when no
 //! stored entry carried the tag), long tags, many purges sparing unrelated entries,
-//! `purge_uri` and `purge_all`.
+//! `purge_uri` and `purge_all`. An in-process store gets the no-resurrection checks right
+//! with [`PurgeStamps`](super::PurgeStamps).
 
 use super::{request_clock, Entry, Lookup, PurgeMode, Store};
 use crate::entry::testing::{response, started_at};

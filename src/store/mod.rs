@@ -5,7 +5,8 @@
 //! [`CachedResponse`]: the layer decides what to keep and for how long.
 //!
 //! A store is chosen at compile time (`CacheLayer<MemoryStore>`), or at run time behind a
-//! [`BoxStore`]; an `Arc<S>` of a store is a store too.
+//! [`BoxStore`]; an `Arc<S>` of a store is a store too. A store written outside this crate
+//! gets the no-resurrection rule from [`PurgeStamps`] instead of re-implementing it.
 //!
 //! Every store must pass `conformance::run` (feature `test-util`), the suite the crate's own
 //! stores run.
@@ -21,6 +22,7 @@ mod feed;
 mod memory;
 #[cfg(feature = "redis")]
 mod purge_queue;
+mod purge_stamps;
 #[cfg(feature = "redis")]
 mod redis;
 mod stamps;
@@ -32,6 +34,7 @@ mod tiered;
 pub use self::redis::{MaxmemoryPolicy, RedisStore, RedisStoreBuilder, RedisStoreStats};
 pub use boxed::BoxStore;
 pub use memory::{MemoryStore, MemoryStoreBuilder, MemoryStoreStats};
+pub use purge_stamps::{PurgeStamps, StampedEntry};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use tiered::{TieredStore, TieredStoreStats};
