@@ -62,6 +62,7 @@ const BURST: usize = 50;
 
 /// The store the tour runs on, chosen on the command line: `memory`, `redis://HOST:PORT` or
 /// `tiered+redis://HOST:PORT`.
+#[cfg_attr(not(feature = "redis"), allow(unused_variables))]
 async fn open_store(spec: &str, namespace: &str) -> Result<BoxStore, String> {
     let memory = || MemoryStore::builder().max_bytes(64 << 20).build();
     if spec == "memory" {
