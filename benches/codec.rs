@@ -25,7 +25,8 @@ use std::hint::black_box;
 use std::time::Duration;
 use tower::{service_fn, ServiceExt};
 use tower_layer::Layer;
-use tower_response_cache::{CacheLayer, Entry, Lookup, MemoryStore, Store};
+use tower_response_cache::store::{Entry, Lookup};
+use tower_response_cache::{CacheLayer, MemoryStore, Store};
 
 const BODY_BYTES: usize = 1024;
 

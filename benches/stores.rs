@@ -36,8 +36,9 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
 use tower::{service_fn, Service, ServiceExt};
 use tower_layer::Layer;
+use tower_response_cache::store::{Entry, Lookup};
 use tower_response_cache::store::{RedisStore, TieredStore};
-use tower_response_cache::{CacheKey, CacheLayer, Entry, Lookup, MemoryStore, PurgeMode, Store};
+use tower_response_cache::{CacheKey, CacheLayer, MemoryStore, PurgeMode, Store};
 
 const BODY_BYTES: usize = 1024;
 const TAGGED: [usize; 3] = [10, 1_000, 100_000];

@@ -41,10 +41,8 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use tower_response_cache::{
-    CacheLayer, CacheTags, Invalidate, InvalidateLayer, Lookup, MemoryStore, PurgeMode, RouteOverride, Store,
-    StoreError,
-};
+use tower_response_cache::store::BoxStore;
+use tower_response_cache::{CacheLayer, CacheTags, Invalidate, InvalidateLayer, MemoryStore, RouteOverride};
 
 /// What one database round trip costs.
 const QUERY_LATENCY: Duration = Duration::from_millis(20);
@@ -62,96 +60,58 @@ const BURST: usize = 50;
 
 // ---------------------------------------------------------------- the store
 
-/// The store the tour runs on, chosen on the command line.
-#[derive(Debug, Clone)]
-enum TourStore {
-    Memory(MemoryStore),
+/// The store the tour runs on, chosen on the command line: `memory`, `redis://HOST:PORT` or
+/// `tiered+redis://HOST:PORT`.
+#[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+async fn open_store(spec: &str, namespace: &str) -> Result<BoxStore, String> {
+    let memory = || MemoryStore::builder().max_bytes(64 << 20).build();
+    if spec == "memory" {
+        return Ok(BoxStore::new(memory()));
+    }
     #[cfg(feature = "redis")]
-    Redis(tower_response_cache::store::RedisStore),
+    {
+        use tower_response_cache::store::{RedisStore, TieredStore};
+        let (tiered, url) = match spec.strip_prefix("tiered+") {
+            Some(url) => (true, url),
+            None => (false, spec),
+        };
+        if url.starts_with("redis://") {
+            let redis = RedisStore::builder(url)
+                .namespace(namespace)
+                .connect()
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok(if tiered {
+                BoxStore::new(TieredStore::new(memory(), redis))
+            } else {
+                BoxStore::new(redis)
+            });
+        }
+    }
+    Err(format!(
+        "--store {spec}: expected memory, redis://HOST:PORT or tiered+redis://HOST:PORT (Redis needs --features redis)"
+    ))
+}
+
+/// What the chosen store says about itself.
+fn store_stats(store: &BoxStore) -> Value {
+    if let Some(m) = store.downcast_ref::<MemoryStore>() {
+        let s = m.stats();
+        return json!({ "kind": "memory", "entries": s.entries, "bytes": s.bytes, "max_bytes": s.max_bytes,
+                       "evictions": s.evictions, "tag_stamps": s.tag_stamps, "purges": s.purges });
+    }
     #[cfg(feature = "redis")]
-    Tiered(tower_response_cache::store::TieredStore),
-}
-
-/// Forwards every `Store` method to the chosen store.
-macro_rules! each_store {
-    ($self:ident, $store:ident => $call:expr) => {
-        match $self {
-            TourStore::Memory($store) => $call,
-            #[cfg(feature = "redis")]
-            TourStore::Redis($store) => $call,
-            #[cfg(feature = "redis")]
-            TourStore::Tiered($store) => $call,
+    {
+        use tower_response_cache::store::{RedisStore, TieredStore};
+        if let Some(r) = store.downcast_ref::<RedisStore>() {
+            return json!({ "kind": "redis", "redis": format!("{:?}", r.stats()) });
         }
-    };
-}
-
-impl Store for TourStore {
-    async fn get(&self, key: &tower_response_cache::CacheKey) -> Result<Lookup, StoreError> {
-        each_store!(self, s => s.get(key).await)
-    }
-    async fn put(
-        &self,
-        key: tower_response_cache::CacheKey,
-        entry: tower_response_cache::Entry,
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        each_store!(self, s => s.put(key, entry, ttl).await)
-    }
-    async fn remove(&self, key: &tower_response_cache::CacheKey) -> Result<(), StoreError> {
-        each_store!(self, s => s.remove(key).await)
-    }
-    async fn purge(&self, tags: &[String], mode: PurgeMode) -> Result<(), StoreError> {
-        each_store!(self, s => s.purge(tags, mode).await)
-    }
-    async fn purge_all(&self) -> Result<(), StoreError> {
-        each_store!(self, s => s.purge_all().await)
-    }
-}
-
-impl TourStore {
-    /// `memory`, `redis://HOST:PORT` or `tiered+redis://HOST:PORT`.
-    async fn open(spec: &str, namespace: &str) -> Result<Self, String> {
-        let memory = || MemoryStore::builder().max_bytes(64 << 20).build();
-        if spec == "memory" {
-            return Ok(TourStore::Memory(memory()));
-        }
-        #[cfg(feature = "redis")]
-        {
-            use tower_response_cache::store::{RedisStore, TieredStore};
-            let (tiered, url) = match spec.strip_prefix("tiered+") {
-                Some(url) => (true, url),
-                None => (false, spec),
-            };
-            if url.starts_with("redis://") {
-                let redis = RedisStore::builder(url)
-                    .namespace(namespace)
-                    .connect()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                return Ok(if tiered {
-                    TourStore::Tiered(TieredStore::new(memory(), redis))
-                } else {
-                    TourStore::Redis(redis)
-                });
-            }
-        }
-        Err(format!("--store {spec}: expected memory, redis://HOST:PORT or tiered+redis://HOST:PORT (Redis needs --features redis)"))
-    }
-
-    fn stats(&self) -> Value {
-        match self {
-            TourStore::Memory(m) => {
-                let s = m.stats();
-                json!({ "kind": "memory", "entries": s.entries, "bytes": s.bytes, "max_bytes": s.max_bytes,
-                        "evictions": s.evictions, "tag_stamps": s.tag_stamps, "purges": s.purges })
-            }
-            #[cfg(feature = "redis")]
-            TourStore::Redis(r) => json!({ "kind": "redis", "redis": format!("{:?}", r.stats()) }),
-            #[cfg(feature = "redis")]
-            TourStore::Tiered(t) => json!({ "kind": "tiered", "l1_entries": t.l1().stats().entries,
-                "redis": format!("{:?}", t.l2().stats()), "sync": format!("{:?}", t.stats()) }),
+        if let Some(t) = store.downcast_ref::<TieredStore>() {
+            return json!({ "kind": "tiered", "l1_entries": t.l1().stats().entries,
+                "redis": format!("{:?}", t.l2().stats()), "sync": format!("{:?}", t.stats()) });
         }
     }
+    json!({ "kind": "unknown" })
 }
 
 // ---------------------------------------------------------------- the "database"
@@ -379,11 +339,11 @@ struct OriginCalls {
 struct AppState {
     db: Arc<Db>,
     origin: Arc<Mutex<OriginCalls>>,
-    cache: CacheLayer<TourStore>,
+    cache: CacheLayer<BoxStore>,
 }
 
 impl AppState {
-    fn new(store: TourStore, db: Db) -> Self {
+    fn new(store: BoxStore, db: Db) -> Self {
         let cache = CacheLayer::builder(store)
             .default_ttl(Duration::from_secs(60))
             // Every instance serves one site, whichever address it is reached on.
@@ -527,7 +487,7 @@ async fn slow(State(state): State<AppState>, Query(params): Query<SlowParams>) -
 
 async fn stats(State(state): State<AppState>) -> Response {
     let cache = state.cache.stats();
-    let store = state.cache.store().stats();
+    let store = store_stats(state.cache.store());
     let origin = json!(*state.origin.lock().expect("origin counters poisoned"));
     let body = json!({
         "cache": {
@@ -807,6 +767,10 @@ async fn play(s: &mut Script) -> Result<(), String> {
     let stats = s.step(Method::GET, "/stats", &[]).await?;
     s.check(stats.cache_status().contains("detail=route"), "a bypass")?;
     let stats = stats.json();
+    s.check(
+        stats["store"]["kind"] != "unknown",
+        "the store behind the box reports its own statistics",
+    )?;
     let (cache, origin) = (&stats["cache"], &stats["origin"]);
     println!(
         "\ncache: {} hits, {} stale hits, {} collapsed, {} misses ({} invalidated), {} stores, bypasses {}, not stored {}",
@@ -893,10 +857,7 @@ async fn main() -> ExitCode {
 async fn tour(store: &str) -> Result<(), String> {
     // A scripted run starts from an empty cache, even on a Redis that outlives it.
     let namespace = format!("tour-run-{}", std::process::id());
-    let (store, db) = (
-        TourStore::open(store, &namespace).await?,
-        Db::open(store, &namespace).await?,
-    );
+    let (store, db) = (open_store(store, &namespace).await?, Db::open(store, &namespace).await?);
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| format!("cannot listen: {e}"))?;
@@ -911,7 +872,7 @@ async fn tour(store: &str) -> Result<(), String> {
 
 async fn serve(addr: SocketAddr, store: &str) -> Result<(), String> {
     // Serving instances share one namespace, so that several of them share one cache.
-    let (store, db) = (TourStore::open(store, "tour").await?, Db::open(store, "tour").await?);
+    let (store, db) = (open_store(store, "tour").await?, Db::open(store, "tour").await?);
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;

@@ -55,8 +55,8 @@
 //! | caching decisions (RFC 9111, RFC 5861, RFC 9213) | [`CacheLayerBuilder`] settings, and per route [`RouteOverride`] |
 //! | keys | [`CacheKey`]; [`CacheLayer::cache_key`] shows the key of a request |
 //! | tagging and purging | [`CacheTags`] on reads; [`Invalidate`] and the [`invalidate`] module ([`InvalidateLayer`], [`InvalidateLayerBuilder`]) on writes; [`Store::purge_tags`] from code |
-//! | stores | the [`store`] module: the [`Store`] trait, [`MemoryStore`], `RedisStore` and `TieredStore` (feature `redis`), and the [`store::conformance`] suite for your own store |
-//! | stored responses | [`CachedResponse`], [`Entry`] and its versioned binary encoding ([`DecodeError`]) |
+//! | stores | the [`store`] module: the [`Store`] trait, [`MemoryStore`], `RedisStore` and `TieredStore` (feature `redis`), [`store::BoxStore`] to choose one at run time, [`store::PurgeStamps`] and the `store::conformance` suite (feature `test-util`) for your own store |
+//! | stored responses | [`store::CachedResponse`], [`store::Entry`] and its versioned binary encoding ([`store::DecodeError`]) |
 //! | gRPC (tonic, feature `grpc`) | the `grpc` module: `GrpcMethods`, `GrpcMethod`, reached by the HTTP core through one internal interface |
 //! | bounds shared by the layers | [`HttpService`], [`SendBody`] |
 //! | filling the cache ahead of traffic | [`CacheLayer::warm`], [`WarmReport`] |
@@ -67,7 +67,9 @@
 //! | feature | default | enables |
 //! |---|---|---|
 //! | `redis` | no | `RedisStore` (standalone or Redis Cluster) and `TieredStore` (memory over Redis, coherent across instances through pub/sub) |
+//! | `redis-tls` | no | `redis`, and TLS to Redis (`rediss://`) with rustls |
 //! | `grpc` | no | caching opted-in unary gRPC calls and purging after gRPC mutations (the `grpc` module) |
+//! | `test-util` | no | `store::conformance`, the suite a store must pass, for third-party store authors |
 //!
 //! # Minimum supported Rust
 //!
@@ -97,7 +99,6 @@ mod tags;
 mod warm;
 
 pub use body::CacheBody;
-pub use entry::{CachedResponse, DecodeError, Entry};
 pub use future::{HttpService, ResponseFuture, SendBody};
 #[cfg(feature = "grpc")]
 pub use grpc::{GrpcMethod, GrpcMethods, GrpcRequest};
@@ -108,7 +109,7 @@ pub use metrics::{BypassReason, CacheStats};
 pub use policy::RouteOverride;
 pub use service::CacheService;
 pub use status::{CacheOutcome, CacheStatusHeader, CacheStatusName, InvalidCacheStatusName, Served, StaleReason};
-pub use store::{Lookup, MemoryStore, PurgeMode, Store, StoreError};
+pub use store::{MemoryStore, PurgeMode, Store, StoreError};
 pub use tags::CacheTags;
 pub use warm::WarmReport;
 

@@ -425,13 +425,13 @@ impl Store for CountingStore {
     async fn get(
         &self,
         key: &tower_response_cache::CacheKey,
-    ) -> Result<tower_response_cache::Lookup, tower_response_cache::StoreError> {
+    ) -> Result<tower_response_cache::store::Lookup, tower_response_cache::StoreError> {
         self.inner.get(key).await
     }
     async fn put(
         &self,
         key: tower_response_cache::CacheKey,
-        entry: tower_response_cache::Entry,
+        entry: tower_response_cache::store::Entry,
         ttl: std::time::Duration,
     ) -> Result<bool, tower_response_cache::StoreError> {
         self.inner.put(key, entry, ttl).await

@@ -9,7 +9,8 @@ use http::header::{ACCEPT_LANGUAGE, CACHE_CONTROL, COOKIE, VARY};
 use http::request;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tower_response_cache::{CacheKey, CacheLayer, Entry, Lookup, MemoryStore, PurgeMode, Store, StoreError};
+use tower_response_cache::store::{Entry, Lookup};
+use tower_response_cache::{CacheKey, CacheLayer, MemoryStore, PurgeMode, Store, StoreError};
 
 /// Answers with the query string the origin received.
 fn echo_query(request: Request) -> String {

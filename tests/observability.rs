@@ -8,9 +8,10 @@ use common::*;
 use http::header::CACHE_CONTROL;
 use http::Method;
 use std::time::Duration;
+use tower_response_cache::store::{Entry, Lookup};
 use tower_response_cache::{
-    BypassReason, CacheKey, CacheLayer, CacheOutcome, CacheStatusHeader, CacheStatusName, Entry, Lookup, MemoryStore,
-    PurgeMode, Served, StaleReason, Store, StoreError,
+    BypassReason, CacheKey, CacheLayer, CacheOutcome, CacheStatusHeader, CacheStatusName, MemoryStore, PurgeMode,
+    Served, StaleReason, Store, StoreError,
 };
 
 /// Answers by path: `/nostore` says `no-store`, `/cookie` sets a cookie, others are plain.

@@ -21,9 +21,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tower_response_cache::store::Lookup;
+use tower_response_cache::store::{Entry, Lookup};
 use tower_response_cache::{
-    CacheKey, CacheLayer, CacheTags, Entry, Invalidate, InvalidateLayer, MemoryStore, PurgeMode, Store, StoreError,
+    CacheKey, CacheLayer, CacheTags, Invalidate, InvalidateLayer, MemoryStore, PurgeMode, Store, StoreError,
 };
 
 /// Mutations per scenario.

@@ -14,11 +14,13 @@ use axum::extract::{Path, State};
 use axum::http::{Request, StatusCode};
 use axum::routing::get;
 use axum::{Extension, Router};
-use redis_server::{RedisCluster, RedisServer};
+use redis_server::RedisServer;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tower_response_cache::store::{conformance, RedisStore, TieredStore};
+#[cfg(feature = "test-util")]
+use tower_response_cache::store::conformance;
+use tower_response_cache::store::{RedisStore, TieredStore};
 use tower_response_cache::{CacheLayer, CacheTags, Invalidate, InvalidateLayer, MemoryStore, Store};
 
 static NAMESPACE: AtomicUsize = AtomicUsize::new(0);
@@ -77,6 +79,7 @@ fn is_hit(cache_status: &str) -> bool {
     cache_status.contains("; hit")
 }
 
+#[cfg(feature = "test-util")]
 #[tokio::test]
 async fn redis_store_passes_the_conformance_suite() {
     if !redis_server::available() {
@@ -86,12 +89,13 @@ async fn redis_store_passes_the_conformance_suite() {
     conformance::run(|| standalone(&server)).await;
 }
 
+#[cfg(feature = "test-util")]
 #[tokio::test]
 async fn redis_cluster_store_passes_the_conformance_suite() {
     if !redis_server::available() {
         return;
     }
-    let cluster = RedisCluster::start();
+    let cluster = redis_server::RedisCluster::start();
     let urls = cluster.urls();
     conformance::run(|| async {
         RedisStore::cluster_builder(urls.clone())
@@ -104,6 +108,7 @@ async fn redis_cluster_store_passes_the_conformance_suite() {
     .await;
 }
 
+#[cfg(feature = "test-util")]
 #[tokio::test]
 async fn tiered_store_passes_the_conformance_suite() {
     if !redis_server::available() {
@@ -192,7 +197,7 @@ async fn unreadable_values_are_misses_and_counted() {
             .await
             .expect("an unreadable value is not a store failure");
         assert!(
-            matches!(lookup, tower_response_cache::Lookup::Miss),
+            matches!(lookup, tower_response_cache::store::Lookup::Miss),
             "{kind}: {lookup:?}"
         );
         assert_eq!(store.stats().corrupt, i as u64 + 1);

@@ -75,7 +75,7 @@ impl Entry {
     /// ```
     /// use http::header::{ACCEPT_ENCODING, ACCEPT_LANGUAGE};
     /// use std::sync::Arc;
-    /// use tower_response_cache::Entry;
+    /// use tower_response_cache::store::Entry;
     ///
     /// let entry = Entry::Variants(Arc::from([ACCEPT_ENCODING, ACCEPT_LANGUAGE]));
     /// let bytes = entry.encode();
@@ -84,7 +84,7 @@ impl Entry {
     ///     Entry::Variants(names) => assert_eq!(&names[..], &[ACCEPT_ENCODING, ACCEPT_LANGUAGE]),
     ///     other => panic!("decoded {other:?}"),
     /// }
-    /// # Ok::<(), tower_response_cache::DecodeError>(())
+    /// # Ok::<(), tower_response_cache::store::DecodeError>(())
     /// ```
     pub fn encode(&self) -> Bytes {
         // The weight bounds the encoded size closely enough to avoid regrowing the buffer.
@@ -115,7 +115,7 @@ impl Entry {
     /// ```
     /// use http::header::VARY;
     /// use std::sync::Arc;
-    /// use tower_response_cache::Entry;
+    /// use tower_response_cache::store::Entry;
     ///
     /// let bytes = Entry::Variants(Arc::from([VARY])).encode();
     /// assert!(matches!(Entry::decode(&bytes), Ok(Entry::Variants(_))));
@@ -134,7 +134,7 @@ impl Entry {
     /// ```
     /// use http::header::VARY;
     /// use std::sync::Arc;
-    /// use tower_response_cache::Entry;
+    /// use tower_response_cache::store::Entry;
     ///
     /// let bytes = Entry::Variants(Arc::from([VARY])).encode();
     /// assert!(matches!(Entry::decode_bytes(bytes), Ok(Entry::Variants(_))));

@@ -176,6 +176,7 @@ impl CachedResponse {
     }
 }
 
+#[cfg(any(test, feature = "test-util"))]
 pub(crate) mod testing {
     //! Entries for unit tests and the store conformance suite.
     use super::*;

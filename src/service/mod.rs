@@ -15,6 +15,7 @@ use crate::layer::Shared;
 use crate::metrics::{BypassReason, Counters};
 use crate::policy::{cache_control::CacheControl, RequestFacts, RouteOverride};
 use crate::status::{CacheOutcome, MissKind, Outcome, StaleReason};
+use crate::store::CachedResponse;
 use crate::store::{request_clock, Store};
 use crate::tags::detached;
 use crate::CacheBody;
@@ -403,7 +404,7 @@ where
 }
 
 /// Answers from a fresh entry.
-fn hit<St, B: Body>(shared: &Shared<St>, entry: &crate::CachedResponse, lookout: &Lookout) -> Response<CacheBody<B>> {
+fn hit<St, B: Body>(shared: &Shared<St>, entry: &CachedResponse, lookout: &Lookout) -> Response<CacheBody<B>> {
     shared.counters.hit();
     let now = SystemTime::now();
     from_entry(
@@ -503,7 +504,7 @@ fn shared_failure<St, B: Body>(shared: &Shared<St>, failure: &OriginFailure, kin
 }
 
 /// The client asks for something newer than `entry` (`no-cache`, `max-age`, `min-fresh`).
-fn requires_newer(cc: &CacheControl, entry: &crate::CachedResponse, now: SystemTime) -> bool {
+fn requires_newer(cc: &CacheControl, entry: &CachedResponse, now: SystemTime) -> bool {
     cc.no_cache
         || cc.max_age.is_some_and(|max| entry.age(now) > max)
         || cc.min_fresh.is_some_and(|min| entry.ttl(now) < min)

@@ -1,19 +1,33 @@
-//! The behaviour every [`Store`] must show, as one async suite.
+//! The behaviour every [`Store`] must show, as one async suite (feature `test-util`).
 //!
-//! The crate runs it against each of its stores; a third-party store can run it too:
+//! The crate runs it against each of its stores; a third-party store runs it from its own
+//! tests, with the feature enabled for them only:
+//!
+//! ```toml
+//! [dev-dependencies]
+//! tower-response-cache = { version = "0.1", features = ["test-util"] }
+//! tokio = { version = "1", features = ["macros", "rt", "time"] }
+//! ```
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+//! // In a `#[tokio::test] async fn`:
 //! use tower_response_cache::{store::conformance, MemoryStore};
 //! conformance::run(|| async { MemoryStore::new() }).await;
 //! # });
 //! ```
 //!
-//! Each check panics with a message naming the rule the store broke.
+//! Each check runs on a fresh, empty store from the closure and panics with a message naming
+//! the rule the store broke: round trips of responses and `Vary` variants, removal, expiry,
+//! hard and soft purges, no resurrection (a response whose request started before a purge of
+//! one of its tags is never served after it, even when written after it, and even when no
+//! stored entry carried the tag), long tags, many purges sparing unrelated entries,
+//! `purge_uri` and `purge_all`. An in-process store gets the no-resurrection checks right
+//! with [`PurgeStamps`](super::PurgeStamps).
 
-use super::{request_clock, Lookup, PurgeMode, Store};
+use super::{request_clock, Entry, Lookup, PurgeMode, Store};
 use crate::entry::testing::{response, started_at};
-use crate::{CacheKey, Entry};
+use crate::CacheKey;
 use http::HeaderName;
 use std::future::Future;
 use std::sync::Arc;

@@ -6,8 +6,9 @@
 //! each entry for its records.
 
 use super::stamps::{micros, micros_of, Admission, Hold, TagStamps, Verdict, HOLD_BYTES, RECORD_BYTES};
+use super::Entry;
 use super::{Lookup, PurgeMode, Store, StoreError};
-use crate::{CacheKey, Entry};
+use crate::CacheKey;
 use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

@@ -4,16 +4,25 @@
 //! invalidation layer and programmatic purges. Stores know nothing of HTTP semantics beyond
 //! [`CachedResponse`]: the layer decides what to keep and for how long.
 //!
-//! Every store must pass [`conformance::run`], the suite the crate's own stores run.
+//! A store is chosen at compile time (`CacheLayer<MemoryStore>`), or at run time behind a
+//! [`BoxStore`]; an `Arc<S>` of a store is a store too. A store written outside this crate
+//! gets the no-resurrection rule from [`PurgeStamps`] instead of re-implementing it.
+//!
+//! Every store must pass `conformance::run` (feature `test-util`), the suite the crate's own
+//! stores run.
 
+mod boxed;
 #[cfg(feature = "redis")]
 mod breaker;
+#[cfg(any(test, feature = "test-util"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod conformance;
 #[cfg(feature = "redis")]
 mod feed;
 mod memory;
 #[cfg(feature = "redis")]
 mod purge_queue;
+mod purge_stamps;
 #[cfg(feature = "redis")]
 mod redis;
 mod stamps;
@@ -23,12 +32,16 @@ mod tiered;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::{MaxmemoryPolicy, RedisStore, RedisStoreBuilder, RedisStoreStats};
+pub use boxed::BoxStore;
 pub use memory::{MemoryStore, MemoryStoreBuilder, MemoryStoreStats};
+pub use purge_stamps::{PurgeStamps, StampedEntry};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use tiered::{TieredStore, TieredStoreStats};
 
-use crate::{CacheKey, CachedResponse, Entry};
+pub use crate::entry::{CachedResponse, DecodeError, Entry};
+
+use crate::CacheKey;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -44,9 +44,10 @@
 
 use super::breaker::{Breaker, Permit};
 use super::purge_queue::{self, Next, Pending, PendingKind, PurgeQueue, Requested};
+use super::Entry;
 use super::{Lookup, PurgeMode, Store, StoreError};
 use crate::store::stamps::{micros, micros_of};
-use crate::{CacheKey, Entry};
+use crate::CacheKey;
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster_async::ClusterConnection;
 use ::redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
@@ -565,8 +566,7 @@ impl fmt::Debug for RedisStore {
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct RedisStoreBuilder {
-    nodes: Vec<String>,
-    cluster: bool,
+    target: Target,
     namespace: String,
     op_timeout: Duration,
     connect_timeout: Duration,
@@ -579,10 +579,40 @@ pub struct RedisStoreBuilder {
     purge_filter_bytes: usize,
 }
 
+/// What a builder connects to.
+#[derive(Clone)]
+enum Target {
+    Urls {
+        nodes: Vec<String>,
+        cluster: bool,
+    },
+    Client(Box<::redis::Client>),
+    /// A cluster, and a client for one of its nodes, for the invalidation subscription.
+    ClusterClient(Box<(::redis::cluster::ClusterClient, ::redis::Client)>),
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Urls { nodes, cluster } => f
+                .debug_struct("Urls")
+                .field("nodes", nodes)
+                .field("cluster", cluster)
+                .finish(),
+            Target::Client(client) => f.debug_tuple("Client").field(client).finish(),
+            Target::ClusterClient(clients) => f.debug_tuple("ClusterClient").field(&clients.1).finish(),
+        }
+    }
+}
+
 impl RedisStore {
-    /// Configures a store on a standalone Redis (`redis://host:port/db`).
+    /// Configures a store on a standalone Redis: `redis://host:port/db`, or, with the
+    /// `redis-tls` feature, `rediss://host:port/db` for TLS.
     pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
-        RedisStoreBuilder::new(vec![url.into()], false)
+        RedisStoreBuilder::new(Target::Urls {
+            nodes: vec![url.into()],
+            cluster: false,
+        })
     }
 
     /// Configures a store on a Redis Cluster, given some of its nodes.
@@ -591,7 +621,37 @@ impl RedisStore {
         I: IntoIterator,
         I::Item: Into<String>,
     {
-        RedisStoreBuilder::new(nodes.into_iter().map(Into::into).collect(), true)
+        RedisStoreBuilder::new(Target::Urls {
+            nodes: nodes.into_iter().map(Into::into).collect(),
+            cluster: true,
+        })
+    }
+
+    /// Configures a store on a standalone Redis through a client you built: with your own
+    /// credentials, TLS certificates (`Client::build_with_tls`, feature `redis-tls`) or
+    /// protocol settings. The store's `op_timeout` still bounds every operation.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tower_response_cache::store::RedisStore;
+    /// let client = redis::Client::open("redis://127.0.0.1:6379/2")?;
+    /// let store = RedisStore::builder_with_client(client).namespace("shop").connect().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn builder_with_client(client: ::redis::Client) -> RedisStoreBuilder {
+        RedisStoreBuilder::new(Target::Client(Box::new(client)))
+    }
+
+    /// Configures a store on a Redis Cluster through a cluster client you built, and a client
+    /// for any one of its nodes, which carries the invalidation subscription of tiered
+    /// stores (Redis Cluster forwards published messages to every node). The cluster
+    /// client's own connection and response timeouts apply, and the store's `op_timeout`
+    /// bounds every operation.
+    pub fn cluster_builder_with_client(
+        cluster: ::redis::cluster::ClusterClient,
+        node: ::redis::Client,
+    ) -> RedisStoreBuilder {
+        RedisStoreBuilder::new(Target::ClusterClient(Box::new((cluster, node))))
     }
 
     /// Errors, timeouts, corrupt values and the breaker's state.
@@ -877,10 +937,9 @@ impl RedisStore {
 }
 
 impl RedisStoreBuilder {
-    fn new(nodes: Vec<String>, cluster: bool) -> Self {
+    fn new(target: Target) -> Self {
         RedisStoreBuilder {
-            nodes,
-            cluster,
+            target,
             namespace: "trc".into(),
             op_timeout: Duration::from_millis(250),
             connect_timeout: Duration::from_secs(1),
@@ -979,32 +1038,45 @@ impl RedisStoreBuilder {
     ///
     /// See the [example](RedisStoreBuilder#example).
     pub async fn connect(self) -> Result<RedisStore, StoreError> {
-        let first = self
-            .nodes
-            .first()
-            .ok_or_else(|| StoreError::new("no Redis node given"))?;
-        let pubsub_client =
-            ::redis::Client::open(first.as_str()).map_err(|e| StoreError::with_source("invalid Redis URL", e))?;
-        let connection = if self.cluster {
-            let client = ::redis::cluster::ClusterClient::builder(self.nodes.iter().map(String::as_str))
-                .connection_timeout(self.connect_timeout)
-                .response_timeout(self.op_timeout)
-                .build()
-                .map_err(|e| StoreError::with_source("invalid Redis Cluster nodes", e))?;
-            let connection = client
-                .get_async_connection()
-                .await
-                .map_err(|e| StoreError::with_source("cannot connect to Redis Cluster", e))?;
-            Connection::Cluster(connection)
-        } else {
+        let standalone = |client: &::redis::Client| {
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(self.connect_timeout))
                 .set_response_timeout(Some(self.op_timeout))
                 .set_number_of_retries(1)
                 .set_max_delay(Duration::from_millis(500));
-            let manager = ConnectionManager::new_lazy_with_config(pubsub_client.clone(), config)
-                .map_err(|e| StoreError::with_source("cannot create a Redis connection", e))?;
-            Connection::Standalone(manager)
+            ConnectionManager::new_lazy_with_config(client.clone(), config)
+                .map(Connection::Standalone)
+                .map_err(|e| StoreError::with_source("cannot create a Redis connection", e))
+        };
+        let cluster = |client: ::redis::cluster::ClusterClient| async move {
+            client
+                .get_async_connection()
+                .await
+                .map(Connection::Cluster)
+                .map_err(|e| StoreError::with_source("cannot connect to Redis Cluster", e))
+        };
+        let (pubsub_client, connection) = match &self.target {
+            Target::Urls {
+                nodes,
+                cluster: is_cluster,
+            } => {
+                let first = nodes.first().ok_or_else(|| StoreError::new("no Redis node given"))?;
+                let client = ::redis::Client::open(first.as_str())
+                    .map_err(|e| StoreError::with_source("invalid Redis URL", e))?;
+                let connection = if *is_cluster {
+                    let client = ::redis::cluster::ClusterClient::builder(nodes.iter().map(String::as_str))
+                        .connection_timeout(self.connect_timeout)
+                        .response_timeout(self.op_timeout)
+                        .build()
+                        .map_err(|e| StoreError::with_source("invalid Redis Cluster nodes", e))?;
+                    cluster(client).await?
+                } else {
+                    standalone(&client)?
+                };
+                (client, connection)
+            }
+            Target::Client(client) => (client.as_ref().clone(), standalone(client)?),
+            Target::ClusterClient(clients) => (clients.1.clone(), cluster(clients.0.clone()).await?),
         };
         let ns = format!("{{{}}}:", self.namespace);
         let filter_width_us = (micros_of(self.in_flight_horizon) / 2).clamp(1, u64::from(u32::MAX - 1));

@@ -10,8 +10,9 @@
 
 use super::feed::{Feed, Ticket, COHERENCE_WINDOW};
 use super::purge_queue::micros;
+use super::Entry;
 use super::{Lookup, MemoryStore, PurgeMode, RedisStore, Store, StoreError};
-use crate::{CacheKey, Entry};
+use crate::CacheKey;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
