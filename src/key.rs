@@ -10,6 +10,7 @@ use http::header::{HeaderMap, HeaderName, AUTHORIZATION, COOKIE, HOST, PROXY_AUT
 use http::{request, Method};
 use sha2::{Digest, Sha256};
 use std::fmt;
+use std::sync::Arc;
 
 /// Format version: bump when the encoding changes so that old entries in a shared store miss.
 const KEY_VERSION: &[u8] = b"trc2";
@@ -64,12 +65,30 @@ impl fmt::Debug for CacheKey {
     }
 }
 
-/// Which parts of the URI take part in the key.
-#[derive(Debug, Clone)]
+/// Which parts of the request take part in the key.
+#[derive(Clone)]
 pub(crate) struct KeyConfig {
     pub(crate) include_host: bool,
     /// Query parameter names left out of the key; a trailing `*` matches a prefix.
     pub(crate) ignored_query_params: Vec<String>,
+    /// Request headers every key includes (normalised as `Vary` values are).
+    pub(crate) headers: Vec<HeaderName>,
+    /// An application's own component of every key.
+    pub(crate) extra: Option<Arc<KeyFn>>,
+}
+
+/// An application's own key component for a request.
+pub(crate) type KeyFn = dyn Fn(&request::Parts) -> Option<String> + Send + Sync;
+
+impl fmt::Debug for KeyConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyConfig")
+            .field("include_host", &self.include_host)
+            .field("ignored_query_params", &self.ignored_query_params)
+            .field("headers", &self.headers)
+            .field("extra", &self.extra.is_some())
+            .finish()
+    }
 }
 
 impl Default for KeyConfig {
@@ -77,6 +96,8 @@ impl Default for KeyConfig {
         KeyConfig {
             include_host: true,
             ignored_query_params: Vec::new(),
+            headers: Vec::new(),
+            extra: None,
         }
     }
 }
@@ -118,6 +139,20 @@ impl KeyConfig {
         buf.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
         for pair in pairs {
             field(&mut buf, pair.as_bytes());
+        }
+        if !self.headers.is_empty() {
+            buf.push(b'H');
+            write_fields(&mut buf, self.headers.iter(), self.headers.len(), &parts.headers);
+        }
+        if let Some(extra) = &self.extra {
+            // Hashed: the component may hold anything (a tenant, a token's claims).
+            match extra(parts) {
+                Some(component) => {
+                    buf.push(b'X');
+                    buf.extend_from_slice(&Sha256::digest(component.as_bytes()));
+                }
+                None => buf.push(b'x'),
+            }
         }
         CacheKey(buf.into())
     }

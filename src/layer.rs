@@ -5,7 +5,7 @@
 use crate::coalesce::Coalescer;
 use crate::key::KeyConfig;
 use crate::metrics::{CacheStats, Counters};
-use crate::policy::{PolicyConfig, RouteOverride, DEFAULT_CACHEABLE_STATUSES};
+use crate::policy::{CacheDecision, CachePolicy, PolicyConfig, RouteOverride, DEFAULT_CACHEABLE_STATUSES};
 use crate::service::CacheService;
 use crate::status::{CacheStatusHeader, CacheStatusName};
 use crate::tags::TagLimits;
@@ -36,6 +36,7 @@ pub(crate) struct Config {
     pub(crate) max_body_bytes: usize,
     pub(crate) identity: Option<Arc<IdentityFn>>,
     pub(crate) route_override: Option<Arc<RouteFn>>,
+    pub(crate) policy_hook: Option<Arc<dyn CachePolicy>>,
     pub(crate) tag_fn: Option<Arc<TagFn>>,
     pub(crate) tag_limits: TagLimits,
     pub(crate) honor_request_directives: bool,
@@ -62,6 +63,18 @@ impl Config {
     pub(crate) fn identity(&self, parts: &request::Parts) -> Option<String> {
         self.identity.as_ref().and_then(|f| f(parts))
     }
+
+    /// What the policy hook, then the route override, decide for a request.
+    pub(crate) fn decide(&self, parts: &request::Parts) -> CacheDecision {
+        let mut decided = match &self.policy_hook {
+            Some(policy) => policy.decide(parts),
+            None => CacheDecision::default(),
+        };
+        if let Some(route) = self.route_override.as_ref().and_then(|f| f(parts)) {
+            decided.apply(route);
+        }
+        decided
+    }
 }
 
 impl fmt::Debug for Config {
@@ -72,6 +85,7 @@ impl fmt::Debug for Config {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("identity", &self.identity.is_some())
             .field("route_override", &self.route_override.is_some())
+            .field("policy_hook", &self.policy_hook.is_some())
             .field("tag_fn", &self.tag_fn.is_some())
             .field("tag_limits", &self.tag_limits)
             .field("honor_request_directives", &self.honor_request_directives)
@@ -152,6 +166,7 @@ impl<St: Store> CacheLayer<St> {
                 max_body_bytes: 1 << 20,
                 identity: None,
                 route_override: None,
+                policy_hook: None,
                 tag_fn: None,
                 tag_limits: TagLimits::default(),
                 honor_request_directives: false,
@@ -206,7 +221,10 @@ impl<S, St> Layer<S> for CacheLayer<St> {
 /// | [`cacheable_statuses`](Self::cacheable_statuses) | 200 203 204 300 301 308 404 405 410 414 501 |
 /// | [`key_host`](Self::key_host) | `true` |
 /// | [`ignore_query_param`](Self::ignore_query_param) | none |
+/// | [`vary_by_header`](Self::vary_by_header) | none |
+/// | [`key_with`](Self::key_with) | none |
 /// | [`vary_by_identity`](Self::vary_by_identity) | none: answers to requests with credentials are stored only if explicitly shareable |
+/// | [`policy`](Self::policy) | [`DefaultPolicy`](crate::DefaultPolicy): decides nothing |
 /// | [`route_override`](Self::route_override) | none |
 /// | [`tag_with`](Self::tag_with) | none (tags come from `Cache-Groups` and [`CacheTags`](crate::CacheTags)) |
 /// | [`max_tags_per_entry`](Self::max_tags_per_entry) | 64 |
@@ -341,6 +359,47 @@ impl<St: Store> CacheLayerBuilder<St> {
         self
     }
 
+    /// Makes `name` part of every key, as `Vary: name` would for every response: requests
+    /// that differ in it never share an entry (values normalised as `Vary` values are;
+    /// `Authorization` and `Cookie` values hashed). Opted-in gRPC calls also have
+    /// `GrpcMethods::vary_metadata`.
+    ///
+    /// ```
+    /// use http::HeaderName;
+    /// use tower_response_cache::{CacheLayer, MemoryStore};
+    ///
+    /// let layer = CacheLayer::builder(MemoryStore::new())
+    ///     .vary_by_header(HeaderName::from_static("x-tenant"))
+    ///     .build();
+    /// ```
+    pub fn vary_by_header(mut self, name: HeaderName) -> Self {
+        self.config.key.headers.push(name);
+        self
+    }
+
+    /// Adds the application's own component to every key: requests for which `component`
+    /// returns different values never share an entry (`None` is a value too). It is hashed
+    /// before it enters the key.
+    ///
+    /// ```
+    /// use tower_response_cache::{CacheLayer, MemoryStore};
+    ///
+    /// // A/B test cohorts get their own entries.
+    /// let layer = CacheLayer::builder(MemoryStore::new())
+    ///     .key_with(|request| {
+    ///         let cookie = request.headers.get("cookie")?.to_str().ok()?;
+    ///         cookie.split("; ").find_map(|c| c.strip_prefix("cohort=")).map(str::to_owned)
+    ///     })
+    ///     .build();
+    /// ```
+    pub fn key_with<F>(mut self, component: F) -> Self
+    where
+        F: Fn(&request::Parts) -> Option<String> + Send + Sync + 'static,
+    {
+        self.config.key.extra = Some(Arc::new(component));
+        self
+    }
+
     /// The identity of a request's caller (a user id from a session, a verified token's
     /// subject), or `None` for an anonymous request.
     ///
@@ -374,9 +433,17 @@ impl<St: Store> CacheLayerBuilder<St> {
         self
     }
 
-    /// A per-route decision, taken before the request is looked up: bypass the cache, or
-    /// fix the freshness lifetime. A handler can decide the same with a [`RouteOverride`]
-    /// response extension.
+    /// The per-request policy hook: bypass, freshness, stale windows, extra tags and scope,
+    /// decided before the request is looked up (see [`CachePolicy`] for an example).
+    /// [`route_override`](Self::route_override), if set too, applies on top of it.
+    pub fn policy(mut self, policy: impl CachePolicy) -> Self {
+        self.config.policy_hook = Some(Arc::new(policy));
+        self
+    }
+
+    /// A per-route decision, taken before the request is looked up: bypass the cache, fix
+    /// the freshness lifetime, or force a scope. A handler can decide the same with a
+    /// [`RouteOverride`] response extension. ([`policy`](Self::policy) decides more at once.)
     ///
     /// See the [example](CacheLayerBuilder#example).
     pub fn route_override<F>(mut self, route: F) -> Self

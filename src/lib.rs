@@ -106,7 +106,7 @@ pub use invalidate::{Invalidate, InvalidateLayer, InvalidateLayerBuilder};
 pub use key::CacheKey;
 pub use layer::{CacheLayer, CacheLayerBuilder};
 pub use metrics::{BypassReason, CacheStats};
-pub use policy::RouteOverride;
+pub use policy::{CacheDecision, CachePolicy, DefaultPolicy, RouteOverride, Scope};
 pub use service::CacheService;
 pub use status::{CacheOutcome, CacheStatusHeader, CacheStatusName, InvalidCacheStatusName, Served, StaleReason};
 pub use store::{MemoryStore, PurgeMode, Store, StoreError};

@@ -11,7 +11,7 @@ use common::*;
 use http::header::{AGE, CACHE_CONTROL, DATE, ETAG, EXPIRES};
 use http::{HeaderValue, StatusCode};
 use std::time::{Duration, SystemTime};
-use tower_response_cache::{CacheLayer, MemoryStore, RouteOverride};
+use tower_response_cache::{CacheDecision, CacheLayer, MemoryStore, RouteOverride, Store};
 
 /// A response with these `Cache-Control` field lines (raw bytes, so that any value fits).
 fn with_cache_control(
@@ -421,4 +421,115 @@ async fn a_get_on_a_post_only_route_or_a_missing_page_is_kept_briefly() {
         assert_hit(&again);
         assert!(ttl(&again) <= 5, "{uri}: {}", cache_status(&again));
     }
+}
+
+/// The policy hook decides per request: bypass, TTL, stale-if-error, extra tags; the route
+/// override applies on top of it.
+#[tokio::test]
+async fn a_policy_hook_decides_bypass_ttl_stale_windows_and_tags() {
+    let origin = Origin::new();
+    let store = MemoryStore::new();
+    let layer = CacheLayer::builder(store.clone())
+        .policy(|request: &http::request::Parts| match request.uri.path() {
+            "/health" => CacheDecision::bypass(),
+            "/prices" => CacheDecision::default()
+                .ttl(Duration::from_secs(5))
+                .stale_if_error(Duration::from_secs(60))
+                .tag("prices"),
+            _ => CacheDecision::default().ttl(Duration::from_secs(30)),
+        })
+        .route_override(|parts| (parts.uri.path() == "/overridden").then_some(RouteOverride::Bypass))
+        .build();
+    let app = origin.app(layer.clone(), with_cache_control(&[b"max-age=3600"]));
+
+    for call in 1..=2 {
+        let response = send(&app, get("/health")).await;
+        assert_eq!(
+            cache_status(&response),
+            format!("{NAME}; fwd=bypass; fwd-status=200; detail=route")
+        );
+        assert_eq!(origin.calls(), call);
+    }
+    assert_stored(&send(&app, get("/prices")).await);
+    let hit = send(&app, get("/prices")).await;
+    assert_hit(&hit);
+    assert!(ttl(&hit) <= 5, "the policy's 5 s, not the origin's hour");
+    // The policy's tag purges it.
+    store.purge_tags(["prices"]).await.unwrap();
+    let after = send(&app, get("/prices")).await;
+    assert!(
+        cache_status(&after).contains("detail=invalidated"),
+        "{}",
+        cache_status(&after)
+    );
+    // The route override applies on top of the policy's TTL.
+    let overridden = send(&app, get("/overridden")).await;
+    assert!(cache_status(&overridden).contains("detail=route"));
+    assert_eq!(origin.calls(), 5);
+}
+
+/// A stale-if-error window the policy gives answers for a failing origin.
+#[tokio::test]
+async fn a_policy_stale_if_error_window_stands_in_for_a_failing_origin() {
+    let origin = Origin::new();
+    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let fails = failing.clone();
+    let layer = CacheLayer::builder(MemoryStore::new())
+        .policy(|_: &http::request::Parts| {
+            CacheDecision::default()
+                // Stale at once: kept only for its stale-if-error window.
+                .ttl(Duration::ZERO)
+                .stale_if_error(Duration::from_secs(600))
+        })
+        .build();
+    let app = origin.app(layer, move |_| {
+        if fails.load(std::sync::atomic::Ordering::SeqCst) {
+            (StatusCode::SERVICE_UNAVAILABLE, "down").into_response()
+        } else {
+            "fresh".into_response()
+        }
+    });
+    assert_stored(&send(&app, get("/page")).await);
+    failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    let response = send(&app, get("/page")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        cache_status(&response).contains("detail=stale-if-error"),
+        "{}",
+        cache_status(&response)
+    );
+    assert_eq!(text(response).await, "fresh");
+}
+
+/// `vary_by_header` and `key_with` give requests that differ in them their own entries.
+#[tokio::test]
+async fn key_hooks_separate_entries() {
+    let origin = Origin::new();
+    let layer = CacheLayer::builder(MemoryStore::new())
+        .vary_by_header(http::HeaderName::from_static("x-tenant"))
+        .key_with(|parts| parts.headers.get("x-cohort")?.to_str().ok().map(str::to_owned))
+        .build();
+    let app = origin.app(layer.clone(), with_cache_control(&[b"max-age=60"]));
+    let requests: [&[(&str, &str)]; 5] = [
+        &[],
+        &[("x-tenant", "a")],
+        &[("x-tenant", "b")],
+        &[("x-tenant", "a"), ("x-cohort", "blue")],
+        &[("x-tenant", "a"), ("x-cohort", "green")],
+    ];
+    for headers in requests {
+        assert_stored(&send(&app, get_with("/page", headers)).await);
+    }
+    for headers in requests {
+        assert_hit(&send(&app, get_with("/page", headers)).await);
+    }
+    assert_eq!(origin.calls(), 5);
+    // Spacing in a varied header does not make another entry.
+    assert_hit(&send(&app, get_with("/page", &[("x-tenant", " a ")])).await);
+    let key = |headers: &[(&str, &str)]| {
+        let (parts, _) = get_with("/page", headers).into_parts();
+        layer.cache_key(&parts)
+    };
+    assert_ne!(key(&[("x-cohort", "blue")]), key(&[("x-cohort", "green")]));
+    assert_ne!(key(&[]), key(&[("x-cohort", "")]));
 }

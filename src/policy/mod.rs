@@ -1,7 +1,10 @@
 //! RFC 9111 decisions: may this response be stored, and for how long is it fresh?
 
 pub(crate) mod cache_control;
+mod decision;
 mod http_date;
+
+pub use decision::{CacheDecision, CachePolicy, DefaultPolicy, Scope};
 
 use crate::metrics::BypassReason;
 use cache_control::CacheControl;
@@ -137,11 +140,22 @@ pub(crate) fn storable(
     config: &PolicyConfig,
     request: &RequestFacts,
     response: &response::Parts,
-    route: Option<RouteOverride>,
+    decided: &CacheDecision,
     response_time: SystemTime,
 ) -> Result<Freshness, BypassReason> {
-    let route = response.extensions.get::<RouteOverride>().copied().or(route);
-    if route == Some(RouteOverride::Bypass) {
+    // A handler's own override, on top of what was decided for the request.
+    let handler = response.extensions.get::<RouteOverride>().copied();
+    let bypass = decided.bypass || handler == Some(RouteOverride::Bypass);
+    let ttl = match handler {
+        Some(RouteOverride::Ttl(ttl)) => Some(ttl),
+        _ => decided.ttl,
+    };
+    let scope = match handler {
+        Some(RouteOverride::PerIdentity) => Some(Scope::PerIdentity),
+        Some(RouteOverride::Shared) => Some(Scope::Shared),
+        _ => decided.scope,
+    };
+    if bypass {
         return Err(BypassReason::Route);
     }
     let status = response.status.as_u16();
@@ -180,9 +194,9 @@ pub(crate) fn storable(
     }
     let mut vary = vary_names(headers).ok_or(BypassReason::VaryStar)?;
 
-    let (lifetime, source) = match route {
-        Some(RouteOverride::Ttl(ttl)) => (ttl, Source::Configured),
-        _ => freshness_lifetime(config, &cc, response, use_expires, response_time),
+    let (lifetime, source) = match ttl {
+        Some(ttl) => (ttl, Source::Configured),
+        None => freshness_lifetime(config, &cc, response, use_expires, response_time),
     };
     // Which statuses may be stored depends on whose word the freshness is (RFC 9111 §3,
     // §4.2.2): any final status on the origin's; on the application's, those it lists (or
@@ -203,15 +217,14 @@ pub(crate) fn storable(
     // with credentials be shared, but only while it is fresh by the origin's own word (or
     // the route's): `default_ttl`, the heuristic and an expired or unreadable lifetime never
     // make one shareable.
-    let explicit_freshness = matches!(source, Source::Explicit) || matches!(route, Some(RouteOverride::Ttl(_)));
+    let explicit_freshness = matches!(source, Source::Explicit) || ttl.is_some();
     // A route declared the same for everyone counts as `public` with the origin's freshness.
-    let declared_shared = route == Some(RouteOverride::Shared) && !cc.private;
+    let declared_shared = scope == Some(Scope::Shared) && !cc.private;
     let explicitly_shareable = declared_shared
         || ((cc.public || cc.s_maxage.is_some() || cc.must_revalidate) && explicit_freshness && lifetime > initial_age);
     // A request with an identity counts as one with credentials. Its response is stored for
     // that identity alone unless it is explicitly shareable; a `private` one always is.
-    let per_identity =
-        request.identity && (cc.private || route == Some(RouteOverride::PerIdentity) || !explicitly_shareable);
+    let per_identity = request.identity && (cc.private || scope == Some(Scope::PerIdentity) || !explicitly_shareable);
     // Shared with requests that carry credentials only by that exception: never served past
     // that freshness (no stale windows, no `max-stale`), only revalidated.
     let shared_by_exception = (request.credentials || request.identity) && !per_identity;
@@ -234,8 +247,14 @@ pub(crate) fn storable(
     let freshness = Freshness {
         lifetime,
         initial_age,
-        stale_while_revalidate: window(cc.stale_while_revalidate, config.stale_while_revalidate),
-        stale_if_error: window(cc.stale_if_error, config.stale_if_error),
+        stale_while_revalidate: window(
+            cc.stale_while_revalidate,
+            decided.stale_while_revalidate.unwrap_or(config.stale_while_revalidate),
+        ),
+        stale_if_error: window(
+            cc.stale_if_error,
+            decided.stale_if_error.unwrap_or(config.stale_if_error),
+        ),
         no_cache: cc.no_cache,
         must_revalidate: revalidate,
         shareable_with_credentials: explicitly_shareable,
@@ -400,7 +419,11 @@ mod tests {
             builder = builder.header(*name, HeaderValue::from_bytes(value).unwrap());
         }
         let (parts, ()) = builder.body(()).unwrap().into_parts();
-        storable(config, &facts, &parts, route, facts.request_time)
+        let mut decided = CacheDecision::default();
+        if let Some(route) = route {
+            decided.apply(route);
+        }
+        storable(config, &facts, &parts, &decided, facts.request_time)
     }
 
     #[test]
@@ -431,7 +454,13 @@ mod tests {
             .header("expires", later.as_str());
         let (parts, ()) = builder.body(()).unwrap().into_parts();
         assert_eq!(
-            storable(&config(), &facts(), &parts, None, SystemTime::now()),
+            storable(
+                &config(),
+                &facts(),
+                &parts,
+                &CacheDecision::default(),
+                SystemTime::now()
+            ),
             Err(BypassReason::NotFresh)
         );
     }
@@ -763,22 +792,34 @@ mod tests {
     #[test]
     fn route_override_sets_ttl_or_bypasses() {
         let (mut parts, ()) = Response::new(()).into_parts();
-        let f = storable(
-            &config(),
-            &facts(),
-            &parts,
-            Some(RouteOverride::Ttl(Duration::from_secs(7))),
-            SystemTime::now(),
-        );
+        let seven = CacheDecision::default().ttl(Duration::from_secs(7));
+        let f = storable(&config(), &facts(), &parts, &seven, SystemTime::now());
         assert_eq!(f.unwrap().lifetime, Duration::from_secs(7));
         parts.extensions.insert(RouteOverride::Bypass);
-        let f = storable(
-            &config(),
-            &facts(),
-            &parts,
-            Some(RouteOverride::Ttl(Duration::from_secs(7))),
-            SystemTime::now(),
-        );
+        let f = storable(&config(), &facts(), &parts, &seven, SystemTime::now());
         assert_eq!(f, Err(BypassReason::Route));
+    }
+
+    #[test]
+    fn a_decision_sets_the_stale_windows_the_response_does_not() {
+        let (parts, ()) = Response::builder()
+            .header("cache-control", "max-age=10")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let decided = CacheDecision::default().stale_if_error(Duration::from_secs(90));
+        let f = storable(&config(), &facts(), &parts, &decided, SystemTime::now()).unwrap();
+        assert_eq!(f.stale_if_error, Duration::from_secs(90));
+        let (parts, ()) = Response::builder()
+            .header("cache-control", "max-age=10, stale-if-error=5")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let f = storable(&config(), &facts(), &parts, &decided, SystemTime::now()).unwrap();
+        assert_eq!(
+            f.stale_if_error,
+            Duration::from_secs(5),
+            "the response's own directive wins"
+        );
     }
 }

@@ -183,7 +183,7 @@ fn decide<'a, St>(shared: &Shared<St>, judged: &Judged<'a>, head: &response::Par
         return Decision::Refuse(reason, Settlement::Retry);
     }
     let policy = &shared.config.policy;
-    let freshness = match policy::storable(policy, judged.facts, head, lookout.route, judged.response_time) {
+    let freshness = match policy::storable(policy, judged.facts, head, &lookout.decided, judged.response_time) {
         Ok(freshness) => freshness,
         // A failing origin is not a property of the key: it is never remembered as uncacheable.
         Err(_) if status.is_server_error() => return Decision::OriginFailure,
@@ -265,7 +265,7 @@ async fn keep<St: Store, B: Body>(
         // The body arrives over time: the client gets it as it comes, and it is stored (and
         // waiters told) once it has come whole.
         Err(arriving) => {
-            let Some(tags) = entry_tags(config, request, &head, &[]) else {
+            let Some(tags) = entry_tags(config, request, &head, &lookout.decided.tags) else {
                 let body = CacheBody::resumed(arriving);
                 return (
                     not_stored(shared, head, body, BypassReason::Tags, miss_kind),
@@ -302,7 +302,8 @@ async fn keep<St: Store, B: Body>(
         let response = not_stored(shared, head, CacheBody::cached(data, trailers), reason, miss_kind);
         return (response, settlement);
     }
-    let call_tags = lookout.grpc.as_ref().map(|call| call.tags(request)).unwrap_or_default();
+    let mut call_tags = lookout.grpc.as_ref().map(|call| call.tags(request)).unwrap_or_default();
+    call_tags.extend(lookout.decided.tags.iter().cloned());
     let Some(tags) = entry_tags(config, request, &head, &call_tags) else {
         let body = CacheBody::cached(data, trailers);
         return (
@@ -525,7 +526,7 @@ async fn revalidated<St: Store, B: Body>(
     Counters::count(&shared.counters.revalidations);
     let config = &shared.config;
     let body = old.body.clone();
-    let freshness = policy::storable(&config.policy, facts, &parts, lookout.route, response_time);
+    let freshness = policy::storable(&config.policy, facts, &parts, &lookout.decided, response_time);
     let tags = entry_tags(config, request, &parts, &old.tags);
     let (Ok(freshness), Some(tags)) = (freshness, tags) else {
         let response = not_stored(

@@ -4,7 +4,7 @@ use super::call::GrpcCall;
 use crate::entry::{CachedResponse, Entry};
 use crate::key::{self, CacheKey};
 use crate::layer::Shared;
-use crate::policy::{RequestFacts, RouteOverride};
+use crate::policy::{CacheDecision, RequestFacts};
 use crate::status::MissKind;
 use crate::store::{Lookup, Store, StoreError};
 use http::header::{HeaderMap, HeaderValue};
@@ -18,7 +18,8 @@ pub(super) struct Lookout {
     /// The caller's identity, if the layer found one: it selects the entries stored for it.
     pub(super) identity: Option<Arc<str>>,
     pub(super) facts: RequestFacts,
-    pub(super) route: Option<RouteOverride>,
+    /// What the policy hook and the route override decided for the request.
+    pub(super) decided: Arc<CacheDecision>,
     pub(super) head: bool,
     /// The client's conditional headers, answered by the cache, never forwarded on a miss.
     pub(super) if_none_match: Option<HeaderValue>,

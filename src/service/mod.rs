@@ -13,7 +13,7 @@ use crate::invalidate;
 use crate::key::{self, CacheKey};
 use crate::layer::Shared;
 use crate::metrics::{BypassReason, Counters};
-use crate::policy::{cache_control::CacheControl, RequestFacts, RouteOverride};
+use crate::policy::{cache_control::CacheControl, CacheDecision, RequestFacts};
 use crate::status::{CacheOutcome, MissKind, Outcome, StaleReason};
 use crate::store::CachedResponse;
 use crate::store::{request_clock, Store};
@@ -133,9 +133,9 @@ where
 {
     let config = &shared.config;
     let (parts, body) = req.into_parts();
-    let mut route = config.route_override.as_ref().and_then(|f| f(&parts));
+    let mut decided = config.decide(&parts);
     let opted_in = OptedIn::find(config, &parts);
-    if let Some(reason) = request_bypass(shared, &parts, route, opted_in.is_some()) {
+    if let Some(reason) = request_bypass(shared, &parts, &decided, opted_in.is_some()) {
         // Boxed here and below: the paths that wait on the inner service would otherwise
         // make every request's future (hits included) as large as theirs.
         return Box::pin(bypass(shared, inner, parts, body, reason)).await;
@@ -157,7 +157,9 @@ where
     );
     if let Some(call) = &call {
         primary = call.key(&primary, &parts.headers);
-        route = route.or(call.ttl().map(RouteOverride::Ttl));
+        if decided.ttl.is_none() {
+            decided.ttl = call.ttl();
+        }
         // A gRPC client cannot read a 304.
         conditional = (None, None);
     }
@@ -169,7 +171,7 @@ where
             request_time: request_clock(),
         },
         identity,
-        route,
+        decided: Arc::new(decided),
         head: parts.method == Method::HEAD,
         if_none_match: conditional.0,
         if_modified_since: conditional.1,
@@ -529,7 +531,7 @@ fn accepts_stale(cc: &CacheControl, stale: &Stale, now: SystemTime) -> bool {
 fn request_bypass<St>(
     shared: &Shared<St>,
     parts: &request::Parts,
-    route: Option<RouteOverride>,
+    decided: &CacheDecision,
     grpc_opted_in: bool,
 ) -> Option<BypassReason> {
     if parts.method != Method::GET && parts.method != Method::HEAD && !grpc_opted_in {
@@ -539,7 +541,7 @@ fn request_bypass<St>(
     if parts.headers.contains_key(RANGE) && grpc_opted_in {
         return Some(BypassReason::Range);
     }
-    if route == Some(RouteOverride::Bypass) {
+    if decided.bypass {
         return Some(BypassReason::Route);
     }
     if shared.config.honor_request_directives && CacheControl::from_headers(&parts.headers, &CACHE_CONTROL).no_store {
