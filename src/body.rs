@@ -28,9 +28,7 @@ pin_project! {
     /// assert!(empty.is_end_stream());
     /// assert_eq!(empty.size_hint().exact(), Some(0));
     /// ```
-    // `B: Body` stays on the definition: a body that failed while it was read keeps its
-    // `B::Error` to pass on after the bytes read before it.
-    pub struct CacheBody<B: Body> {
+    pub struct CacheBody<B> {
         #[pin]
         kind: Kind<B>,
     }
@@ -38,18 +36,22 @@ pin_project! {
 
 pin_project! {
     #[project = KindProj]
-    enum Kind<B: Body> {
+    enum Kind<B> {
         Cached { data: Option<Bytes>, trailers: Option<HeaderMap> },
         Streamed { #[pin] inner: B },
         // A body read in part: what was read, then the rest of it (or the error that ended it).
-        Resumed { read: VecDeque<Bytes>, rest: Option<Pin<Box<B>>>, error: Option<B::Error> },
+        Resumed { read: VecDeque<Bytes>, rest: Option<Pin<Box<B>>>, error: Option<Failure> },
         // A body still arriving, passed on frame by frame while a copy is kept (boxed: the
         // hit path's bodies stay small).
         Copied { tee: Pin<Box<Tee<B>>> },
     }
 }
 
-impl<B: Body> std::fmt::Debug for CacheBody<B> {
+/// The error that ended a body read in part, kept to pass on after the bytes read before it;
+/// type-erased so that `CacheBody` carries no bound on its definition.
+type Failure = Box<dyn std::any::Any + Send>;
+
+impl<B> std::fmt::Debug for CacheBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match &self.kind {
             Kind::Cached { .. } => "Cached",
@@ -61,14 +63,14 @@ impl<B: Body> std::fmt::Debug for CacheBody<B> {
     }
 }
 
-impl<B: Body> Default for CacheBody<B> {
+impl<B> Default for CacheBody<B> {
     /// An empty body.
     fn default() -> Self {
         CacheBody::empty()
     }
 }
 
-impl<B: Body> CacheBody<B> {
+impl<B> CacheBody<B> {
     /// A body of cached bytes followed by `trailers`.
     pub(crate) fn cached(data: Bytes, trailers: Option<HeaderMap>) -> Self {
         CacheBody {
@@ -132,6 +134,7 @@ impl<B: Body> CacheBody<B> {
 impl<B> Body for CacheBody<B>
 where
     B: Body,
+    B::Error: 'static,
 {
     type Data = Bytes;
     type Error = B::Error;
@@ -151,8 +154,9 @@ where
                 if let Some(chunk) = read.pop_front() {
                     return Poll::Ready(Some(Ok(Frame::data(chunk))));
                 }
-                if let Some(error) = error.take() {
-                    return Poll::Ready(Some(Err(error)));
+                // Always the `B::Error` it was made from.
+                if let Some(Ok(error)) = error.take().map(|e| e.downcast::<B::Error>()) {
+                    return Poll::Ready(Some(Err(*error)));
                 }
                 match rest {
                     Some(body) => body
@@ -229,7 +233,7 @@ pub(crate) trait StoreWhenWhole: Send {
 }
 
 /// A body passed on frame by frame while a bounded copy of it is kept.
-struct Tee<B: Body> {
+struct Tee<B> {
     /// Frames read before the response went out, still to pass on.
     unsent: VecDeque<Bytes>,
     /// The body still arriving; `None` once it ended.
@@ -344,7 +348,7 @@ pub(crate) enum Collected<B: Body> {
 }
 
 /// A body whose next frame was not there yet: what was read of it, and the rest.
-pub(crate) struct Arriving<B: Body> {
+pub(crate) struct Arriving<B> {
     read: VecDeque<Bytes>,
     total: usize,
     rest: Pin<Box<B>>,
@@ -352,13 +356,16 @@ pub(crate) struct Arriving<B: Body> {
 
 /// Like [`collect_bounded`], but stops at the first frame that is not there yet: a body
 /// that arrives over time is then `Err`, to pass on as it comes.
-pub(crate) async fn collect_ready<B: Body>(body: B, limit: usize) -> Result<Collected<B>, Arriving<B>> {
+pub(crate) async fn collect_ready<B: Body<Error: Send + 'static>>(
+    body: B,
+    limit: usize,
+) -> Result<Collected<B>, Arriving<B>> {
     collect(body, |_| limit, true).await
 }
 
 /// Reads `body` whole if it fits in `limit` bytes. Never holds more than `limit` bytes plus
 /// one frame.
-pub(crate) async fn collect_bounded<B: Body>(body: B, limit: usize) -> Collected<B> {
+pub(crate) async fn collect_bounded<B: Body<Error: Send + 'static>>(body: B, limit: usize) -> Collected<B> {
     collect_within(body, |_| limit).await
 }
 
@@ -368,7 +375,10 @@ pub(crate) const HEAD_BYTES: usize = 16;
 /// Like [`collect_bounded`], with a limit that may depend on the body's first bytes (up to
 /// [`HEAD_BYTES`]), such as a length prefix: the body is `TooLarge` as soon as it is longer
 /// than `limit(head)`.
-pub(crate) async fn collect_within<B: Body>(body: B, limit: impl FnMut(&[u8]) -> usize) -> Collected<B> {
+pub(crate) async fn collect_within<B: Body<Error: Send + 'static>>(
+    body: B,
+    limit: impl FnMut(&[u8]) -> usize,
+) -> Collected<B> {
     match collect(body, limit, false).await {
         Ok(collected) => collected,
         // Not reached: without `only_ready`, a frame not there yet is waited for.
@@ -377,7 +387,7 @@ pub(crate) async fn collect_within<B: Body>(body: B, limit: impl FnMut(&[u8]) ->
 }
 
 /// Reads `body` within `limit`; with `only_ready`, stops at the first frame not there yet.
-async fn collect<B: Body>(
+async fn collect<B: Body<Error: Send + 'static>>(
     body: B,
     mut limit: impl FnMut(&[u8]) -> usize,
     only_ready: bool,
@@ -415,7 +425,7 @@ async fn collect<B: Body>(
                     kind: Kind::Resumed {
                         read: chunks,
                         rest: None,
-                        error: Some(error),
+                        error: Some(Box::new(error)),
                     },
                 }));
             }
@@ -463,6 +473,17 @@ mod tests {
     use futures_util::{stream, StreamExt};
     use http_body_util::{BodyExt, Full, StreamBody};
     use std::convert::Infallible;
+
+    /// No bound on the definitions: generic code can name the types without `B: Body`, and
+    /// the bodies stay `Send`.
+    #[test]
+    fn the_public_types_carry_no_bounds_and_stay_send() {
+        #[allow(dead_code)]
+        struct Holder<B, E>(CacheBody<B>, crate::ResponseFuture<B, E>);
+        fn send<T: Send>() {}
+        send::<CacheBody<Full<Bytes>>>();
+        send::<CacheBody<StreamBody<Frames>>>();
+    }
 
     type Chunks = Vec<Result<Frame<Bytes>, &'static str>>;
 

@@ -53,14 +53,15 @@ where
     type ResBody = ResB;
 }
 
-/// A response body the cache can read on one task and hand to another.
-pub trait SendBody: Body<Data: Send, Error: Send> + Send + 'static {}
+/// A response body the cache can read on one task and hand to another (its errors too: a
+/// body that fails while it is read passes its error on after the bytes read before it).
+pub trait SendBody: Body<Data: Send, Error: Send + 'static> + Send + 'static {}
 
 impl<B> SendBody for B
 where
     B: Body + Send + 'static,
     B::Data: Send,
-    B::Error: Send,
+    B::Error: Send + 'static,
 {
 }
 
@@ -70,17 +71,17 @@ type BoxedCached<B, E> = Boxed<Response<CacheBody<B>>, E>;
 ///
 /// The cache's flow awaits the store, the inner service and the body in turn; it is boxed
 /// once per request so that stores can be written with plain `async fn`.
-pub struct ResponseFuture<B: Body, E> {
+pub struct ResponseFuture<B, E> {
     inner: BoxedCached<B, E>,
 }
 
-impl<B: Body, E> ResponseFuture<B, E> {
+impl<B, E> ResponseFuture<B, E> {
     pub(crate) fn new(inner: impl Future<Output = Result<Response<CacheBody<B>>, E>> + Send + 'static) -> Self {
         ResponseFuture { inner: Box::pin(inner) }
     }
 }
 
-impl<B: Body, E> Future for ResponseFuture<B, E> {
+impl<B, E> Future for ResponseFuture<B, E> {
     type Output = Result<Response<CacheBody<B>>, E>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -88,7 +89,7 @@ impl<B: Body, E> Future for ResponseFuture<B, E> {
     }
 }
 
-impl<B: Body, E> fmt::Debug for ResponseFuture<B, E> {
+impl<B, E> fmt::Debug for ResponseFuture<B, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }

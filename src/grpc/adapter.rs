@@ -82,7 +82,11 @@ impl GrpcCall {
 
     /// Reads a response body that should be one message of at most `max` bytes: a second
     /// message shows a stream, passed on at once. Also says why, if it is too large.
-    pub(crate) async fn collect<B: Body>(&self, body: B, max: usize) -> (Collected<B>, BypassReason) {
+    pub(crate) async fn collect<B: Body<Error: Send + 'static>>(
+        &self,
+        body: B,
+        max: usize,
+    ) -> (Collected<B>, BypassReason) {
         let mut declared = None;
         let collected = collect_within(body, |frame| one_message_limit(frame, max, &mut declared)).await;
         (collected, too_large_reason(declared, max, BypassReason::BodyTooLarge))

@@ -55,7 +55,11 @@ mod disabled {
             match self.0 {}
         }
 
-        pub(crate) async fn collect<B: Body>(&self, _body: B, _max: usize) -> (Collected<B>, BypassReason) {
+        pub(crate) async fn collect<B: Body<Error: Send + 'static>>(
+            &self,
+            _body: B,
+            _max: usize,
+        ) -> (Collected<B>, BypassReason) {
             match self.0 {}
         }
 

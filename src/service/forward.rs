@@ -58,7 +58,7 @@ pub(super) async fn forward<S, St, ReqB, ResB>(
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
     St: Store,
-    ResB: Body,
+    ResB: Body<Error: Send + 'static>,
 {
     let Attempt {
         lookout,
@@ -222,7 +222,7 @@ struct Kept<'a> {
 
 /// The storage step: reads the body (bounded; passed on as it arrives when a client waits
 /// for it), tags the entry and stores it.
-async fn keep<St: Store, B: Body>(
+async fn keep<St: Store, B: Body<Error: Send + 'static>>(
     shared: &Arc<Shared<St>>,
     lookout: &Lookout,
     head: response::Parts,
@@ -413,7 +413,7 @@ fn upstream_age(entry: &CachedResponse) -> Option<Duration> {
 /// of it (bounded by `max_body_bytes`) rather than each calling a failing origin. A failure
 /// that may carry what belongs to the leader's request alone (it had credentials, or the
 /// answer sets a cookie, is `private` or varies) reaches waiters as its status code only.
-async fn origin_failure<St, B: Body>(
+async fn origin_failure<St, B: Body<Error: Send + 'static>>(
     shared: &Shared<St>,
     parts: response::Parts,
     body: B,
@@ -498,7 +498,7 @@ fn stale_on_error<St, B: Body>(
 
 /// The origin answered 304 to the cache's conditional: the stored response, with its
 /// headers updated from the 304, is fresh again (RFC 9111 §4.3.4).
-async fn revalidated<St: Store, B: Body>(
+async fn revalidated<St: Store, B: Body<Error: Send + 'static>>(
     shared: &Shared<St>,
     stale: &Stale,
     not_modified: response::Parts,

@@ -462,7 +462,7 @@ async fn refresh<S, St, ReqB, ResB>(
 ) where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
     St: Store,
-    ResB: Body,
+    ResB: Body<Error: Send + 'static>,
 {
     Counters::count(&shared.counters.background_refreshes);
     let attempt = Attempt {
