@@ -145,6 +145,7 @@ impl Coalescer {
             tx,
             deadline,
             settled: false,
+            held: None,
         })
     }
 
@@ -207,9 +208,42 @@ pub(crate) struct Flight {
     tx: watch::Sender<FlightState>,
     deadline: Instant,
     settled: bool,
+    /// Held as long as the flight (a fleet-wide lease), released after it settles.
+    held: Option<Held>,
+}
+
+/// Something a flight keeps until it ends, given back when the flight is done with it.
+pub(crate) trait Release: Send + Sync {
+    /// Gives it back now (dropping it gives it back in the background).
+    fn release(self: Box<Self>) -> futures_util::future::BoxFuture<'static, ()>;
+}
+
+/// What a flight holds.
+pub(crate) struct Held(pub(crate) Box<dyn Release>);
+
+impl Held {
+    pub(crate) async fn release(self) {
+        self.0.release().await;
+    }
+}
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Held")
+    }
 }
 
 impl Flight {
+    /// Keeps `held` until the flight ends (settled or abandoned).
+    pub(crate) fn hold(&mut self, held: Held) {
+        self.held = Some(held);
+    }
+
+    /// What the flight holds, for its leader to give back once it has settled it.
+    pub(crate) fn take_held(&mut self) -> Option<Held> {
+        self.held.take()
+    }
+
     /// The instant past which the flight holds no one: the leader's own call may be bounded
     /// by it (background refreshes are).
     pub(crate) fn deadline(&self) -> Instant {

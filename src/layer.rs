@@ -44,6 +44,7 @@ pub(crate) struct Config {
     pub(crate) status_name: CacheStatusName,
     pub(crate) status_header: CacheStatusHeader,
     pub(crate) coalesce: bool,
+    pub(crate) fleet_coalesce: bool,
     pub(crate) coalesce_timeout: Duration,
     pub(crate) remember_uncacheable: Duration,
     pub(crate) origin_timeout: Option<Duration>,
@@ -93,6 +94,7 @@ impl fmt::Debug for Config {
             .field("status_name", &self.status_name)
             .field("status_header", &self.status_header)
             .field("coalesce", &self.coalesce)
+            .field("fleet_coalesce", &self.fleet_coalesce)
             .field("coalesce_timeout", &self.coalesce_timeout)
             .field("remember_uncacheable", &self.remember_uncacheable)
             .field("origin_timeout", &self.origin_timeout);
@@ -174,6 +176,7 @@ impl<St: Store> CacheLayer<St> {
                 status_name: CacheStatusName::default(),
                 status_header: CacheStatusHeader::Always,
                 coalesce: true,
+                fleet_coalesce: true,
                 coalesce_timeout: Duration::from_secs(10),
                 remember_uncacheable: Duration::from_secs(5),
                 origin_timeout: None,
@@ -233,6 +236,7 @@ impl<S, St> Layer<S> for CacheLayer<St> {
 /// | [`stale_if_error`](Self::stale_if_error) | 0 (only the response's directive) |
 /// | [`origin_timeout`](Self::origin_timeout) | none |
 /// | [`coalesce`](Self::coalesce) | `true` |
+/// | [`fleet_coalesce`](Self::fleet_coalesce) | `true` (for stores with leases: `RedisStore`, `TieredStore`) |
 /// | [`coalesce_timeout`](Self::coalesce_timeout) | 10 s |
 /// | [`remember_uncacheable`](Self::remember_uncacheable) | 5 s |
 /// | [`honor_request_directives`](Self::honor_request_directives) | `false` |
@@ -526,6 +530,18 @@ impl<St: Store> CacheLayerBuilder<St> {
     /// See the [example](CacheLayerBuilder#example).
     pub fn coalesce(mut self, coalesce: bool) -> Self {
         self.config.coalesce = coalesce;
+        self
+    }
+
+    /// Coalesces cold misses across the instances sharing the store too (default `true`):
+    /// each process's leader takes a short lease in the store, so that one instance calls
+    /// the origin and the others wait for the entry it stores, for at most the
+    /// `coalesce_timeout`. Stores without leases (`MemoryStore`) are unaffected; a store
+    /// that cannot answer (Redis down or slow) leaves each process to itself.
+    ///
+    /// See the [example](CacheLayerBuilder#example).
+    pub fn fleet_coalesce(mut self, fleet: bool) -> Self {
+        self.config.fleet_coalesce = fleet;
         self
     }
 

@@ -81,6 +81,7 @@
 mod body;
 mod coalesce;
 mod entry;
+mod fleet;
 mod future;
 #[cfg(feature = "grpc")]
 #[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]

@@ -7,6 +7,7 @@ mod lookup;
 mod respond;
 
 use crate::coalesce::{self, Flight, Join, OriginFailure, Settlement};
+use crate::fleet::{self, Fleet};
 use crate::future::{HttpService, ResponseFuture, SendBody};
 use crate::grpc_wire;
 use crate::invalidate;
@@ -338,6 +339,30 @@ where
         }
         flight = Some(lead);
     }
+    // Across the fleet: of the instances sharing the store, one calls the origin.
+    // (Requests whose answers are their own wait for no one here either.)
+    if let Some(lead) = flight.as_mut().filter(|_| config.fleet_coalesce && !personal) {
+        let look = || async {
+            match lookup(shared, &lookout, &parts.headers).await {
+                Found::Fresh(entry) => Some(entry),
+                _ => None,
+            }
+        };
+        if let Fleet::Found(entry) = Box::pin(fleet::lead(&shared.store, &flight_key, lead, look)).await {
+            if let Some(lead) = flight.take() {
+                lead.settle(Settlement::Stored);
+            }
+            Counters::count(&shared.counters.coalesced);
+            let outcome = Outcome::miss(miss_kind, entry.status.as_u16()).collapsed();
+            return Ok(from_entry(
+                shared,
+                &entry,
+                &lookout,
+                outcome,
+                Some(entry.age(SystemTime::now())),
+            ));
+        }
+    }
 
     let attempt = Attempt {
         lookout: &lookout,
@@ -348,18 +373,25 @@ where
     };
     match Box::pin(forward(shared, &mut inner, parts, body, attempt)).await {
         Ok((response, settlement)) => {
-            if let Some(flight) = flight {
-                flight.settle(settlement);
-            }
+            settle(flight, settlement).await;
             Ok(response)
         }
         Err(error) => {
             // Waiters share the failure (as a 502) rather than each calling a failing origin.
-            if let Some(flight) = flight {
-                flight.settle(Settlement::Failed(Arc::new(OriginFailure { response: None })));
-            }
+            settle(flight, Settlement::Failed(Arc::new(OriginFailure { response: None }))).await;
             Err(error)
         }
+    }
+}
+
+/// Settles the leader's flight, then gives back what it held (its fleet-wide lease), so that
+/// other instances can go on once this response is out.
+async fn settle(flight: Option<Flight>, settlement: Settlement) {
+    let Some(mut flight) = flight else { return };
+    let held = flight.take_held();
+    flight.settle(settlement);
+    if let Some(held) = held {
+        held.release().await;
     }
 }
 

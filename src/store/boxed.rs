@@ -4,7 +4,7 @@
 //! twin (boxed futures), implemented for every store, and `BoxStore` wraps an
 //! `Arc<dyn DynStore>` back into a `Store`.
 
-use super::{Entry, Lookup, PurgeMode, Store, StoreError};
+use super::{Entry, LeaseAttempt, LeaseToken, Lookup, PurgeMode, Store, StoreError};
 use crate::CacheKey;
 use std::any::Any;
 use std::future::Future;
@@ -46,6 +46,18 @@ impl<S: Store> Store for Arc<S> {
         // A store that cannot name itself is still named by this allocation, shared by clones.
         Store::handle_id(&**self).or(Some(Arc::as_ptr(self) as *const () as usize))
     }
+
+    async fn try_lease(&self, key: &CacheKey, ttl: Duration) -> LeaseAttempt {
+        Store::try_lease(&**self, key, ttl).await
+    }
+
+    async fn renew_lease(&self, key: &CacheKey, token: LeaseToken, ttl: Duration) -> bool {
+        Store::renew_lease(&**self, key, token, ttl).await
+    }
+
+    async fn release_lease(&self, key: &CacheKey, token: LeaseToken) {
+        Store::release_lease(&**self, key, token).await
+    }
 }
 
 /// The object-safe form of [`Store`], implemented for every store.
@@ -57,8 +69,13 @@ trait DynStore: Send + Sync + 'static {
     fn purge_all(&self) -> BoxFuture<'_, ()>;
     fn purge_uri<'a>(&'a self, uri: &'a str) -> BoxFuture<'a, ()>;
     fn handle_id(&self) -> Option<usize>;
+    fn try_lease<'a>(&'a self, key: &'a CacheKey, ttl: Duration) -> LeaseFuture<'a, LeaseAttempt>;
+    fn renew_lease<'a>(&'a self, key: &'a CacheKey, token: LeaseToken, ttl: Duration) -> LeaseFuture<'a, bool>;
+    fn release_lease<'a>(&'a self, key: &'a CacheKey, token: LeaseToken) -> LeaseFuture<'a, ()>;
     fn as_any(&self) -> &dyn Any;
 }
+
+type LeaseFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 impl<S: Store> DynStore for S {
     fn get<'a>(&'a self, key: &'a CacheKey) -> BoxFuture<'a, Lookup> {
@@ -81,6 +98,15 @@ impl<S: Store> DynStore for S {
     }
     fn handle_id(&self) -> Option<usize> {
         Store::handle_id(self)
+    }
+    fn try_lease<'a>(&'a self, key: &'a CacheKey, ttl: Duration) -> LeaseFuture<'a, LeaseAttempt> {
+        Box::pin(Store::try_lease(self, key, ttl))
+    }
+    fn renew_lease<'a>(&'a self, key: &'a CacheKey, token: LeaseToken, ttl: Duration) -> LeaseFuture<'a, bool> {
+        Box::pin(Store::renew_lease(self, key, token, ttl))
+    }
+    fn release_lease<'a>(&'a self, key: &'a CacheKey, token: LeaseToken) -> LeaseFuture<'a, ()> {
+        Box::pin(Store::release_lease(self, key, token))
     }
     fn as_any(&self) -> &dyn Any {
         self
@@ -170,6 +196,18 @@ impl Store for BoxStore {
     fn handle_id(&self) -> Option<usize> {
         // A store that cannot name itself is still named by this allocation, shared by clones.
         DynStore::handle_id(&*self.inner).or(Some(Arc::as_ptr(&self.inner) as *const () as usize))
+    }
+
+    async fn try_lease(&self, key: &CacheKey, ttl: Duration) -> LeaseAttempt {
+        DynStore::try_lease(&*self.inner, key, ttl).await
+    }
+
+    async fn renew_lease(&self, key: &CacheKey, token: LeaseToken, ttl: Duration) -> bool {
+        DynStore::renew_lease(&*self.inner, key, token, ttl).await
+    }
+
+    async fn release_lease(&self, key: &CacheKey, token: LeaseToken) {
+        DynStore::release_lease(&*self.inner, key, token).await
     }
 }
 

@@ -41,6 +41,23 @@ pub use tiered::{TieredStore, TieredStoreStats};
 
 pub use crate::entry::{CachedResponse, DecodeError, Entry};
 
+/// What [`Store::try_lease`] found: the fleet-wide lease on a key's call to the origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LeaseAttempt {
+    /// The store has no leases (one process uses it), or could not answer in time: each
+    /// process coalesces its own misses only.
+    Unsupported,
+    /// This caller holds the lease until it releases it or the lease expires.
+    Acquired(LeaseToken),
+    /// Another caller (another instance) holds it: wait for the entry it will store.
+    Held,
+}
+
+/// Proof of holding a lease: only its holder can renew or release it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LeaseToken(pub u64);
+
 use crate::CacheKey;
 use std::future::Future;
 use std::sync::Arc;
@@ -152,6 +169,28 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// default, when the store cannot tell: each layer then purges on its own.
     fn handle_id(&self) -> Option<usize> {
         None
+    }
+
+    /// Takes a lease of `ttl` on the call to the origin for `key`, so that of the instances
+    /// sharing this store only one makes it (fleet-wide single flight). The default, for
+    /// stores used by one process, is [`LeaseAttempt::Unsupported`]; a store that cannot
+    /// answer (down, slow) must say `Unsupported` too, never hold the caller up.
+    fn try_lease(&self, key: &CacheKey, ttl: Duration) -> impl Future<Output = LeaseAttempt> + Send {
+        let _ = (key, ttl);
+        async { LeaseAttempt::Unsupported }
+    }
+
+    /// Extends a lease this caller holds; `false` when it is no longer held.
+    fn renew_lease(&self, key: &CacheKey, token: LeaseToken, ttl: Duration) -> impl Future<Output = bool> + Send {
+        let _ = (key, token, ttl);
+        async { false }
+    }
+
+    /// Gives a lease back early (its holder's call is done, or was cancelled). Only the
+    /// holder's token releases it.
+    fn release_lease(&self, key: &CacheKey, token: LeaseToken) -> impl Future<Output = ()> + Send {
+        let _ = (key, token);
+        async {}
     }
 
     /// Hard-purges `tags`: the next read of any entry carrying one of them misses.

@@ -45,7 +45,7 @@
 use super::breaker::{Breaker, Permit};
 use super::purge_queue::{self, Next, Pending, PendingKind, PurgeQueue, Requested};
 use super::Entry;
-use super::{Lookup, PurgeMode, Store, StoreError};
+use super::{LeaseAttempt, LeaseToken, Lookup, PurgeMode, Store, StoreError};
 use crate::store::stamps::{micros, micros_of};
 use crate::CacheKey;
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -222,6 +222,37 @@ return 1
 /// script's memory only until its first write, so the first write is a `DEL` of a key that
 /// never holds a value: it frees and grows nothing, and what follows is bounded (fields of
 /// existing records, sketches of a fixed size).
+/// Extends a lease if its holder's token is still on it.
+static LEASE_RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+           return redis.call('PEXPIRE', KEYS[1], ARGV[2]) \
+         end \
+         return 0",
+    )
+});
+
+/// Deletes a lease only for its holder (compare-and-delete).
+static LEASE_RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+           return redis.call('DEL', KEYS[1]) \
+         end \
+         return 0",
+    )
+});
+
+/// A token no other lease holder has (random enough to never collide in a lease's life).
+fn lease_token() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(NEXT.fetch_add(1, Relaxed));
+    hasher.write_u128(std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_nanos()));
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}
+
 static PURGE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{FILTER_LUA}{}",
@@ -383,6 +414,7 @@ struct Inner {
     /// For the invalidation subscription of tiered stores.
     pubsub_client: ::redis::Client,
     entry_prefix: Vec<u8>,
+    lease_prefix: Vec<u8>,
     record_prefix: Vec<u8>,
     floor_key: Vec<u8>,
     filter_key: Vec<u8>,
@@ -695,6 +727,15 @@ impl RedisStore {
         command.arg(channel).arg(payload);
         let publish = command.query_async::<i64>(&mut conn);
         matches!(tokio::time::timeout(self.inner.op_timeout, publish).await, Ok(Ok(_)))
+    }
+
+    /// The key of the fleet-wide lease on `key`'s call to the origin (in the namespace's
+    /// slot, as the entry is).
+    fn lease_key(&self, key: &CacheKey) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.inner.lease_prefix.len() + key.as_bytes().len());
+        k.extend_from_slice(&self.inner.lease_prefix);
+        k.extend_from_slice(key.as_bytes());
+        k
     }
 
     fn entry_key(&self, key: &CacheKey) -> Vec<u8> {
@@ -1086,6 +1127,7 @@ impl RedisStoreBuilder {
                 connection,
                 pubsub_client,
                 entry_prefix: format!("{ns}e:").into_bytes(),
+                lease_prefix: format!("{ns}l:").into_bytes(),
                 record_prefix: format!("{ns}r:").into_bytes(),
                 floor_key: format!("{ns}floor").into_bytes(),
                 filter_key: format!("{ns}pf").into_bytes(),
@@ -1224,6 +1266,61 @@ fn millis(d: Duration) -> u64 {
 impl Store for RedisStore {
     fn handle_id(&self) -> Option<usize> {
         Some(Arc::as_ptr(&self.inner) as usize)
+    }
+
+    /// `SET NX PX` of a random token; any failure (timeout, breaker, error) is `Unsupported`:
+    /// the caller goes on with its own process's coalescing.
+    async fn try_lease(&self, key: &CacheKey, ttl: Duration) -> LeaseAttempt {
+        let token = lease_token();
+        let lease = self.lease_key(key);
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let set = self
+            .run(|mut conn| async move {
+                ::redis::cmd("SET")
+                    .arg(lease)
+                    .arg(token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ms)
+                    .query_async::<Option<String>>(&mut conn)
+                    .await
+            })
+            .await;
+        match set {
+            Ok(Some(_)) => LeaseAttempt::Acquired(LeaseToken(token)),
+            Ok(None) => LeaseAttempt::Held,
+            Err(_) => LeaseAttempt::Unsupported,
+        }
+    }
+
+    async fn renew_lease(&self, key: &CacheKey, token: LeaseToken, ttl: Duration) -> bool {
+        let lease = self.lease_key(key);
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let renewed = self
+            .run(|mut conn| async move {
+                LEASE_RENEW
+                    .key(lease)
+                    .arg(token.0)
+                    .arg(ms)
+                    .invoke_async::<i64>(&mut conn)
+                    .await
+            })
+            .await;
+        matches!(renewed, Ok(1))
+    }
+
+    async fn release_lease(&self, key: &CacheKey, token: LeaseToken) {
+        let lease = self.lease_key(key);
+        // Best effort: an unreleased lease expires by itself.
+        let _ = self
+            .run(|mut conn| async move {
+                LEASE_RELEASE
+                    .key(lease)
+                    .arg(token.0)
+                    .invoke_async::<i64>(&mut conn)
+                    .await
+            })
+            .await;
     }
 
     async fn get(&self, key: &CacheKey) -> Result<Lookup, StoreError> {

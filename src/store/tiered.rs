@@ -11,7 +11,7 @@
 use super::feed::{Feed, Ticket, COHERENCE_WINDOW};
 use super::purge_queue::micros;
 use super::Entry;
-use super::{Lookup, MemoryStore, PurgeMode, RedisStore, Store, StoreError};
+use super::{LeaseAttempt, LeaseToken, Lookup, MemoryStore, PurgeMode, RedisStore, Store, StoreError};
 use crate::CacheKey;
 use std::fmt;
 use std::sync::Arc;
@@ -148,6 +148,18 @@ fn l1_ttl(entry: &Entry) -> Duration {
 impl Store for TieredStore {
     fn handle_id(&self) -> Option<usize> {
         Some(Arc::as_ptr(&self.feed) as usize)
+    }
+
+    async fn try_lease(&self, key: &CacheKey, ttl: Duration) -> LeaseAttempt {
+        self.l2.try_lease(key, ttl).await
+    }
+
+    async fn renew_lease(&self, key: &CacheKey, token: LeaseToken, ttl: Duration) -> bool {
+        self.l2.renew_lease(key, token, ttl).await
+    }
+
+    async fn release_lease(&self, key: &CacheKey, token: LeaseToken) {
+        self.l2.release_lease(key, token).await
     }
 
     async fn get(&self, key: &CacheKey) -> Result<Lookup, StoreError> {

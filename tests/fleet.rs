@@ -1,0 +1,190 @@
+//! A fleet behaves like one cache: 4 instances (4 layers over 4 handles on one real
+//! `redis-server`) make one origin call for a cold key, and a leader cancelled mid-call is
+//! taken over by one waiter.
+#![cfg(feature = "redis")]
+
+#[path = "../examples/support/redis_server.rs"]
+mod redis_server;
+
+#[path = "common/exchange.rs"]
+mod exchange;
+use exchange::exchange;
+
+use axum::routing::get;
+use axum::Router;
+use redis_server::RedisServer;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tower_response_cache::store::{LeaseAttempt, RedisStore};
+use tower_response_cache::{CacheKey, CacheLayer, Store};
+
+const INSTANCES: usize = 4;
+const PER_INSTANCE: usize = 250;
+
+/// An origin whose answers take `delay`, counting its calls.
+fn instance(store: RedisStore, calls: Arc<AtomicUsize>, delay: Duration, fleet: bool) -> Router {
+    Router::new()
+        .route(
+            "/hot",
+            get(move || {
+                let calls = calls.clone();
+                async move {
+                    calls.fetch_add(1, SeqCst);
+                    tokio::time::sleep(delay).await;
+                    ([("cache-control", "max-age=60")], "hot")
+                }
+            }),
+        )
+        .layer(CacheLayer::builder(store).fleet_coalesce(fleet).build())
+}
+
+async fn fleet(
+    server: &RedisServer,
+    namespace: &str,
+    calls: &Arc<AtomicUsize>,
+    delay: Duration,
+    on: bool,
+) -> Vec<Router> {
+    let mut apps = Vec::new();
+    for _ in 0..INSTANCES {
+        let store = RedisStore::builder(server.url())
+            .namespace(namespace)
+            .connect()
+            .await
+            .expect("connect");
+        apps.push(instance(store, calls.clone(), delay, on));
+    }
+    apps
+}
+
+/// 250 concurrent cold requests on each of 4 instances: returns (origin calls, p99 latency).
+async fn burst(apps: &[Router], calls: &Arc<AtomicUsize>) -> (usize, Duration) {
+    let mut tasks = Vec::new();
+    for app in apps {
+        for _ in 0..PER_INSTANCE {
+            let app = app.clone();
+            tasks.push(tokio::spawn(async move {
+                let started = Instant::now();
+                let (status, _, body) = exchange(&app, "GET", "/hot").await;
+                assert_eq!((status.as_u16(), body.as_str()), (200, "hot"));
+                started.elapsed()
+            }));
+        }
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.push(
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("answered")
+                .unwrap(),
+        );
+    }
+    latencies.sort();
+    (calls.load(SeqCst), latencies[latencies.len() * 99 / 100])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_instances_make_one_origin_call_for_a_cold_key() {
+    if !redis_server::available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let delay = Duration::from_millis(50);
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let apps = fleet(&server, &exchange::fresh_namespace("fleet"), &calls, delay, true).await;
+    let (fleet_calls, p99) = burst(&apps, &calls).await;
+
+    let alone = Arc::new(AtomicUsize::new(0));
+    let apps = fleet(&server, &exchange::fresh_namespace("alone"), &alone, delay, false).await;
+    let (alone_calls, _) = burst(&apps, &alone).await;
+    eprintln!(
+        "{} requests over {INSTANCES} instances: {fleet_calls} origin call(s) with fleet coalescing \
+         (p99 {p99:?}, origin {delay:?}), {alone_calls} without",
+        INSTANCES * PER_INSTANCE
+    );
+    assert_eq!(fleet_calls, 1, "one origin call across the fleet");
+    assert_eq!(alone_calls, INSTANCES, "without it, one per instance");
+}
+
+/// The instance that leads is cancelled mid-call: its lease is given back, one waiter takes
+/// over, and every other request is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_leader_is_taken_over_by_one_waiter() {
+    if !redis_server::available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let apps = fleet(
+        &server,
+        &exchange::fresh_namespace("takeover"),
+        &calls,
+        Duration::from_millis(300),
+        true,
+    )
+    .await;
+    let leader = {
+        let app = apps[0].clone();
+        tokio::spawn(async move { exchange(&app, "GET", "/hot").await })
+    };
+    // The leader holds the lease once its origin call has started.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while calls.load(SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the leader never called the origin");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut waiters = Vec::new();
+    for app in &apps[1..] {
+        for _ in 0..50 {
+            let app = app.clone();
+            waiters.push(tokio::spawn(async move { exchange(&app, "GET", "/hot").await }));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    leader.abort();
+    for waiter in waiters {
+        let (status, _, body) = tokio::time::timeout(Duration::from_secs(30), waiter)
+            .await
+            .expect("answered")
+            .unwrap();
+        assert_eq!((status.as_u16(), body.as_str()), (200, "hot"));
+    }
+    assert_eq!(calls.load(SeqCst), 2, "the cancelled call, and one takeover");
+}
+
+/// A lease is its holder's: another cannot take or release it, and it ends by itself.
+#[tokio::test]
+async fn a_lease_belongs_to_its_holder_and_expires() {
+    if !redis_server::available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let namespace = exchange::fresh_namespace("lease");
+    let connect = || RedisStore::builder(server.url()).namespace(&namespace).connect();
+    let (a, b) = (connect().await.unwrap(), connect().await.unwrap());
+    let key = CacheKey::from_bytes(&b"k"[..]);
+    let ttl = Duration::from_millis(300);
+    let LeaseAttempt::Acquired(token) = a.try_lease(&key, ttl).await else {
+        panic!("a free lease is taken")
+    };
+    assert_eq!(b.try_lease(&key, ttl).await, LeaseAttempt::Held);
+    // A token that is not the holder's neither renews nor releases it.
+    let forged = tower_response_cache::store::LeaseToken(token.0.wrapping_add(1));
+    assert!(!b.renew_lease(&key, forged, ttl).await);
+    b.release_lease(&key, forged).await;
+    assert_eq!(b.try_lease(&key, ttl).await, LeaseAttempt::Held);
+    assert!(a.renew_lease(&key, token, ttl).await);
+    a.release_lease(&key, token).await;
+    let LeaseAttempt::Acquired(_) = b.try_lease(&key, ttl).await else {
+        panic!("released: free to take")
+    };
+    // Never given back: it expires by itself.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.try_lease(&key, ttl).await == LeaseAttempt::Held {
+        assert!(Instant::now() < deadline, "the lease never expired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
