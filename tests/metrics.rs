@@ -84,11 +84,11 @@ async fn a_scrape_counts_what_the_cache_did() {
     let (status, exposition) = call(&client, Method::GET, &url("/metrics")).await;
     assert_eq!(status, StatusCode::OK);
     let samples = samples(&exposition);
+    let named = |series: &str| series.replace("CACHE", app::CACHE_NAME);
     let value = |series: &str| {
-        let series = series.replace("CACHE", app::CACHE_NAME);
         *samples
-            .get(series.as_str())
-            .unwrap_or_else(|| panic!("no {series} in\n{exposition}"))
+            .get(named(series).as_str())
+            .unwrap_or_else(|| panic!("no {} in\n{exposition}", named(series)))
     };
     let expected = [
         (r#"tower_response_cache_hits_total{cache="CACHE"}"#, 1.0),
@@ -127,7 +127,7 @@ async fn a_scrape_counts_what_the_cache_did() {
         ),
     ];
     for (series, expected) in expected {
-        assert_eq!(value(series), expected, "{series} in\n{exposition}");
+        assert_eq!(value(series), expected, "{} in\n{exposition}", named(series));
     }
     // A lookup for each GET (more if a lookup is repeated): never fewer than three.
     let gets = value(r#"tower_response_cache_store_duration_seconds_count{cache="CACHE",op="get"}"#);
