@@ -1,4 +1,5 @@
-//! Counters shared by every clone of a layer, and the snapshot users read.
+//! Counters shared by every clone of a layer, the snapshot users read, and (with the `metrics`
+//! feature) the same counts and the layer's latencies recorded through the `metrics` facade.
 
 use crate::status::MissKind;
 use std::collections::BTreeMap;
@@ -589,6 +590,9 @@ mod tests {
         c.miss(MissKind::VaryMiss);
         let s = c.snapshot();
         assert_eq!((s.misses, s.invalidated_misses), (3, 1));
+        for (i, (kind, _)) in MISS_KINDS.iter().enumerate() {
+            assert_eq!(miss_slot(*kind), i, "each kind has its own slot and label");
+        }
     }
 
     #[cfg(feature = "metrics")]
