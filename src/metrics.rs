@@ -154,6 +154,7 @@ impl std::fmt::Display for BypassReason {
 /// | `tower_response_cache_purged_tags_total` | counter | | [`InvalidateStats::tags_purged`](crate::invalidate::InvalidateStats::tags_purged) |
 /// | `tower_response_cache_purges_skipped_total` | counter | | [`InvalidateStats::skipped`](crate::invalidate::InvalidateStats::skipped) |
 /// | `tower_response_cache_purge_errors_total` | counter | | [`InvalidateStats::errors`](crate::invalidate::InvalidateStats::errors) |
+/// | `tower_response_cache_memory_purges_total` | counter | `kind` (`tags`, `all`) | purges applied by memory stores and memory tiers ([`MemoryStoreStats::purges`](crate::store::MemoryStoreStats::purges)) |
 /// | `tower_response_cache_redis_errors_total` | counter | `kind` (`error`, `timeout`, `refused`, `corrupt`, `out-of-memory`) | the Redis store's failed operations |
 /// | `tower_response_cache_redis_breaker_trips_total` | counter | | times the Redis store's circuit breaker opened |
 ///
@@ -468,7 +469,7 @@ pub(crate) use export_count;
 #[cfg(feature = "metrics")]
 fn describe() {
     use metrics::{describe_counter, describe_histogram, Unit};
-    let counters: [(&'static str, &'static str); 18] = [
+    let counters: [(&'static str, &'static str); 19] = [
         (
             "tower_response_cache_hits_total",
             "Requests answered from a fresh entry.",
@@ -529,6 +530,10 @@ fn describe() {
         (
             "tower_response_cache_purge_errors_total",
             "Purges the store failed (InvalidateLayer).",
+        ),
+        (
+            "tower_response_cache_memory_purges_total",
+            "Purges applied by memory stores (tiers included), by kind.",
         ),
         (
             "tower_response_cache_redis_errors_total",

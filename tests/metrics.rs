@@ -114,6 +114,8 @@ async fn a_scrape_counts_what_the_cache_did() {
         (r#"tower_response_cache_store_errors_total{cache="CACHE"}"#, 0.0),
         ("tower_response_cache_purges_total", 1.0),
         ("tower_response_cache_purges_skipped_total", 1.0),
+        // The same purge, as the memory store applied it.
+        (r#"tower_response_cache_memory_purges_total{kind="tags"}"#, 1.0),
         // The edited book's tag and its path.
         ("tower_response_cache_purged_tags_total", 2.0),
         // One origin call per miss; the bypass went around the cache.
