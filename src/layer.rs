@@ -661,11 +661,12 @@ impl<St: Store> CacheLayerBuilder<St> {
             self.config.remember_uncacheable,
             self.config.coalesce_timeout,
         ));
+        let counters = Counters::new(self.config.status_name.as_str());
         CacheLayer {
             shared: Arc::new(Shared {
                 store: self.store,
                 config: self.config,
-                counters: Counters::default(),
+                counters,
                 coalescer,
             }),
         }

@@ -1,6 +1,9 @@
-//! Counters shared by every clone of a layer, and the snapshot users read.
+//! Counters shared by every clone of a layer, the snapshot users read, and (with the `metrics`
+//! feature) the same counts and the layer's latencies recorded through the `metrics` facade.
 
+use crate::status::MissKind;
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Why a request was not answered from the cache, or its response was not stored.
@@ -140,6 +143,53 @@ impl std::fmt::Display for BypassReason {
 /// assert_eq!((stats.misses, stats.stores, stats.hits), (1, 1, 1));
 /// # });
 /// ```
+///
+/// # Metrics
+///
+/// With the `metrics` feature, the same counts (and the latencies of store and origin calls)
+/// are recorded through the [`metrics`](https://docs.rs/metrics) facade. A layer registers its
+/// metrics with the recorder installed when it is [built](crate::CacheLayerBuilder::build),
+/// labelled `cache` with its [`Cache-Status` name](crate::CacheLayerBuilder::cache_status_name);
+/// install the recorder first, and name each layer of a process apart. Every counter of a
+/// layer starts at zero. No label ever carries a URL, a key or a tag.
+///
+/// | name | type | labels | counts |
+/// |---|---|---|---|
+/// | `tower_response_cache_hits_total` | counter | `cache` | [`hits`](Self::hits) |
+/// | `tower_response_cache_stale_hits_total` | counter | `cache` | [`stale_hits`](Self::stale_hits) |
+/// | `tower_response_cache_misses_total` | counter | `cache`, `kind` (`miss`, `vary-miss`, `invalidated`, `stale`, `request`) | [`misses`](Self::misses) by kind |
+/// | `tower_response_cache_stores_total` | counter | `cache` | [`stores`](Self::stores) |
+/// | `tower_response_cache_bypasses_total` | counter | `cache`, `reason` ([`BypassReason::as_str`]) | [`bypasses`](Self::bypasses) |
+/// | `tower_response_cache_not_stored_total` | counter | `cache`, `reason` ([`BypassReason::as_str`]) | [`not_stored`](Self::not_stored) |
+/// | `tower_response_cache_store_errors_total` | counter | `cache` | [`store_errors`](Self::store_errors) |
+/// | `tower_response_cache_coalesced_total` | counter | `cache` | [`coalesced`](Self::coalesced) |
+/// | `tower_response_cache_failures_shared_total` | counter | `cache` | [`failures_shared`](Self::failures_shared) |
+/// | `tower_response_cache_background_refreshes_total` | counter | `cache` | [`background_refreshes`](Self::background_refreshes) |
+/// | `tower_response_cache_revalidations_total` | counter | `cache` | [`revalidations`](Self::revalidations) |
+/// | `tower_response_cache_errors_absorbed_total` | counter | `cache` | [`errors_absorbed`](Self::errors_absorbed) |
+/// | `tower_response_cache_store_duration_seconds` | histogram | `cache`, `op` (`get`, `put`, `purge`) | store calls made by the layer |
+/// | `tower_response_cache_origin_duration_seconds` | histogram | `cache` | inner-service calls on a miss, until the response head arrived |
+/// | `tower_response_cache_purges_total` | counter | | [`InvalidateStats::purges`](crate::invalidate::InvalidateStats::purges) |
+/// | `tower_response_cache_purged_tags_total` | counter | | [`InvalidateStats::tags_purged`](crate::invalidate::InvalidateStats::tags_purged) |
+/// | `tower_response_cache_purges_skipped_total` | counter | | [`InvalidateStats::skipped`](crate::invalidate::InvalidateStats::skipped) |
+/// | `tower_response_cache_purge_errors_total` | counter | | [`InvalidateStats::errors`](crate::invalidate::InvalidateStats::errors) |
+/// | `tower_response_cache_memory_purges_total` | counter | `kind` (`tags`, `all`) | purges applied by memory stores and memory tiers ([`MemoryStoreStats::purges`](crate::store::MemoryStoreStats::purges)) |
+/// | `tower_response_cache_redis_errors_total` | counter | `kind` (`error`, `timeout`, `refused`, `corrupt`, `out-of-memory`) | the Redis store's failed operations |
+/// | `tower_response_cache_redis_breaker_trips_total` | counter | | times the Redis store's circuit breaker opened |
+///
+/// ```
+/// use tower_response_cache::{CacheLayer, CacheStatusName, MemoryStore};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // Cargo.toml: tower-response-cache = { version = "0.1", features = ["metrics"] }
+/// let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+/// let layer = CacheLayer::builder(MemoryStore::new())
+///     .cache_status_name(CacheStatusName::new("pages")?)
+///     .build();
+/// // Serve `prometheus.render()` on `/metrics` (see `examples/prometheus.rs`):
+/// # #[cfg(feature = "metrics")]
+/// assert!(prometheus.render().contains(r#"tower_response_cache_hits_total{cache="pages"} 0"#));
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CacheStats {
@@ -190,75 +240,348 @@ impl CacheStats {
     }
 }
 
-#[derive(Debug, Default)]
+/// One count: the layer's own, and with the `metrics` feature the same count exported
+/// through a handle registered when the layer was built (an atomic add, no lookup).
+#[derive(Debug)]
+pub(crate) struct Tally {
+    n: AtomicU64,
+    #[cfg(feature = "metrics")]
+    exported: metrics::Counter,
+}
+
+impl Tally {
+    fn new(names: &Names, name: &'static str, label: Option<(&'static str, &'static str)>) -> Self {
+        #[cfg(not(feature = "metrics"))]
+        let _ = (names, name, label);
+        Tally {
+            n: AtomicU64::new(0),
+            #[cfg(feature = "metrics")]
+            exported: names.counter(name, label),
+        }
+    }
+
+    fn add(&self) {
+        self.n.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        self.exported.increment(1);
+    }
+
+    fn get(&self) -> u64 {
+        self.n.load(Relaxed)
+    }
+}
+
+/// What a layer times (with the `metrics` feature): store calls and the origin's answer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Timed {
+    StoreGet,
+    StorePut,
+    StorePurge,
+    /// The inner service on a miss, until the response's head arrives.
+    Origin,
+}
+
+/// The kinds of miss, in `Counters::misses` order, with their label values.
+const MISS_KINDS: [(MissKind, &str); 5] = [
+    (MissKind::Miss, "miss"),
+    (MissKind::VaryMiss, "vary-miss"),
+    (MissKind::Invalidated, "invalidated"),
+    (MissKind::Stale, "stale"),
+    (MissKind::Request, "request"),
+];
+
+const fn miss_slot(kind: MissKind) -> usize {
+    match kind {
+        MissKind::Miss => 0,
+        MissKind::VaryMiss => 1,
+        MissKind::Invalidated => 2,
+        MissKind::Stale => 3,
+        MissKind::Request => 4,
+    }
+}
+
+#[derive(Debug)]
 pub(crate) struct Counters {
-    hits: AtomicU64,
-    misses: AtomicU64,
-    invalidated_misses: AtomicU64,
-    stores: AtomicU64,
-    store_errors: AtomicU64,
-    pub(crate) stale_hits: AtomicU64,
-    pub(crate) coalesced: AtomicU64,
-    pub(crate) failures_shared: AtomicU64,
-    pub(crate) background_refreshes: AtomicU64,
-    pub(crate) revalidations: AtomicU64,
-    pub(crate) errors_absorbed: AtomicU64,
-    bypasses: [AtomicU64; BypassReason::ALL.len()],
-    not_stored: [AtomicU64; BypassReason::ALL.len()],
+    hits: Tally,
+    /// By kind, in `MISS_KINDS` order.
+    misses: [Tally; MISS_KINDS.len()],
+    stores: Tally,
+    store_errors: Tally,
+    pub(crate) stale_hits: Tally,
+    pub(crate) coalesced: Tally,
+    pub(crate) failures_shared: Tally,
+    pub(crate) background_refreshes: Tally,
+    pub(crate) revalidations: Tally,
+    pub(crate) errors_absorbed: Tally,
+    bypasses: [Tally; BypassReason::ALL.len()],
+    not_stored: [Tally; BypassReason::ALL.len()],
+    #[cfg(feature = "metrics")]
+    timings: Timings,
 }
 
 impl Counters {
-    pub(crate) fn hit(&self) {
-        self.hits.fetch_add(1, Relaxed);
-    }
-    pub(crate) fn miss(&self, invalidated: bool) {
-        self.misses.fetch_add(1, Relaxed);
-        if invalidated {
-            self.invalidated_misses.fetch_add(1, Relaxed);
+    /// The counters of the layer named `cache` (its `Cache-Status` name, the `cache` label of
+    /// the exported metrics).
+    pub(crate) fn new(cache: &str) -> Self {
+        let names = Names::new(cache);
+        let tally = |name| Tally::new(&names, name, None);
+        let by_reason = |name| BypassReason::ALL.map(|r| Tally::new(&names, name, Some(("reason", r.as_str()))));
+        Counters {
+            hits: tally("tower_response_cache_hits_total"),
+            misses: MISS_KINDS
+                .map(|(_, kind)| Tally::new(&names, "tower_response_cache_misses_total", Some(("kind", kind)))),
+            stores: tally("tower_response_cache_stores_total"),
+            store_errors: tally("tower_response_cache_store_errors_total"),
+            stale_hits: tally("tower_response_cache_stale_hits_total"),
+            coalesced: tally("tower_response_cache_coalesced_total"),
+            failures_shared: tally("tower_response_cache_failures_shared_total"),
+            background_refreshes: tally("tower_response_cache_background_refreshes_total"),
+            revalidations: tally("tower_response_cache_revalidations_total"),
+            errors_absorbed: tally("tower_response_cache_errors_absorbed_total"),
+            bypasses: by_reason("tower_response_cache_bypasses_total"),
+            not_stored: by_reason("tower_response_cache_not_stored_total"),
+            #[cfg(feature = "metrics")]
+            timings: Timings::new(&names),
         }
     }
+
+    pub(crate) fn hit(&self) {
+        self.hits.add();
+    }
+    pub(crate) fn miss(&self, kind: MissKind) {
+        self.misses[miss_slot(kind)].add();
+    }
     pub(crate) fn stored(&self) {
-        self.stores.fetch_add(1, Relaxed);
+        self.stores.add();
     }
     pub(crate) fn store_error(&self) {
-        self.store_errors.fetch_add(1, Relaxed);
+        self.store_errors.add();
     }
-    pub(crate) fn count(counter: &AtomicU64) {
-        counter.fetch_add(1, Relaxed);
+    pub(crate) fn count(counter: &Tally) {
+        counter.add();
     }
     /// A request not looked up.
     pub(crate) fn bypass(&self, reason: BypassReason) {
-        self.bypasses[reason as usize].fetch_add(1, Relaxed);
+        self.bypasses[reason as usize].add();
     }
     /// A response not stored.
     pub(crate) fn not_stored(&self, reason: BypassReason) {
-        self.not_stored[reason as usize].fetch_add(1, Relaxed);
+        self.not_stored[reason as usize].add();
+    }
+
+    /// Runs `operation`, recording how long it took (with the `metrics` feature; without it,
+    /// `operation` itself is returned).
+    #[cfg(not(feature = "metrics"))]
+    #[inline(always)]
+    pub(crate) fn timed<F: Future>(&self, what: Timed, operation: F) -> F {
+        let _ = what;
+        operation
+    }
+
+    /// Runs `operation`, recording how long it took.
+    #[cfg(feature = "metrics")]
+    pub(crate) async fn timed<F: Future>(&self, what: Timed, operation: F) -> F::Output {
+        let started = std::time::Instant::now();
+        let output = operation.await;
+        self.timings.of(what).record(started.elapsed());
+        output
     }
 
     pub(crate) fn snapshot(&self) -> CacheStats {
         CacheStats {
-            hits: self.hits.load(Relaxed),
-            misses: self.misses.load(Relaxed),
-            invalidated_misses: self.invalidated_misses.load(Relaxed),
-            stores: self.stores.load(Relaxed),
-            store_errors: self.store_errors.load(Relaxed),
-            stale_hits: self.stale_hits.load(Relaxed),
-            coalesced: self.coalesced.load(Relaxed),
+            hits: self.hits.get(),
+            misses: self.misses.iter().map(Tally::get).sum(),
+            invalidated_misses: self.misses[miss_slot(MissKind::Invalidated)].get(),
+            stores: self.stores.get(),
+            store_errors: self.store_errors.get(),
+            stale_hits: self.stale_hits.get(),
+            coalesced: self.coalesced.get(),
             waiting: 0,
-            failures_shared: self.failures_shared.load(Relaxed),
-            background_refreshes: self.background_refreshes.load(Relaxed),
-            revalidations: self.revalidations.load(Relaxed),
-            errors_absorbed: self.errors_absorbed.load(Relaxed),
+            failures_shared: self.failures_shared.get(),
+            background_refreshes: self.background_refreshes.get(),
+            revalidations: self.revalidations.get(),
+            errors_absorbed: self.errors_absorbed.get(),
             bypasses: by_reason(&self.bypasses),
             not_stored: by_reason(&self.not_stored),
         }
     }
 }
 
-fn by_reason(counts: &[AtomicU64; BypassReason::ALL.len()]) -> BTreeMap<BypassReason, u64> {
+/// Registers a layer's metrics under its name; nothing without the `metrics` feature.
+struct Names {
+    #[cfg(feature = "metrics")]
+    cache: metrics::SharedString,
+}
+
+impl Names {
+    fn new(cache: &str) -> Self {
+        #[cfg(not(feature = "metrics"))]
+        let _ = cache;
+        Names {
+            #[cfg(feature = "metrics")]
+            cache: metrics::SharedString::from(cache.to_owned()),
+        }
+    }
+
+    #[cfg(feature = "metrics")]
+    fn counter(&self, name: &'static str, label: Option<(&'static str, &'static str)>) -> metrics::Counter {
+        let cache = self.cache.clone();
+        match label {
+            Some((key, value)) => metrics::counter!(name, "cache" => cache, key => value),
+            None => metrics::counter!(name, "cache" => cache),
+        }
+    }
+
+    #[cfg(feature = "metrics")]
+    fn histogram(&self, name: &'static str, label: Option<(&'static str, &'static str)>) -> metrics::Histogram {
+        let cache = self.cache.clone();
+        match label {
+            Some((key, value)) => metrics::histogram!(name, "cache" => cache, key => value),
+            None => metrics::histogram!(name, "cache" => cache),
+        }
+    }
+}
+
+#[cfg(feature = "metrics")]
+#[derive(Debug)]
+struct Timings {
+    store_get: metrics::Histogram,
+    store_put: metrics::Histogram,
+    store_purge: metrics::Histogram,
+    origin: metrics::Histogram,
+}
+
+#[cfg(feature = "metrics")]
+impl Timings {
+    fn new(names: &Names) -> Self {
+        describe();
+        let store = |op| names.histogram("tower_response_cache_store_duration_seconds", Some(("op", op)));
+        Timings {
+            store_get: store("get"),
+            store_put: store("put"),
+            store_purge: store("purge"),
+            origin: names.histogram("tower_response_cache_origin_duration_seconds", None),
+        }
+    }
+
+    fn of(&self, what: Timed) -> &metrics::Histogram {
+        match what {
+            Timed::StoreGet => &self.store_get,
+            Timed::StorePut => &self.store_put,
+            Timed::StorePurge => &self.store_purge,
+            Timed::Origin => &self.origin,
+        }
+    }
+}
+
+/// Counts that no layer's [`Counters`] hold (the invalidation layer's, the Redis store's),
+/// exported with static names and labels; nothing without the `metrics` feature.
+macro_rules! export_count {
+    ($name:literal $(, $key:literal => $value:literal)*; $n:expr) => {
+        #[cfg(feature = "metrics")]
+        ::metrics::counter!($name $(, $key => $value)*).increment($n);
+    };
+}
+pub(crate) use export_count;
+
+/// The help text of every exported metric, given to the recorder with each layer built.
+#[cfg(feature = "metrics")]
+fn describe() {
+    use metrics::{describe_counter, describe_histogram, Unit};
+    let counters: [(&'static str, &'static str); 19] = [
+        (
+            "tower_response_cache_hits_total",
+            "Requests answered from a fresh entry.",
+        ),
+        (
+            "tower_response_cache_stale_hits_total",
+            "Requests answered from a stale entry.",
+        ),
+        (
+            "tower_response_cache_misses_total",
+            "Requests looked up and sent to the inner service, by kind of miss.",
+        ),
+        ("tower_response_cache_stores_total", "Responses written to the store."),
+        (
+            "tower_response_cache_bypasses_total",
+            "Requests the cache did not look up, by reason.",
+        ),
+        (
+            "tower_response_cache_not_stored_total",
+            "Responses from the inner service not stored, by reason.",
+        ),
+        (
+            "tower_response_cache_store_errors_total",
+            "Store operations that failed (the request was served anyway).",
+        ),
+        (
+            "tower_response_cache_coalesced_total",
+            "Misses answered by another request's call to the inner service.",
+        ),
+        (
+            "tower_response_cache_failures_shared_total",
+            "Waiters answered with their leader's origin failure.",
+        ),
+        (
+            "tower_response_cache_background_refreshes_total",
+            "Refreshes run in the background while a stale entry was served.",
+        ),
+        (
+            "tower_response_cache_revalidations_total",
+            "Stored entries revalidated by the origin (304).",
+        ),
+        (
+            "tower_response_cache_errors_absorbed_total",
+            "Origin errors, timeouts and 5xx answers replaced by a stale entry.",
+        ),
+        (
+            "tower_response_cache_purges_total",
+            "Successful mutations that purged tags (InvalidateLayer).",
+        ),
+        (
+            "tower_response_cache_purged_tags_total",
+            "Tags purged by InvalidateLayer, over all purges.",
+        ),
+        (
+            "tower_response_cache_purges_skipped_total",
+            "Unsafe requests that failed and so purged nothing (InvalidateLayer).",
+        ),
+        (
+            "tower_response_cache_purge_errors_total",
+            "Purges the store failed (InvalidateLayer).",
+        ),
+        (
+            "tower_response_cache_memory_purges_total",
+            "Purges applied by memory stores (tiers included), by kind.",
+        ),
+        (
+            "tower_response_cache_redis_errors_total",
+            "Redis store operations that failed, by kind.",
+        ),
+        (
+            "tower_response_cache_redis_breaker_trips_total",
+            "Times the Redis store's circuit breaker opened.",
+        ),
+    ];
+    for (name, help) in counters {
+        describe_counter!(name, help);
+    }
+    describe_histogram!(
+        "tower_response_cache_store_duration_seconds",
+        Unit::Seconds,
+        "Store operations made by the cache layer, by operation."
+    );
+    describe_histogram!(
+        "tower_response_cache_origin_duration_seconds",
+        Unit::Seconds,
+        "Calls to the inner service on a miss, until the response head arrived."
+    );
+}
+
+fn by_reason(counts: &[Tally; BypassReason::ALL.len()]) -> BTreeMap<BypassReason, u64> {
     BypassReason::ALL
         .iter()
-        .map(|r| (*r, counts[*r as usize].load(Relaxed)))
+        .map(|r| (*r, counts[*r as usize].get()))
         .filter(|(_, n)| *n > 0)
         .collect()
 }
@@ -272,7 +595,7 @@ mod tests {
         for (i, r) in BypassReason::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i);
         }
-        let c = Counters::default();
+        let c = Counters::new("test");
         c.not_stored(BypassReason::StoreError);
         c.bypass(BypassReason::Method);
         c.bypass(BypassReason::Method);
@@ -281,5 +604,50 @@ mod tests {
         assert_eq!(s.total_bypasses(), 2, "responses not stored are counted apart");
         assert_eq!(s.not_stored.get(&BypassReason::StoreError), Some(&1));
         assert_eq!(s.total_not_stored(), 1);
+    }
+
+    #[test]
+    fn misses_are_counted_by_kind() {
+        let c = Counters::new("test");
+        c.miss(MissKind::Miss);
+        c.miss(MissKind::Invalidated);
+        c.miss(MissKind::VaryMiss);
+        let s = c.snapshot();
+        assert_eq!((s.misses, s.invalidated_misses), (3, 1));
+        for (i, (kind, _)) in MISS_KINDS.iter().enumerate() {
+            assert_eq!(miss_slot(*kind), i, "each kind has its own slot and label");
+        }
+    }
+
+    #[cfg(feature = "metrics")]
+    #[tokio::test]
+    async fn counts_and_timings_are_exported_under_the_layer_name() {
+        use metrics_exporter_prometheus::PrometheusBuilder;
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        // Handles are registered with the recorder current when the layer is built.
+        let (edge, origin) =
+            metrics::with_local_recorder(&recorder, || (Counters::new("edge"), Counters::new("origin")));
+        edge.hit();
+        edge.hit();
+        origin.hit();
+        edge.miss(MissKind::Stale);
+        edge.not_stored(BypassReason::SetCookie);
+        Counters::count(&edge.coalesced);
+        assert_eq!(edge.timed(Timed::StoreGet, async { 7 }).await, 7);
+        assert_eq!(edge.snapshot().hits, 2, "the layer's own counts still hold");
+        let text = handle.render();
+        for line in [
+            r#"tower_response_cache_hits_total{cache="edge"} 2"#,
+            r#"tower_response_cache_hits_total{cache="origin"} 1"#,
+            r#"tower_response_cache_misses_total{cache="edge",kind="stale"} 1"#,
+            r#"tower_response_cache_misses_total{cache="edge",kind="miss"} 0"#,
+            r#"tower_response_cache_not_stored_total{cache="edge",reason="set-cookie"} 1"#,
+            r#"tower_response_cache_coalesced_total{cache="edge"} 1"#,
+            r#"tower_response_cache_store_duration_seconds_count{cache="edge",op="get"} 1"#,
+            r#"tower_response_cache_store_duration_seconds_count{cache="edge",op="put"} 0"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
     }
 }

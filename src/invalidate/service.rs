@@ -8,6 +8,7 @@ use crate::future::{Boxed, HttpService, SendBody};
 #[cfg(feature = "grpc")]
 use crate::grpc::{self, GrpcRequest};
 use crate::grpc_wire;
+use crate::metrics::export_count;
 use crate::store::{PurgeMode, Store};
 use crate::tags::{detached, string_list, CACHE_GROUP_INVALIDATION};
 use futures_util::TryFutureExt;
@@ -134,6 +135,7 @@ where
                     }
                     None => {
                         shared.counters.skipped.fetch_add(1, Relaxed);
+                        export_count!("tower_response_cache_purges_skipped_total"; 1);
                     }
                 }
                 response.map(|response| response.map(InvalidateBody::plain))
@@ -225,6 +227,7 @@ where
     let trailers_only = grpc_wire::status_code(response.headers());
     if !response.status().is_success() || trailers_only.is_some_and(|code| code != 0) {
         shared.counters.skipped.fetch_add(1, Relaxed);
+        export_count!("tower_response_cache_purges_skipped_total"; 1);
         return Ok(response.map(InvalidateBody::plain));
     }
     if trailers_only == Some(0) {
@@ -240,6 +243,7 @@ where
         }
         _ => {
             shared.counters.skipped.fetch_add(1, Relaxed);
+            export_count!("tower_response_cache_purges_skipped_total"; 1);
             None
         }
     });
@@ -306,11 +310,14 @@ async fn apply<St: Store>(shared: Arc<Shared<St>>, purges: Purges) -> bool {
             Ok(()) => {
                 shared.counters.purges.fetch_add(1, Relaxed);
                 shared.counters.tags_purged.fetch_add(tags.len() as u64, Relaxed);
+                export_count!("tower_response_cache_purges_total"; 1);
+                export_count!("tower_response_cache_purged_tags_total"; tags.len() as u64);
                 tracing::debug!(?tags, ?mode, "purged after a successful mutation");
             }
             Err(error) => {
                 hard_purged &= mode != PurgeMode::Hard;
                 shared.counters.errors.fetch_add(1, Relaxed);
+                export_count!("tower_response_cache_purge_errors_total"; 1);
                 tracing::error!(%error, ?tags, "purge failed: entries with these tags may be served stale until they expire");
             }
         }

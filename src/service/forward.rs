@@ -8,7 +8,7 @@ use crate::coalesce::{Flight, OriginFailure, Settlement};
 use crate::entry::{CachedResponse, Entry};
 use crate::key;
 use crate::layer::{Config, Shared};
-use crate::metrics::{BypassReason, Counters};
+use crate::metrics::{BypassReason, Counters, Timed};
 use crate::policy::cache_control::CacheControl;
 use crate::policy::{self, Freshness, RequestFacts};
 use crate::status::{MissKind, Outcome, StaleReason};
@@ -83,7 +83,9 @@ where
         request_time: SystemTime::now(),
         ..lookout.facts
     };
-    let call = inner.call(Request::from_parts(parts, body));
+    let call = shared
+        .counters
+        .timed(Timed::Origin, inner.call(Request::from_parts(parts, body)));
     let result = match (fallback, shared.config.origin_timeout) {
         // The timeout only bounds how long a stale answer is held back.
         (Some(stale), Some(timeout)) => match tokio::time::timeout(timeout, call).await {
@@ -591,17 +593,21 @@ async fn store<St: Store>(
     ttl: Duration,
     request_headers: &HeaderMap,
 ) -> Result<bool, ()> {
-    let store = &shared.store;
     let primary = &lookout.primary;
+    let put = |key, entry, ttl| {
+        shared
+            .counters
+            .timed(Timed::StorePut, shared.store.put(key, entry, ttl))
+    };
     let result = if entry.vary.is_empty() {
-        store.put(primary.clone(), Entry::Response(entry.clone()), ttl).await
+        put(primary.clone(), Entry::Response(entry.clone()), ttl).await
     } else {
         let names: Arc<[HeaderName]> = entry.vary.clone().into();
         let variant = key::variant(primary, &names, request_headers, lookout.identity.as_deref());
         // The index outlives any one variant so that it never hides a live one.
         let index_ttl = shared.config.policy.max_ttl.max(ttl);
-        match store.put(primary.clone(), Entry::Variants(names), index_ttl).await {
-            Ok(_) => store.put(variant, Entry::Response(entry.clone()), ttl).await,
+        match put(primary.clone(), Entry::Variants(names), index_ttl).await {
+            Ok(_) => put(variant, Entry::Response(entry.clone()), ttl).await,
             Err(error) => Err(error),
         }
     };
@@ -631,7 +637,8 @@ pub(super) async fn invalidate_target<St: Store>(
     let tags = crate::invalidate::rfc9111_tags(request, response);
     let shared = shared.clone();
     crate::invalidate::run_to_completion(async move {
-        if let Err(error) = shared.store.purge(&tags, PurgeMode::Hard).await {
+        let purge = shared.store.purge(&tags, PurgeMode::Hard);
+        if let Err(error) = shared.counters.timed(Timed::StorePurge, purge).await {
             shared.counters.store_error();
             tracing::error!(%error, ?tags, "purge of a mutated URI failed");
         }

@@ -4,10 +4,12 @@ use super::call::GrpcCall;
 use crate::entry::{CachedResponse, Entry};
 use crate::key::{self, CacheKey};
 use crate::layer::Shared;
+use crate::metrics::Timed;
 use crate::policy::{CacheDecision, RequestFacts};
 use crate::status::MissKind;
 use crate::store::{Lookup, Store, StoreError};
 use http::header::{HeaderMap, HeaderValue};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -73,16 +75,15 @@ pub(super) enum Found {
 
 /// Reads the primary key and, for varying responses, the variant the request selects.
 pub(super) async fn lookup<St: Store>(shared: &Shared<St>, lookout: &Lookout, headers: &HeaderMap) -> Found {
-    let store = &shared.store;
     let identity = lookout.identity.as_deref();
-    let (response, standing, own) = match read(shared, store.get(&lookout.primary).await) {
+    let (response, standing, own) = match read(shared, get(shared, &lookout.primary).await) {
         Ok(Some((Entry::Response(response), soft))) if response.vary.is_empty() => (response, soft, false),
         Ok(Some((Entry::Response(_), _))) => return Found::Miss(MissKind::VaryMiss),
         Ok(Some((Entry::Variants(names), _))) => {
             // Entries stored per identity are found by the identity that asked for them only.
             let own = identity.is_some() && names.contains(&key::IDENTITY);
             let variant = key::variant(&lookout.primary, &names, headers, identity);
-            match read(shared, store.get(&variant).await) {
+            match read(shared, get(shared, &variant).await) {
                 Ok(Some((Entry::Response(response), soft))) => (response, soft, own),
                 Ok(Some((Entry::Variants(_), _))) | Ok(None) if own => return Found::PersonalMiss,
                 Ok(Some((Entry::Variants(_), _))) | Ok(None) => return Found::Miss(MissKind::VaryMiss),
@@ -107,6 +108,14 @@ pub(super) async fn lookup<St: Store>(shared: &Shared<St>, lookout: &Lookout, he
             soft_purged: standing == Standing::SoftPurged,
         })
     }
+}
+
+/// One store read (timed with the `metrics` feature).
+fn get<'a, St: Store>(
+    shared: &'a Shared<St>,
+    key: &'a CacheKey,
+) -> impl Future<Output = Result<Lookup, StoreError>> + Send + 'a {
+    shared.counters.timed(Timed::StoreGet, shared.store.get(key))
 }
 
 /// What the store said of an entry it returned.

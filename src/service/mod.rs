@@ -271,7 +271,7 @@ where
         Found::Miss(kind) => (None, kind),
         Found::PersonalMiss => (None, MissKind::VaryMiss),
     };
-    shared.counters.miss(miss_kind == MissKind::Invalidated);
+    shared.counters.miss(miss_kind);
     if directives.is_some_and(|cc| cc.only_if_cached) {
         return Ok(gateway_timeout(shared, miss_kind));
     }

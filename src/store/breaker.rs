@@ -70,6 +70,7 @@ impl Breaker {
                 .swap(self.now() + self.cooldown.as_nanos() as u64, Ordering::AcqRel);
             if reopened == 0 {
                 self.trips.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::export_count!("tower_response_cache_redis_breaker_trips_total"; 1);
             }
             self.probing.store(false, Ordering::Release);
         }

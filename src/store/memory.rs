@@ -237,12 +237,14 @@ impl MemoryStore {
     pub(crate) fn purge_ahead(&self, tags: &[String], mode: PurgeMode, ahead: Duration) {
         self.shared.stamps.purge(tags, mode, micros_of(ahead));
         self.shared.purges.fetch_add(1, Relaxed);
+        crate::metrics::export_count!("tower_response_cache_memory_purges_total", "kind" => "tags"; 1);
     }
 
     pub(crate) fn purge_all_ahead(&self, ahead: Duration) {
         self.shared.stamps.purge_all(micros_of(ahead));
         self.shared.cache.clear();
         self.shared.purges.fetch_add(1, Relaxed);
+        crate::metrics::export_count!("tower_response_cache_memory_purges_total", "kind" => "all"; 1);
     }
 
     /// Drops every entry but keeps the stamps: a tiered store starting afresh after its feed

@@ -46,6 +46,7 @@ use super::breaker::{Breaker, Permit};
 use super::purge_queue::{self, Next, Pending, PendingKind, PurgeQueue, Requested};
 use super::Entry;
 use super::{LeaseAttempt, LeaseToken, Lookup, PurgeMode, Store, StoreError};
+use crate::metrics::export_count;
 use crate::store::stamps::{micros, micros_of};
 use crate::CacheKey;
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -764,6 +765,7 @@ impl RedisStore {
         let counted = permit != Permit::Refused;
         if !counted && breaking == Breaking::Obey {
             inner.counters.refused.fetch_add(1, Relaxed);
+            export_count!("tower_response_cache_redis_errors_total", "kind" => "refused"; 1);
             return Err(StoreError::new("redis circuit breaker open"));
         }
         match tokio::time::timeout(inner.op_timeout, op(inner.connection.clone())).await {
@@ -778,6 +780,7 @@ impl RedisStore {
                     inner.breaker.failure(permit);
                 }
                 inner.counters.errors.fetch_add(1, Relaxed);
+                export_count!("tower_response_cache_redis_errors_total", "kind" => "error"; 1);
                 Err(StoreError::with_source("redis operation failed", error))
             }
             Err(_) => {
@@ -785,6 +788,7 @@ impl RedisStore {
                     inner.breaker.failure(permit);
                 }
                 inner.counters.timeouts.fetch_add(1, Relaxed);
+                export_count!("tower_response_cache_redis_errors_total", "kind" => "timeout"; 1);
                 Err(StoreError::new("redis operation timed out"))
             }
         }
@@ -970,6 +974,7 @@ impl RedisStore {
             Ok(entry) => Some(entry),
             Err(error) => {
                 self.inner.counters.corrupt.fetch_add(1, Relaxed);
+                export_count!("tower_response_cache_redis_errors_total", "kind" => "corrupt"; 1);
                 tracing::warn!(%error, "unreadable value in Redis read as a miss");
                 None
             }
@@ -1354,6 +1359,7 @@ impl Store for RedisStore {
             Some(Value::Int(3)) => Lookup::Purged,
             Some(Value::Int(4)) => {
                 self.inner.counters.corrupt.fetch_add(1, Relaxed);
+                export_count!("tower_response_cache_redis_errors_total", "kind" => "corrupt"; 1);
                 Lookup::Miss
             }
             _ => Lookup::Miss,
@@ -1409,6 +1415,7 @@ impl Store for RedisStore {
             .await?;
         if stored == -1 {
             self.inner.counters.out_of_memory.fetch_add(1, Relaxed);
+            export_count!("tower_response_cache_redis_errors_total", "kind" => "out-of-memory"; 1);
         }
         Ok(stored == 1)
     }
