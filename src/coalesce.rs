@@ -234,6 +234,11 @@ impl std::fmt::Debug for Held {
 }
 
 impl Flight {
+    /// The key the flight is for.
+    pub(crate) fn key(&self) -> &CacheKey {
+        &self.key
+    }
+
     /// Keeps `held` until the flight ends (settled or abandoned).
     pub(crate) fn hold(&mut self, held: Held) {
         self.held = Some(held);

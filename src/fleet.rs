@@ -59,6 +59,21 @@ where
     }
 }
 
+/// Whether this instance should make a background refresh of the flight's key: `true` when
+/// it took the lease (held by the flight from now on) or there is none; `false` when another
+/// instance is refreshing it.
+pub(crate) async fn refresh<St: Store>(store: &St, flight: &mut Flight) -> bool {
+    let key = flight.key().clone();
+    match store.try_lease(&key, LEASE_TTL).await {
+        LeaseAttempt::Acquired(token) => {
+            flight.hold(Held(Box::new(Lease::new(store.clone(), key, token))));
+            true
+        }
+        LeaseAttempt::Held => false,
+        _ => true,
+    }
+}
+
 /// A lease held for a flight: renewed while it lives, given back when released (or, in the
 /// background, when dropped).
 struct Lease<St: Store> {

@@ -188,3 +188,73 @@ async fn a_lease_belongs_to_its_holder_and_expires() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A stale hot key on 4 instances: 1,000 requests spread over them inside its
+/// stale-while-revalidate window make 1 background refresh across the fleet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_hot_key_is_refreshed_once_per_fleet() {
+    if !redis_server::available() {
+        return;
+    }
+    let server = RedisServer::start();
+    for (on, expected) in [(true, 1..=1), (false, 2..=INSTANCES)] {
+        let namespace = exchange::fresh_namespace("refresh");
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut apps = Vec::new();
+        for _ in 0..INSTANCES {
+            let store = RedisStore::builder(server.url())
+                .namespace(&namespace)
+                .connect()
+                .await
+                .expect("connect");
+            let calls = calls.clone();
+            let app = Router::new()
+                .route(
+                    "/hot",
+                    get(move || {
+                        let calls = calls.clone();
+                        async move {
+                            // The first answer is stale at once; refreshes are fresh, and slow.
+                            let cc = if calls.fetch_add(1, SeqCst) == 0 {
+                                "max-age=0, stale-while-revalidate=60"
+                            } else {
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                                "max-age=60"
+                            };
+                            ([("cache-control", cc)], "hot")
+                        }
+                    }),
+                )
+                .layer(CacheLayer::builder(store).fleet_coalesce(on).build());
+            apps.push(app);
+        }
+        let (status, _, _) = exchange(&apps[0], "GET", "/hot").await;
+        assert_eq!(status.as_u16(), 200);
+        let mut tasks = Vec::new();
+        for i in 0..1000 {
+            let app = apps[i % INSTANCES].clone();
+            tasks.push(tokio::spawn(async move { exchange(&app, "GET", "/hot").await }));
+        }
+        for task in tasks {
+            let (status, _, body) = tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("answered")
+                .unwrap();
+            assert_eq!((status.as_u16(), body.as_str()), (200, "hot"));
+        }
+        // Let the refreshes still running finish.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut settled = calls.load(SeqCst);
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let now = calls.load(SeqCst);
+            if now == settled || Instant::now() > deadline {
+                break;
+            }
+            settled = now;
+        }
+        let refreshes = calls.load(SeqCst) - 1;
+        eprintln!("fleet coalescing {on}: {refreshes} background refresh(es) for 1,000 stale requests");
+        assert!(expected.contains(&refreshes), "fleet {on}: {refreshes} refreshes");
+    }
+}

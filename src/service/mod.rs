@@ -490,12 +490,17 @@ async fn refresh<S, St, ReqB, ResB>(
     body: ReqB,
     lookout: Lookout,
     stale: Stale,
-    flight: Flight,
+    mut flight: Flight,
 ) where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
     St: Store,
     ResB: Body<Error: Send + 'static>,
 {
+    // One refresh per fleet: an instance that finds another refreshing keeps serving stale.
+    if shared.config.fleet_coalesce && !Box::pin(fleet::refresh(&shared.store, &mut flight)).await {
+        flight.settle(Settlement::Retry);
+        return;
+    }
     Counters::count(&shared.counters.background_refreshes);
     let attempt = Attempt {
         lookout: &lookout,
@@ -507,10 +512,19 @@ async fn refresh<S, St, ReqB, ResB>(
     // A refresh that outlives its flight is abandoned: nothing waits on it any more, and
     // the next stale hit starts a new one.
     let deadline = tokio::time::Instant::from_std(flight.deadline());
-    match tokio::time::timeout_at(deadline, forward(&shared, &mut inner, parts, body, attempt)).await {
-        Ok(Ok((_response, settlement))) => flight.settle(settlement),
-        Ok(Err(_)) => tracing::warn!("background refresh failed; the stale entry stays"),
-        Err(_) => tracing::warn!("background refresh passed its deadline; abandoned"),
+    let settlement = match tokio::time::timeout_at(deadline, forward(&shared, &mut inner, parts, body, attempt)).await {
+        Ok(Ok((_response, settlement))) => Some(settlement),
+        Ok(Err(_)) => {
+            tracing::warn!("background refresh failed; the stale entry stays");
+            None
+        }
+        Err(_) => {
+            tracing::warn!("background refresh passed its deadline; abandoned");
+            None
+        }
+    };
+    if let Some(settlement) = settlement {
+        settle(Some(flight), settlement).await;
     }
 }
 
