@@ -44,6 +44,11 @@ where
     loop {
         match store.try_lease(key, LEASE_TTL).await {
             LeaseAttempt::Acquired(token) => {
+                // The lease may be free because its last holder just stored the entry.
+                if let Some(entry) = found().await {
+                    store.release_lease(key, token).await;
+                    return Fleet::Found(entry);
+                }
                 flight.hold(Held(Box::new(Lease::new(store.clone(), key.clone(), token))));
                 return Fleet::Call;
             }
@@ -61,11 +66,20 @@ where
 
 /// Whether this instance should make a background refresh of the flight's key: `true` when
 /// it took the lease (held by the flight from now on) or there is none; `false` when another
-/// instance is refreshing it.
-pub(crate) async fn refresh<St: Store>(store: &St, flight: &mut Flight) -> bool {
+/// instance is refreshing it, or has just refreshed it (`fresh` says whether the stored
+/// entry is fresh now).
+pub(crate) async fn refresh<St, F>(store: &St, flight: &mut Flight, fresh: F) -> bool
+where
+    St: Store,
+    F: std::future::Future<Output = bool>,
+{
     let key = flight.key().clone();
     match store.try_lease(&key, LEASE_TTL).await {
         LeaseAttempt::Acquired(token) => {
+            if fresh.await {
+                store.release_lease(&key, token).await;
+                return false;
+            }
             flight.hold(Held(Box::new(Lease::new(store.clone(), key, token))));
             true
         }

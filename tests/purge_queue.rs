@@ -239,6 +239,39 @@ async fn a_degraded_queue_invalidates_unpurged_entries_too() {
     );
 }
 
+/// Two tiered instances on `url_a` and `url_b` (one namespace), their feeds live, every book
+/// read once on each.
+async fn warm_tiered_pair(
+    url_a: String,
+    url_b: String,
+    op_timeout: Option<Duration>,
+) -> (TieredStore, TieredStore, Books, Router, Router) {
+    let namespace = fresh_namespace();
+    let tiered = |url: String| {
+        let namespace = namespace.clone();
+        async move {
+            let mut builder = RedisStore::builder(url)
+                .namespace(&namespace)
+                .clock_skew_margin(Duration::ZERO);
+            if let Some(timeout) = op_timeout {
+                builder = builder.op_timeout(timeout);
+            }
+            TieredStore::new(MemoryStore::new(), builder.connect().await.expect("connect"))
+        }
+    };
+    let store_a = tiered(url_a).await;
+    let store_b = tiered(url_b).await;
+    until("both feeds live", Duration::from_secs(10), || {
+        store_a.stats().coherent && store_b.stats().coherent
+    })
+    .await;
+    let books = Books::default();
+    let (a, b) = (instance(&books, store_a.clone()), instance(&books, store_b.clone()));
+    read_all(&a, &books, 1).await;
+    read_all(&b, &books, 1).await;
+    (store_a, store_b, books, a, b)
+}
+
 /// A tiered instance whose link to Redis is black-holed takes a mutation: its own memory tier
 /// drops the entry at once; once the link heals the purge lands and reaches the other
 /// instance's memory tier.
@@ -249,21 +282,7 @@ async fn a_tiered_purge_through_a_black_holed_link_lands_after_the_heal() {
     }
     let server = RedisServer::start();
     let proxy = Proxy::start(([127, 0, 0, 1], server.port).into()).await;
-    let namespace = fresh_namespace();
-    let tiered = |url: String| {
-        let namespace = namespace.clone();
-        async move { TieredStore::new(MemoryStore::new(), redis(url, &namespace, 1 << 20).await) }
-    };
-    let store_a = tiered(proxy.url()).await;
-    let store_b = tiered(server.url()).await;
-    until("both feeds live", Duration::from_secs(10), || {
-        store_a.stats().coherent && store_b.stats().coherent
-    })
-    .await;
-    let books = Books::default();
-    let (a, b) = (instance(&books, store_a.clone()), instance(&books, store_b.clone()));
-    read_all(&a, &books, 1).await;
-    read_all(&b, &books, 1).await;
+    let (store_a, store_b, books, a, b) = warm_tiered_pair(proxy.url(), server.url(), None).await;
 
     proxy.black_hole();
     let (status, _, _) = send(&a, "POST", "/books/5/reviews").await;
@@ -304,30 +323,8 @@ async fn a_landed_tiered_purge_stays_pending_until_every_memory_tier_applied_it(
     let link_a = Proxy::start(([127, 0, 0, 1], server.port).into()).await;
     let link_b = Proxy::start(([127, 0, 0, 1], server.port).into()).await;
     link_b.set_delay(Duration::from_millis(100));
-    let namespace = fresh_namespace();
-    let tiered = |url: String| {
-        let namespace = namespace.clone();
-        async move {
-            let l2 = RedisStore::builder(url)
-                .namespace(&namespace)
-                .clock_skew_margin(Duration::ZERO)
-                .op_timeout(Duration::from_secs(1))
-                .connect()
-                .await
-                .expect("connect");
-            TieredStore::new(MemoryStore::new(), l2)
-        }
-    };
-    let store_a = tiered(link_a.url()).await;
-    let store_b = tiered(link_b.url()).await;
-    until("both feeds live", Duration::from_secs(10), || {
-        store_a.stats().coherent && store_b.stats().coherent
-    })
-    .await;
-    let books = Books::default();
-    let (a, b) = (instance(&books, store_a.clone()), instance(&books, store_b.clone()));
-    read_all(&a, &books, 1).await;
-    read_all(&b, &books, 1).await;
+    let (store_a, store_b, books, a, b) =
+        warm_tiered_pair(link_a.url(), link_b.url(), Some(Duration::from_secs(1))).await;
     let (_, warm_stale) = read_all(&b, &books, 1).await;
     assert_eq!(warm_stale, 0);
 

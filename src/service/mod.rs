@@ -497,9 +497,12 @@ async fn refresh<S, St, ReqB, ResB>(
     ResB: Body<Error: Send + 'static>,
 {
     // One refresh per fleet: an instance that finds another refreshing keeps serving stale.
-    if shared.config.fleet_coalesce && !Box::pin(fleet::refresh(&shared.store, &mut flight)).await {
-        flight.settle(Settlement::Retry);
-        return;
+    if shared.config.fleet_coalesce {
+        let fresh = async { matches!(lookup(&shared, &lookout, &parts.headers).await, Found::Fresh(_)) };
+        if !Box::pin(fleet::refresh(&shared.store, &mut flight, fresh)).await {
+            flight.settle(Settlement::Retry);
+            return;
+        }
     }
     Counters::count(&shared.counters.background_refreshes);
     let attempt = Attempt {
