@@ -550,9 +550,10 @@ impl Reply {
         self.cache_status().contains("; hit")
     }
 
+    /// A miss (of the URI, or of this variant of it: `vary-miss`) whose response was stored.
     fn is_stored_miss(&self) -> bool {
         let status = self.cache_status();
-        status.contains("fwd=miss") && status.contains("; stored")
+        (status.contains("fwd=miss") || status.contains("fwd=vary-miss")) && status.contains("; stored")
     }
 
     fn json(&self) -> Value {
