@@ -118,6 +118,17 @@ where
     }
 }
 
+/// [`run_to_completion`] for the purge a successful mutation makes: a
+/// [`PurgeForwarding`](crate::store::PurgeForwarding) store reports it as
+/// [`PurgeOrigin::Mutation`](crate::store::PurgeOrigin::Mutation).
+pub(crate) async fn purge_after_mutation<F>(purge: F) -> F::Output
+where
+    F: Future + Send + 'static,
+    F::Output: Default + Send + 'static,
+{
+    run_to_completion(crate::store::as_mutation(purge)).await
+}
+
 /// Methods whose success can change server state (RFC 9110 §9.2.1).
 pub(crate) fn is_unsafe(method: &Method) -> bool {
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE)

@@ -629,7 +629,7 @@ pub(super) async fn invalidate_target<St: Store>(
 ) {
     let tags = crate::invalidate::rfc9111_tags(request, response);
     let shared = shared.clone();
-    crate::invalidate::run_to_completion(async move {
+    crate::invalidate::purge_after_mutation(async move {
         if let Err(error) = shared.store.purge(&tags, PurgeMode::Hard).await {
             shared.counters.store_error();
             tracing::error!(%error, ?tags, "purge of a mutated URI failed");
