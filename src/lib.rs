@@ -59,7 +59,7 @@
 //! | stored responses | [`store::CachedResponse`], [`store::Entry`] and its versioned binary encoding ([`store::DecodeError`]) |
 //! | gRPC (tonic, feature `grpc`) | the `grpc` module: `GrpcMethods`, `GrpcMethod`, reached by the HTTP core through one internal interface |
 //! | bounds shared by the layers | [`HttpService`], [`SendBody`] |
-//! | filling the cache ahead of traffic | [`CacheLayer::warm`], [`WarmReport`] |
+//! | filling the cache ahead of traffic | [`CacheLayer::warm`], [`WarmReport`]; on a schedule [`CacheLayer::keep_warm`], [`KeepWarm`], [`WarmHandle`], [`WarmRound`] |
 //! | observability | [`CacheOutcome`] on every response, [`CacheStats`], [`BypassReason`], the `Cache-Status` ([`CacheStatusHeader`], [`CacheStatusName`]) and `Age` headers, `tracing` events |
 //!
 //! # Feature flags
@@ -113,7 +113,7 @@ pub use service::CacheService;
 pub use status::{CacheOutcome, CacheStatusHeader, CacheStatusName, InvalidCacheStatusName, Served, StaleReason};
 pub use store::{MemoryStore, PurgeMode, Store, StoreError};
 pub use tags::CacheTags;
-pub use warm::WarmReport;
+pub use warm::{KeepWarm, WarmHandle, WarmReport, WarmRound};
 
 // The README's Rust examples, compiled and run as doctests (they use every feature).
 #[cfg(all(doctest, feature = "grpc", feature = "redis"))]
