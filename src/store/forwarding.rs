@@ -291,12 +291,17 @@ impl<S> PurgeForwarding<S> {
     }
 
     fn forward(&self, event: PurgeEvent) {
-        if let Err(error) = self.queue.try_send(event) {
-            self.counters.dropped.fetch_add(1, Relaxed);
-            let event = match &error {
-                mpsc::error::TrySendError::Full(event) | mpsc::error::TrySendError::Closed(event) => event,
-            };
-            tracing::warn!(?event, "purge not forwarded: the forwarding queue is full");
+        match self.queue.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(event)) => {
+                self.counters.dropped.fetch_add(1, Relaxed);
+                tracing::warn!(?event, "purge not forwarded: the forwarding queue is full");
+            }
+            Err(mpsc::error::TrySendError::Closed(event)) => {
+                self.counters.dropped.fetch_add(1, Relaxed);
+                // The task ends only with its runtime, or when the sink panicked.
+                tracing::error!(?event, "purge not forwarded: the forwarding task has ended");
+            }
         }
     }
 }
@@ -535,6 +540,40 @@ mod tests {
         );
         assert!(seen[4].all && seen[4].tags.is_empty());
         assert_eq!(store.stats().delivered, 5);
+    }
+
+    #[tokio::test]
+    async fn purges_the_layers_make_after_a_mutation_say_so() {
+        use tower::ServiceExt;
+        let (sink, seen, notify) = recording();
+        let store = PurgeForwarding::new(MemoryStore::new(), sink);
+        let origin = tower::service_fn(|_: http::Request<()>| async {
+            let mut response = http::Response::new(http_body_util::Empty::<bytes::Bytes>::new());
+            response
+                .extensions_mut()
+                .insert(crate::Invalidate::tags(["book:1"]).soft());
+            Ok::<_, std::convert::Infallible>(response)
+        });
+        let app = tower::ServiceBuilder::new()
+            .layer(crate::CacheLayer::new(store.clone()))
+            .layer(crate::InvalidateLayer::new(store.clone()))
+            .service(origin);
+        let request = http::Request::post("/books/1/reviews").body(()).unwrap();
+        app.oneshot(request).await.unwrap();
+        store.purge_tags(["later"]).await.unwrap();
+        until(&notify, &seen, 3).await;
+
+        let seen = seen.lock().unwrap();
+        let (origins, modes): (Vec<_>, Vec<_>) = seen.iter().map(|e| (e.origin, e.mode)).unzip();
+        use PurgeOrigin::{Mutation, Programmatic};
+        assert_eq!(origins, [Mutation, Mutation, Programmatic]);
+        assert_eq!(modes, [PurgeMode::Hard, PurgeMode::Soft, PurgeMode::Hard]);
+        assert_eq!(
+            seen[0].paths,
+            ["/books/1/reviews"],
+            "the target, once: the CacheLayer saw it purged"
+        );
+        assert_eq!(seen[1].tags, ["book:1"]);
     }
 
     #[tokio::test]
