@@ -5,7 +5,8 @@
 //! ```
 //!
 //! serves the catalogue on a free loopback port, plays a scripted client against it and prints
-//! what the cache did for each request: a miss then a hit, HEAD answered from the cache, a
+//! what the cache did for each request: the top pages warmed before the server took traffic
+//! (as after a deploy, and kept warm on an interval), a miss then a hit, HEAD answered from the cache, a
 //! conditional request answered `304`, two users' private pages kept apart, a request with
 //! `Authorization` that the cache neither answers nor stores, a review that invalidates its
 //! book (and only its book), a burst of concurrent requests collapsed into one origin call, and
@@ -42,7 +43,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tower_response_cache::store::BoxStore;
-use tower_response_cache::{CacheLayer, CacheTags, Invalidate, InvalidateLayer, MemoryStore, RouteOverride};
+use tower_response_cache::{CacheLayer, CacheTags, Invalidate, InvalidateLayer, KeepWarm, MemoryStore, RouteOverride};
 
 /// What one database round trip costs.
 const QUERY_LATENCY: Duration = Duration::from_millis(20);
@@ -57,6 +58,8 @@ const USAGE: &str =
     "usage: tour [--serve [--addr 127.0.0.1:PORT]] [--store memory|redis://HOST:PORT|tiered+redis://HOST:PORT]";
 /// Concurrent requests in the stampede step.
 const BURST: usize = 50;
+/// The pages kept warm from before the first request (after a deploy).
+const TOP_PAGES: [&str; 3] = ["/books/top", "/books/3", "/books/4"];
 
 // ---------------------------------------------------------------- the store
 
@@ -511,9 +514,9 @@ async fn stats(State(state): State<AppState>) -> Response {
     ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
 }
 
-fn app(state: AppState) -> Router {
-    let cache = state.cache.clone();
-    let invalidate = InvalidateLayer::new(cache.store().clone());
+/// The catalogue without its cache: what the cache layer wraps, and what warming calls.
+fn routes(state: AppState) -> Router {
+    let invalidate = InvalidateLayer::new(state.cache.store().clone());
     Router::new()
         .route("/books", get(books))
         .route("/books/top", get(top_books))
@@ -524,7 +527,11 @@ fn app(state: AppState) -> Router {
         .route("/stats", get(stats))
         .with_state(state)
         .layer(invalidate)
-        .layer(cache)
+}
+
+fn app(state: AppState) -> Router {
+    let cache = state.cache.clone();
+    routes(state).layer(cache)
 }
 
 // ---------------------------------------------------------------- the scripted client
@@ -550,9 +557,10 @@ impl Reply {
         self.cache_status().contains("; hit")
     }
 
+    /// A miss (of the URI, or of this variant of it: `vary-miss`) whose response was stored.
     fn is_stored_miss(&self) -> bool {
         let status = self.cache_status();
-        status.contains("fwd=miss") && status.contains("; stored")
+        (status.contains("fwd=miss") || status.contains("fwd=vary-miss")) && status.contains("; stored")
     }
 
     fn json(&self) -> Value {
@@ -687,6 +695,12 @@ fn print_row(step: &str, request: &str, status: &str, cache_status: &str, latenc
 
 /// The tour itself: each step shows one behaviour of the cache and checks it.
 async fn play(s: &mut Script) -> Result<(), String> {
+    // After a deploy: the top pages were warmed before traffic arrived.
+    for page in TOP_PAGES {
+        let warm = s.step(Method::GET, page, &[]).await?;
+        s.check(warm.is_hit(), "a hit: warmed before the first request")?;
+    }
+
     let first = s.step(Method::GET, "/books/1", &[]).await?;
     s.check(first.status == StatusCode::OK, "200")?;
     s.check(first.is_stored_miss(), "a miss, stored")?;
@@ -695,13 +709,13 @@ async fn play(s: &mut Script) -> Result<(), String> {
 
     let second = s.step(Method::GET, "/books/1", &[]).await?;
     s.check(second.is_hit(), "a hit")?;
-    s.check(second.body == first.body, "the body of step 1")?;
+    s.check(second.body == first.body, "the body of the first answer")?;
     s.check(second.headers.contains_key("age"), "an Age header")?;
 
     let head = s.step(Method::HEAD, "/books/1", &[]).await?;
     s.check(head.is_hit(), "HEAD answered from the GET entry")?;
     s.check(head.body.is_empty(), "no body")?;
-    s.check(head.header("etag") == etag, "the ETag of step 1")?;
+    s.check(head.header("etag") == etag, "the ETag of the first answer")?;
 
     let revalidated = s.step(Method::GET, "/books/1", &[("if-none-match", &etag)]).await?;
     s.check(revalidated.status == StatusCode::NOT_MODIFIED, "304")?;
@@ -787,15 +801,16 @@ async fn play(s: &mut Script) -> Result<(), String> {
         "origin: {} calls {}, /slow keys {}",
         origin["total"], origin["routes"], origin["slow_keys"]
     );
-    // Hits never reach the origin: /books/{id} ran for steps 1, 8 (credentials), book 2 and the
-    // purged book 1; /me once per user; the burst once.
+    // Hits never reach the origin: /books/{id} ran for warming books 3 and 4, the first GET of
+    // book 1, the request with credentials, book 2 and the purged book 1; /me once per user;
+    // the burst once.
     let hits = &cache["hits"];
     s.check(
-        *hits == 5,
-        format!("5 hits (GET, HEAD, 304, alice again, book 2), not {hits}"),
+        *hits == 8,
+        format!("8 hits (3 warmed pages, GET, HEAD, 304, alice again, book 2), not {hits}"),
     )?;
     let books = &origin["routes"]["GET /books/{id}"];
-    s.check(*books == 4, format!("4 origin calls for /books/{{id}}, not {books}"))?;
+    s.check(*books == 6, format!("6 origin calls for /books/{{id}}, not {books}"))?;
     let me = &origin["routes"]["GET /me"];
     s.check(*me == 2, format!("2 origin calls for /me, not {me}"))?;
     let burst = &origin["slow_keys"]["burst"];
@@ -862,10 +877,39 @@ async fn tour(store: &str) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let state = AppState::new(store, db);
+
+    // After a deploy: the top pages are warm before traffic arrives, and kept warm.
+    let top_pages = || {
+        TOP_PAGES.map(|path| {
+            Request::get(path)
+                .body(axum::body::Body::empty())
+                .expect("a valid request")
+        })
+    };
+    let schedule = KeepWarm::every(Duration::from_secs(300)).jitter(Duration::from_secs(30));
+    let mut warming = state.cache.keep_warm(routes(state.clone()), top_pages, schedule);
+    let first = warming
+        .next_round()
+        .await
+        .ok_or("warming stopped before its first round")?;
+    println!(
+        "After deploy: {} top pages warmed before the server takes traffic ({} stored).",
+        first.report.requested, first.report.stored
+    );
+    if first.report.stored != TOP_PAGES.len() {
+        return Err(format!(
+            "warming stored {} of {} pages",
+            first.report.stored,
+            TOP_PAGES.len()
+        ));
+    }
+
     // The server task ends with the runtime, when `main` returns.
-    tokio::spawn(async move { axum::serve(listener, app(AppState::new(store, db))).await });
+    tokio::spawn(async move { axum::serve(listener, app(state)).await });
     println!("Book catalogue on http://{addr}; every database query takes {QUERY_LATENCY:?}.");
     play(&mut Script::new(addr)).await?;
+    warming.stop().await;
     println!("tour: every check passed");
     Ok(())
 }

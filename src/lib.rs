@@ -54,12 +54,12 @@
 //! | the layer and its settings | [`CacheLayer`], [`CacheLayerBuilder`] (every setting and its default), [`CacheService`], [`ResponseFuture`], [`CacheBody`] |
 //! | caching decisions (RFC 9111, RFC 5861, RFC 9213) | [`CacheLayerBuilder`] settings, and per route [`RouteOverride`] |
 //! | keys | [`CacheKey`]; [`CacheLayer::cache_key`] shows the key of a request |
-//! | tagging and purging | [`CacheTags`] on reads; [`Invalidate`] and the [`invalidate`] module ([`InvalidateLayer`], [`InvalidateLayerBuilder`]) on writes; [`Store::purge_tags`] from code |
+//! | tagging and purging | [`CacheTags`] on reads; [`Invalidate`] and the [`invalidate`] module ([`InvalidateLayer`], [`InvalidateLayerBuilder`]) on writes; [`Store::purge_tags`] from code; over HTTP `invalidate::PurgeEndpoint` (feature `purge-endpoint`); to a CDN in front [`store::PurgeForwarding`] and a [`store::PurgeSink`] such as `store::HttpPurgeSink` (feature `cdn-http`) |
 //! | stores | the [`store`] module: the [`Store`] trait, [`MemoryStore`], `RedisStore` and `TieredStore` (feature `redis`), [`store::BoxStore`] to choose one at run time, [`store::PurgeStamps`] and the `store::conformance` suite (feature `test-util`) for your own store |
 //! | stored responses | [`store::CachedResponse`], [`store::Entry`] and its versioned binary encoding ([`store::DecodeError`]) |
 //! | gRPC (tonic, feature `grpc`) | the `grpc` module: `GrpcMethods`, `GrpcMethod`, reached by the HTTP core through one internal interface |
 //! | bounds shared by the layers | [`HttpService`], [`SendBody`] |
-//! | filling the cache ahead of traffic | [`CacheLayer::warm`], [`WarmReport`] |
+//! | filling the cache ahead of traffic | [`CacheLayer::warm`], [`WarmReport`]; on a schedule [`CacheLayer::keep_warm`], [`KeepWarm`], [`WarmHandle`], [`WarmRound`] |
 //! | observability | [`CacheOutcome`] on every response, [`CacheStats`], [`BypassReason`], the `Cache-Status` ([`CacheStatusHeader`], [`CacheStatusName`]) and `Age` headers, `tracing` events |
 //!
 //! # Feature flags
@@ -70,6 +70,8 @@
 //! | `redis-tls` | no | `redis`, and TLS to Redis (`rediss://`) with rustls |
 //! | `grpc` | no | caching opted-in unary gRPC calls and purging after gRPC mutations (the `grpc` module) |
 //! | `test-util` | no | `store::conformance`, the suite a store must pass, for third-party store authors |
+//! | `cdn-http` | no | `store::HttpPurgeSink`: purges passed on to a CDN over HTTP (Fastly's API, or `PURGE` per URL) |
+//! | `purge-endpoint` | no | `invalidate::PurgeEndpoint`: an authenticated HTTP endpoint that purges by tag or URI |
 //!
 //! # Minimum supported Rust
 //!
@@ -112,7 +114,7 @@ pub use service::CacheService;
 pub use status::{CacheOutcome, CacheStatusHeader, CacheStatusName, InvalidCacheStatusName, Served, StaleReason};
 pub use store::{MemoryStore, PurgeMode, Store, StoreError};
 pub use tags::CacheTags;
-pub use warm::WarmReport;
+pub use warm::{KeepWarm, WarmHandle, WarmReport, WarmRound};
 
 // The README's Rust examples, compiled and run as doctests (they use every feature).
 #[cfg(all(doctest, feature = "grpc", feature = "redis"))]

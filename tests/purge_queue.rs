@@ -323,7 +323,7 @@ async fn a_landed_tiered_purge_stays_pending_until_every_memory_tier_applied_it(
     let link_a = Proxy::start(([127, 0, 0, 1], server.port).into()).await;
     let link_b = Proxy::start(([127, 0, 0, 1], server.port).into()).await;
     link_b.set_delay(Duration::from_millis(100));
-    let (store_a, store_b, books, a, b) =
+    let (store_a, _store_b, books, a, b) =
         warm_tiered_pair(link_a.url(), link_b.url(), Some(Duration::from_secs(1))).await;
     let (_, warm_stale) = read_all(&b, &books, 1).await;
     assert_eq!(warm_stale, 0);

@@ -17,6 +17,9 @@
 //! `CacheLayer` purges the target URI (RFC 9111 §4.4) cancels this layer before it has seen
 //! the response, and so before it knows what else to purge.
 //!
+//! With the feature `purge-endpoint`, a `PurgeEndpoint` purges by tag or URI over HTTP,
+//! behind an authorisation check the application supplies.
+//!
 //! gRPC calls are judged by their `grpc-status`, not their HTTP status, and purge only what
 //! their response names or, for the mutations declared with [`InvalidateLayerBuilder::grpc`], what
 //! their tag function and the rules name. Their purge runs before their trailers are passed
@@ -40,10 +43,15 @@
 //! ```
 
 mod body;
+#[cfg(feature = "purge-endpoint")]
+mod endpoint;
 mod layer;
 mod service;
 
 pub use body::InvalidateBody;
+#[cfg(feature = "purge-endpoint")]
+#[cfg_attr(docsrs, doc(cfg(feature = "purge-endpoint")))]
+pub use endpoint::{PurgeEndpoint, PurgeEndpointFuture};
 pub use layer::{InvalidateLayer, InvalidateLayerBuilder, InvalidateStats};
 pub use service::{InvalidateFuture, InvalidateService};
 
@@ -116,6 +124,17 @@ where
         },
         Err(_) => purge.await,
     }
+}
+
+/// [`run_to_completion`] for the purge a successful mutation makes: a
+/// [`PurgeForwarding`](crate::store::PurgeForwarding) store reports it as
+/// [`PurgeOrigin::Mutation`](crate::store::PurgeOrigin::Mutation).
+pub(crate) async fn purge_after_mutation<F>(purge: F) -> F::Output
+where
+    F: Future + Send + 'static,
+    F::Output: Default + Send + 'static,
+{
+    run_to_completion(crate::store::as_mutation(purge)).await
 }
 
 /// Methods whose success can change server state (RFC 9110 §9.2.1).

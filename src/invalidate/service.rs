@@ -295,7 +295,7 @@ async fn declared_mutation<St, B>(
 /// Runs the purges to their end whatever the client does; the response waits for them
 /// (read-your-own-writes). `true` when the hard purge (if any) succeeded.
 async fn purge<St: Store>(shared: Arc<Shared<St>>, purges: Purges) -> bool {
-    super::run_to_completion(apply(shared, purges)).await
+    super::purge_after_mutation(apply(shared, purges)).await
 }
 
 async fn apply<St: Store>(shared: Arc<Shared<St>>, purges: Purges) -> bool {

@@ -636,7 +636,7 @@ pub(super) async fn invalidate_target<St: Store>(
 ) {
     let tags = crate::invalidate::rfc9111_tags(request, response);
     let shared = shared.clone();
-    crate::invalidate::run_to_completion(async move {
+    crate::invalidate::purge_after_mutation(async move {
         let purge = shared.store.purge(&tags, PurgeMode::Hard);
         if let Err(error) = shared.counters.timed(Timed::StorePurge, purge).await {
             shared.counters.store_error();

@@ -7,6 +7,8 @@
 //! A store is chosen at compile time (`CacheLayer<MemoryStore>`), or at run time behind a
 //! [`BoxStore`]; an `Arc<S>` of a store is a store too. A store written outside this crate
 //! gets the no-resurrection rule from [`PurgeStamps`] instead of re-implementing it.
+//! [`PurgeForwarding`] wraps a store to pass its purges on to a [`PurgeSink`], such as a
+//! CDN in front (`HttpPurgeSink`, feature `cdn-http`).
 //!
 //! Every store must pass `conformance::run` (feature `test-util`), the suite the crate's own
 //! stores run.
@@ -19,6 +21,9 @@ mod breaker;
 pub mod conformance;
 #[cfg(feature = "redis")]
 mod feed;
+mod forwarding;
+#[cfg(feature = "cdn-http")]
+mod http_sink;
 mod memory;
 #[cfg(feature = "redis")]
 mod purge_queue;
@@ -33,6 +38,13 @@ mod tiered;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::{MaxmemoryPolicy, RedisStore, RedisStoreBuilder, RedisStoreStats};
 pub use boxed::BoxStore;
+pub(crate) use forwarding::as_mutation;
+pub use forwarding::{
+    PurgeEvent, PurgeForwarding, PurgeForwardingBuilder, PurgeForwardingStats, PurgeOrigin, PurgeSink, PurgeSinkError,
+};
+#[cfg(feature = "cdn-http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cdn-http")))]
+pub use http_sink::HttpPurgeSink;
 pub use memory::{MemoryStore, MemoryStoreBuilder, MemoryStoreStats};
 pub use purge_stamps::{PurgeStamps, StampedEntry};
 #[cfg(feature = "redis")]
