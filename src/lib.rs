@@ -52,8 +52,9 @@
 //! | concern | items |
 //! |---|---|
 //! | the layer and its settings | [`CacheLayer`], [`CacheLayerBuilder`] (every setting and its default), [`CacheService`], [`ResponseFuture`], [`CacheBody`] |
-//! | caching decisions (RFC 9111, RFC 5861, RFC 9213) | [`CacheLayerBuilder`] settings, and per route [`RouteOverride`] |
-//! | keys | [`CacheKey`]; [`CacheLayer::cache_key`] shows the key of a request |
+//! | caching decisions (RFC 9111, RFC 5861, RFC 9213) | [`CacheLayerBuilder`] settings; per request a [`CachePolicy`] returning a [`CacheDecision`] ([`Scope`], [`DefaultPolicy`]), and per route [`RouteOverride`] |
+//! | keys | [`CacheKey`]; [`CacheLayer::cache_key`] shows the key of a request; [`CacheLayerBuilder::vary_by_header`], [`CacheLayerBuilder::key_with`], and per-identity entries with [`CacheLayerBuilder::vary_by_identity`] |
+//! | stampedes | coalescing in the process, and across instances through a lease in the store ([`CacheLayerBuilder::fleet_coalesce`], [`Store::try_lease`]) |
 //! | tagging and purging | [`CacheTags`] on reads; [`Invalidate`] and the [`invalidate`] module ([`InvalidateLayer`], [`InvalidateLayerBuilder`]) on writes; [`Store::purge_tags`] from code; over HTTP `invalidate::PurgeEndpoint` (feature `purge-endpoint`); to a CDN in front [`store::PurgeForwarding`] and a [`store::PurgeSink`] such as `store::HttpPurgeSink` (feature `cdn-http`) |
 //! | stores | the [`store`] module: the [`Store`] trait, [`MemoryStore`], `RedisStore` and `TieredStore` (feature `redis`), [`store::BoxStore`] to choose one at run time, [`store::PurgeStamps`] and the `store::conformance` suite (feature `test-util`) for your own store |
 //! | stored responses | [`store::CachedResponse`], [`store::Entry`] and its versioned binary encoding ([`store::DecodeError`]) |
@@ -72,6 +73,7 @@
 //! | `test-util` | no | `store::conformance`, the suite a store must pass, for third-party store authors |
 //! | `cdn-http` | no | `store::HttpPurgeSink`: purges passed on to a CDN over HTTP (Fastly's API, or `PURGE` per URL) |
 //! | `purge-endpoint` | no | `invalidate::PurgeEndpoint`: an authenticated HTTP endpoint that purges by tag or URI |
+//! | `metrics` | no | counts and latencies recorded through the `metrics` facade (see [`CacheStats`]) |
 //!
 //! # Minimum supported Rust
 //!
