@@ -252,7 +252,7 @@ impl MemoryStore {
         self.shared.cache.clear();
     }
 
-    fn get_now(&self, key: &CacheKey) -> Lookup {
+    fn read(&self, key: &CacheKey) -> Lookup {
         let Some(slot) = self.shared.cache.get(key) else {
             return Lookup::Miss;
         };
@@ -326,7 +326,11 @@ impl Store for MemoryStore {
     }
 
     async fn get(&self, key: &CacheKey) -> Result<Lookup, StoreError> {
-        Ok(self.get_now(key))
+        Ok(self.read(key))
+    }
+
+    fn get_now(&self, key: &CacheKey) -> Option<Lookup> {
+        Some(self.read(key))
     }
 
     async fn put(&self, key: CacheKey, entry: Entry, ttl: Duration) -> Result<bool, StoreError> {
