@@ -15,8 +15,15 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Bytes a slot costs beyond its entry: key, deadline, index and queue bookkeeping.
-const SLOT_OVERHEAD: u64 = 96;
+/// Bytes a slot costs beyond what its entry's own weight counts: the key's and the slot's
+/// allocations, the cache's index and its resident and ghost queues, the response's structures
+/// (its `Arc`, header tables, tag strings) and the allocator's bookkeeping of each. Measured
+/// with `examples/memory_budget` (resident growth per entry held, empty bodies to 64 KiB).
+const SLOT_OVERHEAD: u64 = 512;
+
+/// The share of a body's bytes that the allocator spends on top of them (rounding, and the
+/// gaps that bodies of evicted entries leave), measured likewise: 1/32.
+const BODY_SLACK_SHIFT: u32 = 5;
 
 #[derive(Clone)]
 struct Slot {
@@ -38,7 +45,11 @@ impl Weighter<CacheKey, Slot> for ByteWeighter {
 /// An entry's weight, with the purge bookkeeping of its `tags` if it has a hold.
 fn weight(key: &CacheKey, entry: &Entry, tags: Option<usize>) -> u64 {
     let stamps = tags.map_or(0, |n| HOLD_BYTES + n as u64 * RECORD_BYTES);
-    SLOT_OVERHEAD + key.as_bytes().len() as u64 + entry.weight() as u64 + stamps
+    let slack = match entry {
+        Entry::Response(response) => response.body.len() as u64 >> BODY_SLACK_SHIFT,
+        Entry::Variants(_) => 0,
+    };
+    SLOT_OVERHEAD + key.as_bytes().len() as u64 + entry.weight() as u64 + slack + stamps
 }
 
 #[derive(Clone, Default)]
