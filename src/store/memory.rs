@@ -29,6 +29,8 @@ const BODY_SLACK_SHIFT: u32 = 5;
 struct Slot {
     entry: Entry,
     expires: Instant,
+    /// When the response's request started, µs (what its stamps are judged against).
+    started: u64,
     /// The entry's claim on its tags' stamps (responses only).
     hold: Option<Arc<Hold>>,
 }
@@ -272,17 +274,15 @@ impl MemoryStore {
             return Lookup::Miss;
         }
         match (slot.entry, slot.hold) {
-            (Entry::Response(response), Some(hold)) => {
-                match self.shared.stamps.judge(micros(response.request_time), &hold) {
-                    Verdict::Valid => Lookup::Found(Entry::Response(response)),
-                    Verdict::SoftPurged => Lookup::SoftPurged(response),
-                    Verdict::Purged => {
-                        self.shared.invalidated.fetch_add(1, Relaxed);
-                        self.shared.cache.remove(key);
-                        Lookup::Purged
-                    }
+            (Entry::Response(response), Some(hold)) => match self.shared.stamps.judge(slot.started, &hold) {
+                Verdict::Valid => Lookup::Found(Entry::Response(response)),
+                Verdict::SoftPurged => Lookup::SoftPurged(response),
+                Verdict::Purged => {
+                    self.shared.invalidated.fetch_add(1, Relaxed);
+                    self.shared.cache.remove(key);
+                    Lookup::Purged
                 }
-            }
+            },
             (Entry::Response(_), None) => Lookup::Miss,
             (variants @ Entry::Variants(_), _) => Lookup::Found(variants),
         }
@@ -299,21 +299,24 @@ impl MemoryStore {
         if weight(&key, &entry, tags) > self.shared.max_bytes {
             return false;
         }
-        let hold = match &entry {
+        let (hold, started) = match &entry {
             Entry::Response(response) => {
-                match self
-                    .shared
-                    .stamps
-                    .admit(micros(response.request_time), &response.tags, how)
-                {
-                    Some(hold) => Some(Arc::new(hold)),
+                let started = micros(response.request_time);
+                match self.shared.stamps.admit(started, &response.tags, how) {
+                    Some(hold) => (Some(Arc::new(hold)), started),
                     None => return false,
                 }
             }
-            Entry::Variants(_) => None,
+            Entry::Variants(_) => (None, 0),
         };
         let expires = Instant::now().checked_add(ttl).unwrap_or_else(far_future);
-        self.shared.cache.insert(key, Slot { entry, expires, hold });
+        let slot = Slot {
+            entry,
+            expires,
+            started,
+            hold,
+        };
+        self.shared.cache.insert(key, slot);
         true
     }
 
