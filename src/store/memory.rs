@@ -25,14 +25,20 @@ const SLOT_OVERHEAD: u64 = 512;
 /// gaps that bodies of evicted entries leave), measured likewise: 1/32.
 const BODY_SLACK_SHIFT: u32 = 5;
 
+/// What the cache holds under a key, behind one `Arc`: a read counts one reference, and
+/// touches the hold only when a purge may concern the entry.
 #[derive(Clone)]
-struct Slot {
+struct Slot(Arc<Held>);
+
+struct Held {
     entry: Entry,
     expires: Instant,
     /// When the response's request started, µs (what its stamps are judged against).
     started: u64,
+    /// The purge-all epoch it was admitted in (a copy of its hold's).
+    epoch: u64,
     /// The entry's claim on its tags' stamps (responses only).
-    hold: Option<Arc<Hold>>,
+    hold: Option<Hold>,
 }
 
 #[derive(Clone)]
@@ -40,7 +46,7 @@ struct ByteWeighter;
 
 impl Weighter<CacheKey, Slot> for ByteWeighter {
     fn weight(&self, key: &CacheKey, slot: &Slot) -> u64 {
-        weight(key, &slot.entry, slot.hold.as_ref().map(|h| h.tags()))
+        weight(key, &slot.0.entry, slot.0.hold.as_ref().map(|h| h.tags()))
     }
 }
 
@@ -269,22 +275,26 @@ impl MemoryStore {
         let Some(slot) = self.shared.cache.get(key) else {
             return Lookup::Miss;
         };
-        if slot.expires <= Instant::now() {
+        let held = &*slot.0;
+        if held.expires <= Instant::now() {
+            drop(slot);
             self.shared.cache.remove(key);
             return Lookup::Miss;
         }
-        match (slot.entry, slot.hold) {
-            (Entry::Response(response), Some(hold)) => match self.shared.stamps.judge(slot.started, &hold) {
-                Verdict::Valid => Lookup::Found(Entry::Response(response)),
-                Verdict::SoftPurged => Lookup::SoftPurged(response),
-                Verdict::Purged => {
-                    self.shared.invalidated.fetch_add(1, Relaxed);
-                    self.shared.cache.remove(key);
-                    Lookup::Purged
+        match (&held.entry, &held.hold) {
+            (Entry::Response(response), Some(hold)) => {
+                match self.shared.stamps.judge_in(held.started, held.epoch, hold) {
+                    Verdict::Valid => Lookup::Found(Entry::Response(response.clone())),
+                    Verdict::SoftPurged => Lookup::SoftPurged(response.clone()),
+                    Verdict::Purged => {
+                        self.shared.invalidated.fetch_add(1, Relaxed);
+                        self.shared.cache.remove(key);
+                        Lookup::Purged
+                    }
                 }
-            },
+            }
             (Entry::Response(_), None) => Lookup::Miss,
-            (variants @ Entry::Variants(_), _) => Lookup::Found(variants),
+            (variants @ Entry::Variants(_), _) => Lookup::Found(variants.clone()),
         }
     }
 
@@ -303,19 +313,21 @@ impl MemoryStore {
             Entry::Response(response) => {
                 let started = micros(response.request_time);
                 match self.shared.stamps.admit(started, &response.tags, how) {
-                    Some(hold) => (Some(Arc::new(hold)), started),
+                    Some(hold) => (Some(hold), started),
                     None => return false,
                 }
             }
             Entry::Variants(_) => (None, 0),
         };
         let expires = Instant::now().checked_add(ttl).unwrap_or_else(far_future);
-        let slot = Slot {
+        let epoch = hold.as_ref().map_or(0, Hold::epoch);
+        let slot = Slot(Arc::new(Held {
             entry,
             expires,
             started,
+            epoch,
             hold,
-        };
+        }));
         self.shared.cache.insert(key, slot);
         true
     }

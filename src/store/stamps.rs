@@ -258,6 +258,11 @@ impl Hold {
     pub(crate) fn tags(&self) -> usize {
         self.digests.len()
     }
+
+    /// The purge-all epoch the entry was admitted in.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch
+    }
 }
 
 impl Drop for Hold {
@@ -369,7 +374,14 @@ impl TagStamps {
 
     /// Judges a held entry whose request started at `started`.
     pub(crate) fn judge(&self, started: u64, hold: &Hold) -> Verdict {
-        if hold.epoch != self.epoch.load(Ordering::Acquire) {
+        self.judge_in(started, hold.epoch, hold)
+    }
+
+    /// Judges a held entry whose request started at `started`, admitted in `epoch` (its
+    /// hold's, copied beside the entry so that a read touches the hold only when a purge
+    /// came after the request started).
+    pub(crate) fn judge_in(&self, started: u64, epoch: u64, hold: &Hold) -> Verdict {
+        if epoch != self.epoch.load(Ordering::Acquire) {
             return Verdict::Purged;
         }
         if started > self.latest.load(Ordering::Acquire) {
