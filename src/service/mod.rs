@@ -496,14 +496,9 @@ where
 /// Answers from a fresh entry.
 fn hit<St, B: Body>(shared: &Shared<St>, entry: &CachedResponse, lookout: &Lookout) -> Response<CacheBody<B>> {
     shared.counters.hit();
-    let now = SystemTime::now();
-    from_entry(
-        shared,
-        entry,
-        lookout,
-        Outcome::hit(entry.ttl(now)),
-        Some(entry.age(now)),
-    )
+    let age = entry.age(SystemTime::now());
+    let ttl = entry.lifetime.saturating_sub(age);
+    from_entry(shared, entry, lookout, Outcome::hit(ttl), Some(age))
 }
 
 /// Answers a waiter once its leader settled: from the store, which applies `Vary`,
