@@ -1,8 +1,16 @@
 //! The cache's in-process costs, measured with criterion.
 //!
-//! Run: `cargo bench --bench hit_path` (the whole run takes about a minute); one group only:
-//! `cargo bench --bench hit_path -- hit` (or `miss_overhead`, `key`).
+//! Run: `cargo bench --bench hit_path` (the whole run takes about two minutes); one group only:
+//! `cargo bench --bench hit_path -- router` (or `threads`, `hit`, `miss_overhead`, `key`).
 //!
+//! - `router`: an axum `Router` with one route, `GET /item/{id}`, answering 1 KiB of static
+//!   JSON (`content-type`, `cache-control: public, max-age=60`, `x-item-id`), through
+//!   `ServiceExt::ready().call()` with the body collected: `floor` is the Router alone,
+//!   `hit` the same Router with `CacheLayer::new(MemoryStore)` (256 MiB) applied by
+//!   `Router::layer`, every key warmed; `1_key`, and `10k_keys` drawn uniformly.
+//! - `threads`: the same hits from 1 thread and from 2 at once (each its own current-thread
+//!   runtime and `Router` clone, one layer and store shared); the time is per request and per
+//!   thread, so that equal figures mean the threads do not slow each other down.
 //! - `hit`: `Service::call` on a `CacheService` over a `MemoryStore`, plus collecting the 1 KiB
 //!   body, every request answered from the warmed cache: `1_key`, and `zipf_10k` (10,000 keys
 //!   requested with a Zipf distribution, exponent 1).
@@ -32,6 +40,58 @@ use tokio::runtime::Runtime;
 use tower::{service_fn, Service, ServiceExt};
 use tower_layer::Layer;
 use tower_response_cache::{CacheLayer, MemoryStore};
+
+mod router {
+    //! The `router` and `threads` workload (also `examples/hit_workload.rs`).
+    use axum::body::Body;
+    use axum::extract::Path;
+    use axum::routing::get;
+    use axum::Router;
+    use http::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+    use http::{Request, Uri};
+    use http_body_util::BodyExt;
+    use tower::{Service, ServiceExt};
+    use tower_response_cache::{CacheLayer, MemoryStore};
+
+    pub(crate) fn app(cached: bool) -> (Router, Option<CacheLayer<MemoryStore>>) {
+        let mut json = String::from("{\"id\":\"item\",\"data\":\"");
+        while json.len() < 1024 - 2 {
+            json.push('x');
+        }
+        json.push_str("\"}");
+        let json: &'static str = Box::leak(json.into_boxed_str());
+        let router = Router::new().route(
+            "/item/{id}",
+            get(move |Path(id): Path<u64>| async move {
+                (
+                    [
+                        (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+                        (CACHE_CONTROL, HeaderValue::from_static("public, max-age=60")),
+                        (HeaderName::from_static("x-item-id"), HeaderValue::from(id)),
+                    ],
+                    json,
+                )
+            }),
+        );
+        if !cached {
+            return (router, None);
+        }
+        let layer = CacheLayer::new(MemoryStore::builder().max_bytes(256 << 20).build());
+        (router.layer(layer.clone()), Some(layer))
+    }
+
+    pub(crate) fn uris(keys: u64) -> Vec<Uri> {
+        (0..keys).map(|i| format!("/item/{i}").parse().unwrap()).collect()
+    }
+
+    pub(crate) async fn fetch(router: &mut Router, uri: &Uri) -> usize {
+        let mut request = Request::new(Body::empty());
+        *request.uri_mut() = uri.clone();
+        let ready = ServiceExt::<Request<Body>>::ready(router).await.unwrap();
+        let response = ready.call(request).await.unwrap();
+        response.into_body().collect().await.unwrap().to_bytes().len()
+    }
+}
 
 const BODY_BYTES: usize = 1024;
 const ZIPF_KEYS: usize = 10_000;
@@ -165,6 +225,86 @@ where
         black_box(fetch(&mut svc, uri).await);
     }
     start.elapsed()
+}
+
+/// `iters` requests through `app` for keys drawn uniformly (fixed seed) from `uris`.
+async fn uniform(mut app: axum::Router, uris: &[Uri], seed: u64, iters: u64) -> Duration {
+    let mut rng = SplitMix64(seed);
+    let start = Instant::now();
+    for _ in 0..iters {
+        let uri = &uris[(rng.next_u64() % uris.len() as u64) as usize];
+        black_box(router::fetch(&mut app, uri).await);
+    }
+    start.elapsed()
+}
+
+/// A Router (cached or not) with every key requested once.
+fn warmed(rt: &Runtime, cached: bool, uris: &[Uri]) -> (axum::Router, Option<CacheLayer<MemoryStore>>) {
+    let (mut app, layer) = router::app(cached);
+    rt.block_on(async {
+        for uri in uris {
+            assert_eq!(router::fetch(&mut app, uri).await, BODY_BYTES);
+        }
+    });
+    (app, layer)
+}
+
+fn router_floor_and_hit(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("router");
+    group.throughput(Throughput::Elements(1));
+    for (name, keys) in [("1_key", 1), ("10k_keys", ZIPF_KEYS as u64)] {
+        let uris = router::uris(keys);
+        // Floor and hit side by side, so that both see the same machine.
+        for cached in [false, true] {
+            let (app, layer) = warmed(&rt, cached, &uris);
+            let label = format!("{}/{name}", if cached { "hit" } else { "floor" });
+            let mut seed = 0;
+            group.bench_function(label, |b| {
+                b.to_async(&rt).iter_custom(|iters| {
+                    seed += 1;
+                    uniform(app.clone(), &uris, seed, iters)
+                })
+            });
+            if let Some(stats) = layer.map(|l| l.stats()) {
+                assert_eq!(stats.misses, keys, "only the warm-up may miss: {stats:?}");
+            }
+        }
+    }
+    group.finish();
+}
+
+fn threads(c: &mut Criterion) {
+    let mut group = c.benchmark_group("threads");
+    group.throughput(Throughput::Elements(1));
+    for (name, keys) in [("1_key", 1), ("10k_keys", ZIPF_KEYS as u64)] {
+        let uris = router::uris(keys);
+        let (app, layer) = warmed(&runtime(), true, &uris);
+        for threads in [1u64, 2] {
+            group.bench_function(format!("{threads}_thread/{name}"), |b| {
+                b.iter_custom(|iters| {
+                    let barrier = std::sync::Barrier::new(threads as usize);
+                    std::thread::scope(|scope| {
+                        let handles: Vec<_> = (0..threads)
+                            .map(|t| {
+                                let (app, uris, barrier) = (app.clone(), &uris, &barrier);
+                                scope.spawn(move || {
+                                    let rt = runtime();
+                                    barrier.wait();
+                                    rt.block_on(uniform(app, uris, t + 1, iters))
+                                })
+                            })
+                            .collect();
+                        // Per thread: the slowest one's time for its `iters` requests.
+                        handles.into_iter().map(|h| h.join().unwrap()).max().unwrap()
+                    })
+                })
+            });
+        }
+        let stats = layer.unwrap().stats();
+        assert_eq!(stats.misses, keys, "only the warm-up may miss: {stats:?}");
+    }
+    group.finish();
 }
 
 // Each scenario builds its own layer and store and drops them when it returns, so that one
@@ -326,6 +466,6 @@ criterion_group! {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
         .sample_size(50);
-    targets = hit, miss_overhead, key
+    targets = router_floor_and_hit, threads, hit, miss_overhead, key
 }
 criterion_main!(benches);

@@ -1,5 +1,5 @@
 //! What the layers' services share: the bounds on the service they wrap and on its bodies,
-//! and the boxed future their responses come through.
+//! and the future their responses come through.
 
 use crate::CacheBody;
 use http::{Request, Response};
@@ -69,23 +69,47 @@ type BoxedCached<B, E> = Boxed<Response<CacheBody<B>>, E>;
 
 /// Response future of [`CacheService`](crate::CacheService).
 ///
-/// The cache's flow awaits the store, the inner service and the body in turn; it is boxed
-/// once per request so that stores can be written with plain `async fn`.
+/// A fresh hit that the store answers at once ([`Store::get_now`](crate::Store::get_now))
+/// is ready when `call` returns; every other request's flow awaits the store, the inner
+/// service and the body in turn, boxed once so that stores can be written with plain
+/// `async fn`.
 pub struct ResponseFuture<B, E> {
-    inner: BoxedCached<B, E>,
+    state: State<B, E>,
 }
+
+// Boxing the answer would cost the allocation that the ready state is there to save.
+#[allow(clippy::large_enum_variant)]
+enum State<B, E> {
+    /// The answer, taken by the first poll that finds it.
+    Ready(Option<Result<Response<CacheBody<B>>, E>>),
+    Boxed(BoxedCached<B, E>),
+}
+
+// Neither state is pinned in place: the answer is moved out, the flow is pinned in its box.
+impl<B, E> Unpin for ResponseFuture<B, E> {}
 
 impl<B, E> ResponseFuture<B, E> {
     pub(crate) fn new(inner: impl Future<Output = Result<Response<CacheBody<B>>, E>> + Send + 'static) -> Self {
-        ResponseFuture { inner: Box::pin(inner) }
+        ResponseFuture {
+            state: State::Boxed(Box::pin(inner)),
+        }
+    }
+
+    pub(crate) fn ready(response: Response<CacheBody<B>>) -> Self {
+        ResponseFuture {
+            state: State::Ready(Some(Ok(response))),
+        }
     }
 }
 
 impl<B, E> Future for ResponseFuture<B, E> {
     type Output = Result<Response<CacheBody<B>>, E>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.get_mut().state {
+            State::Ready(answer) => Poll::Ready(answer.take().expect("ResponseFuture polled after completion")),
+            State::Boxed(inner) => inner.as_mut().poll(cx),
+        }
     }
 }
 

@@ -167,7 +167,7 @@ impl std::fmt::Display for BypassReason {
 /// | `tower_response_cache_background_refreshes_total` | counter | `cache` | [`background_refreshes`](Self::background_refreshes) |
 /// | `tower_response_cache_revalidations_total` | counter | `cache` | [`revalidations`](Self::revalidations) |
 /// | `tower_response_cache_errors_absorbed_total` | counter | `cache` | [`errors_absorbed`](Self::errors_absorbed) |
-/// | `tower_response_cache_store_duration_seconds` | histogram | `cache`, `op` (`get`, `put`, `purge`) | store calls made by the layer |
+/// | `tower_response_cache_store_duration_seconds` | histogram | `cache`, `op` (`get`, `put`, `purge`) | store calls made by the layer (not the reads a store answers at once) |
 /// | `tower_response_cache_origin_duration_seconds` | histogram | `cache` | inner-service calls on a miss, until the response head arrived |
 /// | `tower_response_cache_purges_total` | counter | | [`InvalidateStats::purges`](crate::invalidate::InvalidateStats::purges) |
 /// | `tower_response_cache_purged_tags_total` | counter | | [`InvalidateStats::tags_purged`](crate::invalidate::InvalidateStats::tags_purged) |

@@ -3,6 +3,7 @@
 
 use crate::metrics::BypassReason;
 use http::header::{HeaderMap, HeaderName, HeaderValue, AGE};
+use std::cell::RefCell;
 use std::fmt::{self, Write};
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -137,10 +138,7 @@ impl CacheOutcome {
     /// Adds this cache's `Cache-Status` member, under its `name`, after any from caches
     /// nearer the origin (RFC 9211 §2).
     pub(crate) fn write_header(&self, headers: &mut HeaderMap, name: &str) {
-        let mut text = String::with_capacity(name.len() + 64);
-        self.outcome.write(name, &mut text);
-        // The string's buffer becomes the header value: one allocation, no copy.
-        if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(text.into_bytes())) {
+        if let Some(value) = self.outcome.header_value(name) {
             headers.append(CACHE_STATUS, value);
         }
     }
@@ -362,6 +360,36 @@ impl Outcome {
         self
     }
 
+    /// This outcome's `Cache-Status` member under `name`. Hits repeat a few values (one per
+    /// second of freshness left), so each thread keeps the last values it wrote and hands
+    /// out shared copies instead of formatting and allocating one per response.
+    fn header_value(self, name: &str) -> Option<HeaderValue> {
+        const SLOTS: usize = 16;
+        type Recent = [Option<(Outcome, Box<str>, HeaderValue)>; SLOTS];
+        thread_local! {
+            static RECENT: RefCell<Recent> = const { RefCell::new([const { None }; SLOTS]) };
+        }
+        let slot = (self.ttl.unwrap_or(0) as usize ^ usize::from(self.fwd_status.unwrap_or(0))) % SLOTS;
+        let format = || {
+            let mut text = String::with_capacity(name.len() + 64);
+            self.write(name, &mut text);
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(text.into_bytes())).ok()
+        };
+        RECENT
+            .try_with(|recent| {
+                let mut recent = recent.borrow_mut();
+                if let Some((outcome, kept, value)) = &recent[slot] {
+                    if *outcome == self && **kept == *name {
+                        return Some(value.clone());
+                    }
+                }
+                let value = format()?;
+                recent[slot] = Some((self, name.into(), value.clone()));
+                Some(value)
+            })
+            .unwrap_or_else(|_| format())
+    }
+
     fn write(self, name: &str, out: &mut String) {
         out.push_str(name);
         if self.hit {
@@ -393,12 +421,19 @@ pub(crate) fn write_age(headers: &mut HeaderMap, age: Duration) {
     headers.insert(AGE, age_value(age.as_secs()));
 }
 
-/// `Age` values of the first minutes, built once and shared, so that hits do not format them.
+/// `Age` values of the first minutes, built once, so that hits do not format them.
 fn age_value(secs: u64) -> HeaderValue {
     const SHARED: usize = 1024;
     static VALUES: LazyLock<Vec<HeaderValue>> = LazyLock::new(|| {
-        (0..SHARED as u64)
-            .map(|s| HeaderValue::from_maybe_shared(bytes::Bytes::from(s.to_string())).expect("digits"))
+        // Static values: a copy for a hit touches no reference count that threads share.
+        let digits: &'static str = Box::leak((0..SHARED).map(|s| s.to_string()).collect::<String>().into_boxed_str());
+        let mut rest = digits;
+        (0..SHARED)
+            .map(|s| {
+                let (value, after) = rest.split_at(s.to_string().len());
+                rest = after;
+                HeaderValue::from_static(value)
+            })
             .collect()
     });
     match usize::try_from(secs) {
@@ -457,6 +492,28 @@ mod tests {
             render(collapsed),
             "tower-response-cache; fwd=miss; fwd-status=200; collapsed"
         );
+    }
+
+    #[test]
+    fn kept_values_are_per_name_and_outcome() {
+        let hit = Outcome::hit(Duration::from_secs(7));
+        for _ in 0..2 {
+            assert_eq!(render(hit), "tower-response-cache; hit; ttl=7");
+            let mut h = HeaderMap::new();
+            CacheOutcome::new(hit, None).write_header(&mut h, "edge");
+            assert_eq!(h[CACHE_STATUS], "edge; hit; ttl=7");
+            // Same slot, another outcome.
+            let stale = Outcome::stale_hit(Duration::from_secs(7), StaleReason::IfError);
+            assert_eq!(
+                render(stale),
+                "tower-response-cache; hit; ttl=-7; fwd=stale; detail=stale-if-error"
+            );
+        }
+        let mut h = HeaderMap::new();
+        write_age(&mut h, Duration::from_secs(1023));
+        assert_eq!(h[AGE], "1023");
+        write_age(&mut h, Duration::from_secs(1024));
+        assert_eq!(h[AGE], "1024");
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub(super) struct Lookout {
     pub(super) identity: Option<Arc<str>>,
     pub(super) facts: RequestFacts,
     /// What the policy hook and the route override decided for the request.
-    pub(super) decided: Arc<CacheDecision>,
+    pub(super) decided: CacheDecision,
     pub(super) head: bool,
     /// The client's conditional headers, answered by the cache, never forwarded on a miss.
     pub(super) if_none_match: Option<HeaderValue>,
@@ -75,24 +75,73 @@ pub(super) enum Found {
 
 /// Reads the primary key and, for varying responses, the variant the request selects.
 pub(super) async fn lookup<St: Store>(shared: &Shared<St>, lookout: &Lookout, headers: &HeaderMap) -> Found {
-    let identity = lookout.identity.as_deref();
-    let (response, standing, own) = match read(shared, get(shared, &lookout.primary).await) {
-        Ok(Some((Entry::Response(response), soft))) if response.vary.is_empty() => (response, soft, false),
-        Ok(Some((Entry::Response(_), _))) => return Found::Miss(MissKind::VaryMiss),
+    let (response, standing, own) = match primary(shared, lookout, headers, get(shared, &lookout.primary).await) {
+        Step::Found(found) => return found,
+        Step::Response(response, standing) => (response, standing, false),
+        Step::Variant(key, own) => match variant(shared, own, get(shared, &key).await) {
+            Ok((response, standing)) => (response, standing, own),
+            Err(found) => return found,
+        },
+    };
+    judge(lookout, response, standing, own)
+}
+
+/// [`lookup`] without waiting, when the store can answer at once ([`Store::get_now`]).
+pub(super) fn lookup_now<St: Store>(shared: &Shared<St>, lookout: &Lookout, headers: &HeaderMap) -> Option<Found> {
+    let store = &shared.store;
+    let (response, standing, own) = match primary(shared, lookout, headers, Ok(store.get_now(&lookout.primary)?)) {
+        Step::Found(found) => return Some(found),
+        Step::Response(response, standing) => (response, standing, false),
+        Step::Variant(key, own) => match variant(shared, own, Ok(store.get_now(&key)?)) {
+            Ok((response, standing)) => (response, standing, own),
+            Err(found) => return Some(found),
+        },
+    };
+    Some(judge(lookout, response, standing, own))
+}
+
+/// What the primary key's entry leads to.
+enum Step {
+    Found(Found),
+    Response(Arc<CachedResponse>, Standing),
+    /// The variant's key, and whether it is stored for the caller's identity alone.
+    Variant(CacheKey, bool),
+}
+
+fn primary<St>(
+    shared: &Shared<St>,
+    lookout: &Lookout,
+    headers: &HeaderMap,
+    result: Result<Lookup, StoreError>,
+) -> Step {
+    match read(shared, result) {
+        Ok(Some((Entry::Response(response), soft))) if response.vary.is_empty() => Step::Response(response, soft),
+        Ok(Some((Entry::Response(_), _))) => Step::Found(Found::Miss(MissKind::VaryMiss)),
         Ok(Some((Entry::Variants(names), _))) => {
             // Entries stored per identity are found by the identity that asked for them only.
+            let identity = lookout.identity.as_deref();
             let own = identity.is_some() && names.contains(&key::IDENTITY);
-            let variant = key::variant(&lookout.primary, &names, headers, identity);
-            match read(shared, get(shared, &variant).await) {
-                Ok(Some((Entry::Response(response), soft))) => (response, soft, own),
-                Ok(Some((Entry::Variants(_), _))) | Ok(None) if own => return Found::PersonalMiss,
-                Ok(Some((Entry::Variants(_), _))) | Ok(None) => return Found::Miss(MissKind::VaryMiss),
-                Err(kind) => return Found::Miss(kind),
-            }
+            Step::Variant(key::variant(&lookout.primary, &names, headers, identity), own)
         }
-        Ok(None) => return Found::Miss(MissKind::Miss),
-        Err(kind) => return Found::Miss(kind),
-    };
+        Ok(None) => Step::Found(Found::Miss(MissKind::Miss)),
+        Err(kind) => Step::Found(Found::Miss(kind)),
+    }
+}
+
+fn variant<St>(
+    shared: &Shared<St>,
+    own: bool,
+    result: Result<Lookup, StoreError>,
+) -> Result<(Arc<CachedResponse>, Standing), Found> {
+    match read(shared, result) {
+        Ok(Some((Entry::Response(response), soft))) => Ok((response, soft)),
+        Ok(Some((Entry::Variants(_), _))) | Ok(None) if own => Err(Found::PersonalMiss),
+        Ok(Some((Entry::Variants(_), _))) | Ok(None) => Err(Found::Miss(MissKind::VaryMiss)),
+        Err(kind) => Err(Found::Miss(kind)),
+    }
+}
+
+fn judge(lookout: &Lookout, response: Arc<CachedResponse>, standing: Standing, own: bool) -> Found {
     // The key settled Vary and identity; what is left is whether a request with credentials
     // (or an identity) may see an entry stored for everyone.
     let facts = &lookout.facts;

@@ -25,7 +25,7 @@ use forward::{forward, gateway_timeout, invalidate_target, Attempt};
 use http::header::{AUTHORIZATION, CACHE_CONTROL, COOKIE, IF_MODIFIED_SINCE, IF_NONE_MATCH, RANGE};
 use http::{request, Method, Request, Response};
 use http_body::Body;
-use lookup::{lookup, Found, Lookout, Stale};
+use lookup::{lookup, lookup_now, Found, Lookout, Stale};
 use respond::{from_entry, streamed};
 use std::fmt;
 use std::sync::Arc;
@@ -100,58 +100,89 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let status_sent = self.shared.config.status_header.sent_for(req.headers());
+        let (parts, body) = req.into_parts();
+        // A fresh hit read at once is answered here: no clone of the inner service, no box.
+        let begun = match begin(&self.shared, &parts) {
+            Ok(mut response) => {
+                write_status(&self.shared, &mut response, status_sent);
+                return ResponseFuture::ready(response);
+            }
+            Err(begun) => begun,
+        };
         // The ready service goes into the future; the clone stays for the next poll_ready.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let shared = self.shared.clone();
-        let status_sent = shared.config.status_header.sent_for(req.headers());
         ResponseFuture::new(async move {
-            let mut response = handle(&shared, inner, req).await?;
-            if status_sent {
-                if let Some(outcome) = response.extensions().get::<CacheOutcome>().copied() {
-                    outcome.write_header(response.headers_mut(), shared.config.status_name.as_str());
-                }
-            }
+            let mut response = handle(&shared, inner, parts, body, begun).await?;
+            write_status(&shared, &mut response, status_sent);
             Ok(response)
         })
     }
 }
 
-/// How many times a waiter takes over from abandoned leaders before going alone.
-const MAX_TAKEOVERS: usize = 3;
-
-async fn handle<S, St, ReqB, ResB>(
-    shared: &Arc<Shared<St>>,
-    mut inner: S,
-    req: Request<ReqB>,
-) -> Result<Response<CacheBody<ResB>>, S::Error>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
-    S::Future: Send,
-    St: Store,
-    ReqB: Send + 'static,
-    ResB: SendBody,
-{
-    let config = &shared.config;
-    let (parts, body) = req.into_parts();
-    let mut decided = config.decide(&parts);
-    let opted_in = OptedIn::find(config, &parts);
-    if let Some(reason) = request_bypass(shared, &parts, &decided, opted_in.is_some()) {
-        // Boxed here and below: the paths that wait on the inner service would otherwise
-        // make every request's future (hits included) as large as theirs.
-        return Box::pin(bypass(shared, inner, parts, body, reason)).await;
+/// Adds `Cache-Status` from the response's outcome, when it is sent for this request.
+fn write_status<St, B>(shared: &Shared<St>, response: &mut Response<B>, status_sent: bool) {
+    if status_sent {
+        if let Some(outcome) = response.extensions().get::<CacheOutcome>().copied() {
+            outcome.write_header(response.headers_mut(), shared.config.status_name.as_str());
+        }
     }
-    // An opted-in gRPC call is keyed by its request message, read here and handed on.
-    let (body, call) = match opted_in {
-        None => (body, None),
-        Some(opted_in) => match Box::pin(opted_in.read(body)).await {
-            Ok((body, call)) => (body, Some(call)),
-            Err((body, reason)) => return Box::pin(bypass(shared, inner, parts, body, reason)).await,
-        },
-    };
+}
 
-    let identity: Option<Arc<str>> = config.identity(&parts).map(Into::into);
-    let mut primary = config.key.primary(&parts);
+/// How far [`begin`] got with a request it could not answer.
+enum Begun {
+    /// The policy's decision: the rest of the flow is [`handle`]'s.
+    Decided(CacheDecision),
+    /// Looked up at once, with this outcome (anything but a plain fresh hit).
+    Looked {
+        lookout: Box<Lookout>,
+        found: Found,
+        generation: u64,
+    },
+    /// The store answers only by awaiting.
+    Prepared { lookout: Box<Lookout>, generation: u64 },
+}
+
+/// The part of the flow that needs no waiting: the policy's decision, and for a plain GET
+/// or HEAD (no gRPC, no range, request directives not honoured) its key and, if the store
+/// can answer at once, its lookup; a fresh hit is answered.
+fn begin<St: Store, B: Body>(shared: &Shared<St>, parts: &request::Parts) -> Result<Response<CacheBody<B>>, Begun> {
+    let config = &shared.config;
+    let decided = config.decide(parts);
+    let plain = OptedIn::find(config, parts).is_none()
+        && !config.honor_request_directives
+        && !parts.headers.contains_key(RANGE)
+        && request_bypass(shared, parts, &decided, false).is_none();
+    if !plain {
+        return Err(Begun::Decided(decided));
+    }
+    // The request's start is read by the flow that may store its response: a hit needs
+    // none, and reading it touches a clock that every request would share.
+    let lookout = Box::new(lookout_for(config, parts, decided, None, std::time::UNIX_EPOCH));
+    let generation = shared.coalescer.generation();
+    match lookup_now(shared, &lookout, &parts.headers) {
+        Some(Found::Fresh(entry)) => Ok(hit(shared, &entry, &lookout)),
+        Some(found) => Err(Begun::Looked {
+            lookout,
+            found,
+            generation,
+        }),
+        None => Err(Begun::Prepared { lookout, generation }),
+    }
+}
+
+/// The request as the lookup and the rest of the flow see it.
+fn lookout_for(
+    config: &crate::layer::Config,
+    parts: &request::Parts,
+    mut decided: CacheDecision,
+    call: Option<call::GrpcCall>,
+    request_time: SystemTime,
+) -> Lookout {
+    let identity: Option<Arc<str>> = config.identity(parts).map(Into::into);
+    let mut primary = config.key.primary(parts);
     let mut conditional = (
         parts.headers.get(IF_NONE_MATCH).cloned(),
         parts.headers.get(IF_MODIFIED_SINCE).cloned(),
@@ -164,26 +195,83 @@ where
         // A gRPC client cannot read a 304.
         conditional = (None, None);
     }
-    let lookout = Lookout {
+    Lookout {
         primary,
         facts: RequestFacts {
             credentials: parts.headers.contains_key(AUTHORIZATION) || parts.headers.contains_key(COOKIE),
             identity: identity.is_some(),
-            request_time: request_clock(),
+            request_time,
         },
         identity,
-        decided: Arc::new(decided),
+        decided,
         head: parts.method == Method::HEAD,
         if_none_match: conditional.0,
         if_modified_since: conditional.1,
         grpc: call,
+    }
+}
+
+/// How many times a waiter takes over from abandoned leaders before going alone.
+const MAX_TAKEOVERS: usize = 3;
+
+async fn handle<S, St, ReqB, ResB>(
+    shared: &Arc<Shared<St>>,
+    mut inner: S,
+    parts: request::Parts,
+    body: ReqB,
+    begun: Begun,
+) -> Result<Response<CacheBody<ResB>>, S::Error>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
+    S::Future: Send,
+    St: Store,
+    ReqB: Send + 'static,
+    ResB: SendBody,
+{
+    let config = &shared.config;
+    let (lookout, mut found, generation, body) = match begun {
+        Begun::Looked {
+            mut lookout,
+            found,
+            generation,
+        } => {
+            // Before anything is asked of the origin: what it answers started after this.
+            lookout.facts.request_time = request_clock();
+            (*lookout, found, generation, body)
+        }
+        Begun::Prepared {
+            mut lookout,
+            generation,
+        } => {
+            lookout.facts.request_time = request_clock();
+            let found = lookup(shared, &lookout, &parts.headers).await;
+            (*lookout, found, generation, body)
+        }
+        Begun::Decided(decided) => {
+            let opted_in = OptedIn::find(config, &parts);
+            if let Some(reason) = request_bypass(shared, &parts, &decided, opted_in.is_some()) {
+                // Boxed here and below: the paths that wait on the inner service would otherwise
+                // make every request's future (hits included) as large as theirs.
+                return Box::pin(bypass(shared, inner, parts, body, reason)).await;
+            }
+            // An opted-in gRPC call is keyed by its request message, read here and handed on.
+            let (body, call) = match opted_in {
+                None => (body, None),
+                Some(opted_in) => match Box::pin(opted_in.read(body)).await {
+                    Ok((body, call)) => (body, Some(call)),
+                    Err((body, reason)) => return Box::pin(bypass(shared, inner, parts, body, reason)).await,
+                },
+            };
+            let lookout = lookout_for(config, &parts, decided, call, request_clock());
+            let generation = shared.coalescer.generation();
+            let found = lookup(shared, &lookout, &parts.headers).await;
+            (lookout, found, generation, body)
+        }
     };
     let directives = config
         .honor_request_directives
         .then(|| CacheControl::from_headers(&parts.headers, &CACHE_CONTROL));
 
-    let generation = shared.coalescer.generation();
-    let mut found = lookup(shared, &lookout, &parts.headers).await;
     // The client's own limits, when honoured (RFC 9111 §5.2.1): an entry too old for them
     // goes to the origin (revalidated when it can be); one they accept stale is served.
     let mut client_refuses_stored = false;
@@ -440,14 +528,9 @@ where
 /// Answers from a fresh entry.
 fn hit<St, B: Body>(shared: &Shared<St>, entry: &CachedResponse, lookout: &Lookout) -> Response<CacheBody<B>> {
     shared.counters.hit();
-    let now = SystemTime::now();
-    from_entry(
-        shared,
-        entry,
-        lookout,
-        Outcome::hit(entry.ttl(now)),
-        Some(entry.age(now)),
-    )
+    let age = entry.age(SystemTime::now());
+    let ttl = entry.lifetime.saturating_sub(age);
+    from_entry(shared, entry, lookout, Outcome::hit(ttl), Some(age))
 }
 
 /// Answers a waiter once its leader settled: from the store, which applies `Vary`,

@@ -22,6 +22,10 @@ impl<S: Store> Store for Arc<S> {
         Store::get(&**self, key).await
     }
 
+    fn get_now(&self, key: &CacheKey) -> Option<Lookup> {
+        Store::get_now(&**self, key)
+    }
+
     async fn put(&self, key: CacheKey, entry: Entry, ttl: Duration) -> Result<bool, StoreError> {
         Store::put(&**self, key, entry, ttl).await
     }
@@ -63,6 +67,7 @@ impl<S: Store> Store for Arc<S> {
 /// The object-safe form of [`Store`], implemented for every store.
 trait DynStore: Send + Sync + 'static {
     fn get<'a>(&'a self, key: &'a CacheKey) -> BoxFuture<'a, Lookup>;
+    fn get_now(&self, key: &CacheKey) -> Option<Lookup>;
     fn put(&self, key: CacheKey, entry: Entry, ttl: Duration) -> BoxFuture<'_, bool>;
     fn remove<'a>(&'a self, key: &'a CacheKey) -> BoxFuture<'a, ()>;
     fn purge<'a>(&'a self, tags: &'a [String], mode: PurgeMode) -> BoxFuture<'a, ()>;
@@ -80,6 +85,9 @@ type LeaseFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 impl<S: Store> DynStore for S {
     fn get<'a>(&'a self, key: &'a CacheKey) -> BoxFuture<'a, Lookup> {
         Box::pin(Store::get(self, key))
+    }
+    fn get_now(&self, key: &CacheKey) -> Option<Lookup> {
+        Store::get_now(self, key)
     }
     fn put(&self, key: CacheKey, entry: Entry, ttl: Duration) -> BoxFuture<'_, bool> {
         Box::pin(Store::put(self, key, entry, ttl))
@@ -171,6 +179,10 @@ impl std::fmt::Debug for BoxStore {
 impl Store for BoxStore {
     async fn get(&self, key: &CacheKey) -> Result<Lookup, StoreError> {
         DynStore::get(&*self.inner, key).await
+    }
+
+    fn get_now(&self, key: &CacheKey) -> Option<Lookup> {
+        DynStore::get_now(&*self.inner, key)
     }
 
     async fn put(&self, key: CacheKey, entry: Entry, ttl: Duration) -> Result<bool, StoreError> {

@@ -15,15 +15,30 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Bytes a slot costs beyond its entry: key, deadline, index and queue bookkeeping.
-const SLOT_OVERHEAD: u64 = 96;
+/// Bytes a slot costs beyond what its entry's own weight counts: the key's and the slot's
+/// allocations, the cache's index and its resident and ghost queues, the response's structures
+/// (its `Arc`, header tables, tag strings) and the allocator's bookkeeping of each. Measured
+/// with `examples/memory_budget` (resident growth per entry held, empty bodies to 64 KiB).
+const SLOT_OVERHEAD: u64 = 512;
 
+/// The share of a body's bytes that the allocator spends on top of them (rounding, and the
+/// gaps that bodies of evicted entries leave), measured likewise: 1/32.
+const BODY_SLACK_SHIFT: u32 = 5;
+
+/// What the cache holds under a key, behind one `Arc`: a read counts one reference, and
+/// touches the hold only when a purge may concern the entry.
 #[derive(Clone)]
-struct Slot {
+struct Slot(Arc<Held>);
+
+struct Held {
     entry: Entry,
     expires: Instant,
+    /// When the response's request started, µs (what its stamps are judged against).
+    started: u64,
+    /// The purge-all epoch it was admitted in (a copy of its hold's).
+    epoch: u64,
     /// The entry's claim on its tags' stamps (responses only).
-    hold: Option<Arc<Hold>>,
+    hold: Option<Hold>,
 }
 
 #[derive(Clone)]
@@ -31,14 +46,18 @@ struct ByteWeighter;
 
 impl Weighter<CacheKey, Slot> for ByteWeighter {
     fn weight(&self, key: &CacheKey, slot: &Slot) -> u64 {
-        weight(key, &slot.entry, slot.hold.as_ref().map(|h| h.tags()))
+        weight(key, &slot.0.entry, slot.0.hold.as_ref().map(|h| h.tags()))
     }
 }
 
 /// An entry's weight, with the purge bookkeeping of its `tags` if it has a hold.
 fn weight(key: &CacheKey, entry: &Entry, tags: Option<usize>) -> u64 {
     let stamps = tags.map_or(0, |n| HOLD_BYTES + n as u64 * RECORD_BYTES);
-    SLOT_OVERHEAD + key.as_bytes().len() as u64 + entry.weight() as u64 + stamps
+    let slack = match entry {
+        Entry::Response(response) => response.body.len() as u64 >> BODY_SLACK_SHIFT,
+        Entry::Variants(_) => 0,
+    };
+    SLOT_OVERHEAD + key.as_bytes().len() as u64 + entry.weight() as u64 + slack + stamps
 }
 
 #[derive(Clone, Default)]
@@ -254,19 +273,21 @@ impl MemoryStore {
         self.shared.cache.clear();
     }
 
-    fn get_now(&self, key: &CacheKey) -> Lookup {
+    fn read(&self, key: &CacheKey) -> Lookup {
         let Some(slot) = self.shared.cache.get(key) else {
             return Lookup::Miss;
         };
-        if slot.expires <= Instant::now() {
+        let held = &*slot.0;
+        if held.expires <= Instant::now() {
+            drop(slot);
             self.shared.cache.remove(key);
             return Lookup::Miss;
         }
-        match (slot.entry, slot.hold) {
+        match (&held.entry, &held.hold) {
             (Entry::Response(response), Some(hold)) => {
-                match self.shared.stamps.judge(micros(response.request_time), &hold) {
-                    Verdict::Valid => Lookup::Found(Entry::Response(response)),
-                    Verdict::SoftPurged => Lookup::SoftPurged(response),
+                match self.shared.stamps.judge_in(held.started, held.epoch, hold) {
+                    Verdict::Valid => Lookup::Found(Entry::Response(response.clone())),
+                    Verdict::SoftPurged => Lookup::SoftPurged(response.clone()),
                     Verdict::Purged => {
                         self.shared.invalidated.fetch_add(1, Relaxed);
                         self.shared.cache.remove(key);
@@ -275,7 +296,7 @@ impl MemoryStore {
                 }
             }
             (Entry::Response(_), None) => Lookup::Miss,
-            (variants @ Entry::Variants(_), _) => Lookup::Found(variants),
+            (variants @ Entry::Variants(_), _) => Lookup::Found(variants.clone()),
         }
     }
 
@@ -290,21 +311,26 @@ impl MemoryStore {
         if weight(&key, &entry, tags) > self.shared.max_bytes {
             return false;
         }
-        let hold = match &entry {
+        let (hold, started) = match &entry {
             Entry::Response(response) => {
-                match self
-                    .shared
-                    .stamps
-                    .admit(micros(response.request_time), &response.tags, how)
-                {
-                    Some(hold) => Some(Arc::new(hold)),
+                let started = micros(response.request_time);
+                match self.shared.stamps.admit(started, &response.tags, how) {
+                    Some(hold) => (Some(hold), started),
                     None => return false,
                 }
             }
-            Entry::Variants(_) => None,
+            Entry::Variants(_) => (None, 0),
         };
         let expires = Instant::now().checked_add(ttl).unwrap_or_else(far_future);
-        self.shared.cache.insert(key, Slot { entry, expires, hold });
+        let epoch = hold.as_ref().map_or(0, Hold::epoch);
+        let slot = Slot(Arc::new(Held {
+            entry,
+            expires,
+            started,
+            epoch,
+            hold,
+        }));
+        self.shared.cache.insert(key, slot);
         true
     }
 
@@ -328,7 +354,11 @@ impl Store for MemoryStore {
     }
 
     async fn get(&self, key: &CacheKey) -> Result<Lookup, StoreError> {
-        Ok(self.get_now(key))
+        Ok(self.read(key))
+    }
+
+    fn get_now(&self, key: &CacheKey) -> Option<Lookup> {
+        Some(self.read(key))
     }
 
     async fn put(&self, key: CacheKey, entry: Entry, ttl: Duration) -> Result<bool, StoreError> {

@@ -160,6 +160,15 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// Reads the entry under `key`, with expiry and purges applied.
     fn get(&self, key: &CacheKey) -> impl Future<Output = Result<Lookup, StoreError>> + Send;
 
+    /// Reads the entry under `key` without waiting, as [`get`](Self::get) would, if the
+    /// store can answer at once (an in-process store); `None`, the default, when it cannot,
+    /// and the layer then awaits [`get`](Self::get). A layer answers a fresh hit read this way
+    /// without boxing a future for it.
+    fn get_now(&self, key: &CacheKey) -> Option<Lookup> {
+        let _ = key;
+        None
+    }
+
     /// Writes `entry` under `key` for at most `ttl`. Returns `false` when the store declined
     /// it (a purge of one of its tags happened after its request started, or it is larger
     /// than the store can hold).

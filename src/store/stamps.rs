@@ -38,7 +38,8 @@
 //! of a tag whose 128-bit keyed digest equals one it carries, a 2^-128 chance per pair).
 //!
 //! A purge is O(tags); a read takes the lock only when a purge happened after its entry's
-//! request started, and then looks up one record per tag.
+//! request started and since the entry was last judged valid, and then looks up one record
+//! per tag.
 
 use super::PurgeMode;
 use std::collections::hash_map::RandomState;
@@ -81,7 +82,7 @@ type Digest = u128;
 pub(crate) const RECORD_BYTES: u64 = 80;
 
 /// The bytes an entry is charged for its hold (the shared allocation and its digest list).
-pub(crate) const HOLD_BYTES: u64 = 96;
+pub(crate) const HOLD_BYTES: u64 = 104;
 
 /// Bitmaps in the recent-purge ring. Each covers `horizon / 2`, so the three intervals
 /// before the newest one always cover the horizon, plus up to `horizon / 2` of stamps made
@@ -232,6 +233,9 @@ pub(crate) struct TagStamps {
     latest: AtomicU64,
     /// Purge-alls so far: entries admitted in an earlier epoch are invalid.
     epoch: AtomicU64,
+    /// Purges so far, counted once each has stamped its records: a hold judged valid at one
+    /// count stays valid until it moves.
+    purges: AtomicU64,
     horizon: u64,
     keys: (RandomState, RandomState),
 }
@@ -245,11 +249,19 @@ pub(crate) struct Hold {
     stamps: Arc<TagStamps>,
     digests: Box<[Digest]>,
     epoch: u64,
+    /// 1 + the purge count at which the entry was last judged valid (0: never), so that
+    /// reads after an unrelated purge take the lock once, not every time.
+    valid_at: AtomicU64,
 }
 
 impl Hold {
     pub(crate) fn tags(&self) -> usize {
         self.digests.len()
+    }
+
+    /// The purge-all epoch the entry was admitted in.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch
     }
 }
 
@@ -304,6 +316,7 @@ impl TagStamps {
             }),
             latest: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
+            purges: AtomicU64::new(0),
             horizon: micros_of(horizon),
             keys: (RandomState::new(), RandomState::new()),
         })
@@ -355,15 +368,28 @@ impl TagStamps {
             stamps: self.clone(),
             digests,
             epoch: self.epoch.load(Ordering::Acquire),
+            valid_at: AtomicU64::new(0),
         })
     }
 
     /// Judges a held entry whose request started at `started`.
     pub(crate) fn judge(&self, started: u64, hold: &Hold) -> Verdict {
-        if hold.epoch != self.epoch.load(Ordering::Acquire) {
+        self.judge_in(started, hold.epoch, hold)
+    }
+
+    /// Judges a held entry whose request started at `started`, admitted in `epoch` (its
+    /// hold's, copied beside the entry so that a read touches the hold only when a purge
+    /// came after the request started).
+    pub(crate) fn judge_in(&self, started: u64, epoch: u64, hold: &Hold) -> Verdict {
+        if epoch != self.epoch.load(Ordering::Acquire) {
             return Verdict::Purged;
         }
         if started > self.latest.load(Ordering::Acquire) {
+            return Verdict::Valid;
+        }
+        // Read before the lock: every purge it counts has stamped its records by then.
+        let purges = self.purges.load(Ordering::Acquire);
+        if hold.valid_at.load(Ordering::Relaxed) == purges + 1 {
             return Verdict::Valid;
         }
         let inner = self.lock();
@@ -379,6 +405,9 @@ impl TagStamps {
             if started <= record.soft {
                 verdict = Verdict::SoftPurged;
             }
+        }
+        if verdict == Verdict::Valid {
+            hold.valid_at.store(purges + 1, Ordering::Relaxed);
         }
         verdict
     }
@@ -407,6 +436,8 @@ impl TagStamps {
             inner.recent.file(digest, at);
         }
         self.latest.fetch_max(at, Ordering::AcqRel);
+        // Last, under the lock: a read that sees this count sees the records above.
+        self.purges.fetch_add(1, Ordering::AcqRel);
         at
     }
 
@@ -420,6 +451,7 @@ impl TagStamps {
         inner.max_ahead = inner.max_ahead.max(ahead_us);
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.latest.fetch_max(at, Ordering::AcqRel);
+        self.purges.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Tags carried by held entries.
@@ -626,6 +658,21 @@ mod tests {
         let fresh = now_micros() + 1;
         let held = stamps.admit(fresh, &tags(&["a"]), Admission::Write).unwrap();
         assert_eq!(stamps.judge(fresh, &held), Verdict::Valid);
+    }
+
+    #[test]
+    fn a_valid_verdict_is_kept_only_until_the_next_purge() {
+        let stamps = stamps();
+        let started = now_micros();
+        let held = stamps.admit(started, &tags(&["a"]), Admission::Write).unwrap();
+        stamps.purge(&tags(&["other"]), PurgeMode::Hard, 0);
+        assert_eq!(stamps.judge(started, &held), Verdict::Valid);
+        assert_eq!(stamps.judge(started, &held), Verdict::Valid, "kept");
+        // A purge stamped in the past moves no `latest`, but is seen all the same.
+        stamps.purge_at(&tags(&["a"]), PurgeMode::Soft, started);
+        assert_eq!(stamps.judge(started, &held), Verdict::SoftPurged);
+        stamps.purge_at(&tags(&["a"]), PurgeMode::Hard, started);
+        assert_eq!(stamps.judge(started, &held), Verdict::Purged);
     }
 
     #[test]
