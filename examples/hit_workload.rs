@@ -11,71 +11,11 @@
 //! `ServiceExt::ready().call()` on a current-thread runtime and their bodies are collected;
 //! keys are drawn uniformly with a fixed seed.
 
-use axum::body::Body;
-use axum::extract::Path;
-use axum::routing::get;
-use axum::Router;
-use http::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
-use http::{Request, Uri};
-use http_body_util::BodyExt;
 use std::process::ExitCode;
-use tower::{Service, ServiceExt};
-use tower_response_cache::{CacheLayer, MemoryStore};
 
-/// 1,024 bytes of JSON, built once.
-fn item_json() -> &'static str {
-    let mut json = String::from("{\"id\":\"item\",\"data\":\"");
-    while json.len() < 1024 - 2 {
-        json.push('x');
-    }
-    json.push_str("\"}");
-    Box::leak(json.into_boxed_str())
-}
-
-/// The workload's Router: the bare handler, or with the cache in front of it.
-fn router(cached: bool) -> (Router, Option<CacheLayer<MemoryStore>>) {
-    let json = item_json();
-    let router = Router::new().route(
-        "/item/{id}",
-        get(move |Path(id): Path<u64>| async move {
-            (
-                [
-                    (CONTENT_TYPE, HeaderValue::from_static("application/json")),
-                    (CACHE_CONTROL, HeaderValue::from_static("public, max-age=60")),
-                    (HeaderName::from_static("x-item-id"), HeaderValue::from(id)),
-                ],
-                json,
-            )
-        }),
-    );
-    if cached {
-        let layer = CacheLayer::new(MemoryStore::builder().max_bytes(256 << 20).build());
-        (router.layer(layer.clone()), Some(layer))
-    } else {
-        (router, None)
-    }
-}
-
-/// splitmix64: a fixed-seed generator, so that every run draws the same keys.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
-async fn fetch(router: &mut Router, uri: &Uri) -> usize {
-    let mut request = Request::new(Body::empty());
-    *request.uri_mut() = uri.clone();
-    let ready = ServiceExt::<Request<Body>>::ready(router).await.expect("ready");
-    let response = ready.call(request).await.expect("infallible");
-    response.into_body().collect().await.expect("body").to_bytes().len()
-}
+#[path = "support/item_router.rs"]
+mod item_router;
+use item_router::SplitMix64;
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
@@ -98,18 +38,18 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    let (mut router, layer) = router(cached);
-    let uris: Vec<Uri> = (0..keys).map(|i| format!("/item/{i}").parse().expect("uri")).collect();
+    let (mut router, layer) = item_router::app(cached);
+    let uris = item_router::uris(keys);
     let mut rng = SplitMix64(0x5EED);
     let bytes = runtime.block_on(async {
         // Every key once, so that the measured requests all hit (the floor does the same).
         for uri in &uris {
-            fetch(&mut router, uri).await;
+            item_router::fetch(&mut router, uri).await;
         }
         let mut bytes = 0;
         for _ in 0..requests {
             let uri = &uris[(rng.next_u64() % keys) as usize];
-            bytes += fetch(&mut router, uri).await;
+            bytes += item_router::fetch(&mut router, uri).await;
         }
         bytes
     });
