@@ -9,6 +9,7 @@ use crate::policy::{CacheDecision, CachePolicy, PolicyConfig, RouteOverride, DEF
 use crate::service::CacheService;
 use crate::status::{CacheStatusHeader, CacheStatusName};
 use crate::tags::TagLimits;
+use crate::CdnTags;
 #[cfg(feature = "grpc")]
 use crate::GrpcMethods;
 use crate::{CacheKey, Store};
@@ -45,6 +46,7 @@ pub(crate) struct Config {
     pub(crate) status_header: CacheStatusHeader,
     pub(crate) coalesce: bool,
     pub(crate) fleet_coalesce: bool,
+    pub(crate) cdn_tags: Option<CdnTags>,
     pub(crate) coalesce_timeout: Duration,
     pub(crate) remember_uncacheable: Duration,
     pub(crate) origin_timeout: Option<Duration>,
@@ -95,6 +97,7 @@ impl fmt::Debug for Config {
             .field("status_header", &self.status_header)
             .field("coalesce", &self.coalesce)
             .field("fleet_coalesce", &self.fleet_coalesce)
+            .field("cdn_tags", &self.cdn_tags)
             .field("coalesce_timeout", &self.coalesce_timeout)
             .field("remember_uncacheable", &self.remember_uncacheable)
             .field("origin_timeout", &self.origin_timeout);
@@ -177,6 +180,7 @@ impl<St: Store> CacheLayer<St> {
                 status_header: CacheStatusHeader::Always,
                 coalesce: true,
                 fleet_coalesce: true,
+                cdn_tags: None,
                 coalesce_timeout: Duration::from_secs(10),
                 remember_uncacheable: Duration::from_secs(5),
                 origin_timeout: None,
@@ -236,6 +240,7 @@ impl<S, St> Layer<S> for CacheLayer<St> {
 /// | [`stale_if_error`](Self::stale_if_error) | 0 (only the response's directive) |
 /// | [`origin_timeout`](Self::origin_timeout) | none |
 /// | [`coalesce`](Self::coalesce) | `true` |
+/// | [`cdn_tags`](Self::cdn_tags) | none: tags stay in the process |
 /// | [`fleet_coalesce`](Self::fleet_coalesce) | `true` (for stores with leases: `RedisStore`, `TieredStore`) |
 /// | [`coalesce_timeout`](Self::coalesce_timeout) | 10 s |
 /// | [`remember_uncacheable`](Self::remember_uncacheable) | 5 s |
@@ -530,6 +535,14 @@ impl<St: Store> CacheLayerBuilder<St> {
     /// See the [example](CacheLayerBuilder#example).
     pub fn coalesce(mut self, coalesce: bool) -> Self {
         self.config.coalesce = coalesce;
+        self
+    }
+
+    /// Shows each stored response's tags to the CDN in front, in the header it reads
+    /// ([`CdnTags::surrogate_key`], [`CdnTags::cache_tag`]), on the responses made from the
+    /// entry (misses that store it, hits). Off by default. See [`CdnTags`].
+    pub fn cdn_tags(mut self, tags: CdnTags) -> Self {
+        self.config.cdn_tags = Some(tags);
         self
     }
 

@@ -55,7 +55,7 @@
 //! | caching decisions (RFC 9111, RFC 5861, RFC 9213) | [`CacheLayerBuilder`] settings; per request a [`CachePolicy`] returning a [`CacheDecision`] ([`Scope`], [`DefaultPolicy`]), and per route [`RouteOverride`] |
 //! | keys | [`CacheKey`]; [`CacheLayer::cache_key`] shows the key of a request; [`CacheLayerBuilder::vary_by_header`], [`CacheLayerBuilder::key_with`], and per-identity entries with [`CacheLayerBuilder::vary_by_identity`] |
 //! | stampedes | coalescing in the process, and across instances through a lease in the store ([`CacheLayerBuilder::fleet_coalesce`], [`Store::try_lease`]) |
-//! | tagging and purging | [`CacheTags`] on reads; [`Invalidate`] and the [`invalidate`] module ([`InvalidateLayer`], [`InvalidateLayerBuilder`]) on writes; [`Store::purge_tags`] from code; over HTTP `invalidate::PurgeEndpoint` (feature `purge-endpoint`); to a CDN in front [`store::PurgeForwarding`] and a [`store::PurgeSink`] such as `store::HttpPurgeSink` (feature `cdn-http`) |
+//! | tagging and purging | [`CacheTags`] on reads, shown to a CDN in front with [`CdnTags`]; [`Invalidate`] and the [`invalidate`] module ([`InvalidateLayer`], [`InvalidateLayerBuilder`]) on writes; [`Store::purge_tags`] from code; over HTTP `invalidate::PurgeEndpoint` (feature `purge-endpoint`); to a CDN in front [`store::PurgeForwarding`] and a [`store::PurgeSink`] such as `store::HttpPurgeSink` (feature `cdn-http`) |
 //! | stores | the [`store`] module: the [`Store`] trait, [`MemoryStore`], `RedisStore` and `TieredStore` (feature `redis`), [`store::BoxStore`] to choose one at run time, [`store::PurgeStamps`] and the `store::conformance` suite (feature `test-util`) for your own store |
 //! | stored responses | [`store::CachedResponse`], [`store::Entry`] and its versioned binary encoding ([`store::DecodeError`]) |
 //! | gRPC (tonic, feature `grpc`) | the `grpc` module: `GrpcMethods`, `GrpcMethod`, reached by the HTTP core through one internal interface |
@@ -83,6 +83,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod body;
+mod cdn_tags;
 mod coalesce;
 mod entry;
 mod fleet;
@@ -104,6 +105,7 @@ mod tags;
 mod warm;
 
 pub use body::CacheBody;
+pub use cdn_tags::CdnTags;
 pub use future::{HttpService, ResponseFuture, SendBody};
 #[cfg(feature = "grpc")]
 pub use grpc::{GrpcMethod, GrpcMethods, GrpcRequest};

@@ -167,6 +167,7 @@ impl std::fmt::Display for BypassReason {
 /// | `tower_response_cache_background_refreshes_total` | counter | `cache` | [`background_refreshes`](Self::background_refreshes) |
 /// | `tower_response_cache_revalidations_total` | counter | `cache` | [`revalidations`](Self::revalidations) |
 /// | `tower_response_cache_errors_absorbed_total` | counter | `cache` | [`errors_absorbed`](Self::errors_absorbed) |
+/// | `tower_response_cache_cdn_tags_dropped_total` | counter | `cache` | [`cdn_tags_dropped`](Self::cdn_tags_dropped) |
 /// | `tower_response_cache_store_duration_seconds` | histogram | `cache`, `op` (`get`, `put`, `purge`) | store calls made by the layer (not the reads a store answers at once) |
 /// | `tower_response_cache_origin_duration_seconds` | histogram | `cache` | inner-service calls on a miss, until the response head arrived |
 /// | `tower_response_cache_purges_total` | counter | | [`InvalidateStats::purges`](crate::invalidate::InvalidateStats::purges) |
@@ -226,6 +227,9 @@ pub struct CacheStats {
     pub revalidations: u64,
     /// Origin errors, timeouts and 5xx answers replaced by a stale entry.
     pub errors_absorbed: u64,
+    /// Tags left out of the [`CdnTags`](crate::CdnTags) header (they could not stand in it, or
+    /// did not fit).
+    pub cdn_tags_dropped: u64,
 }
 
 impl CacheStats {
@@ -313,6 +317,7 @@ pub(crate) struct Counters {
     pub(crate) background_refreshes: Tally,
     pub(crate) revalidations: Tally,
     pub(crate) errors_absorbed: Tally,
+    cdn_tags_dropped: Tally,
     bypasses: [Tally; BypassReason::ALL.len()],
     not_stored: [Tally; BypassReason::ALL.len()],
     #[cfg(feature = "metrics")]
@@ -338,6 +343,7 @@ impl Counters {
             background_refreshes: tally("tower_response_cache_background_refreshes_total"),
             revalidations: tally("tower_response_cache_revalidations_total"),
             errors_absorbed: tally("tower_response_cache_errors_absorbed_total"),
+            cdn_tags_dropped: tally("tower_response_cache_cdn_tags_dropped_total"),
             bypasses: by_reason("tower_response_cache_bypasses_total"),
             not_stored: by_reason("tower_response_cache_not_stored_total"),
             #[cfg(feature = "metrics")]
@@ -347,6 +353,12 @@ impl Counters {
 
     pub(crate) fn hit(&self) {
         self.hits.add();
+    }
+    /// Tags left out of the header shown to a CDN.
+    pub(crate) fn cdn_tags_dropped(&self, count: u64) {
+        for _ in 0..count {
+            self.cdn_tags_dropped.add();
+        }
     }
     pub(crate) fn miss(&self, kind: MissKind) {
         self.misses[miss_slot(kind)].add();
@@ -401,6 +413,7 @@ impl Counters {
             background_refreshes: self.background_refreshes.get(),
             revalidations: self.revalidations.get(),
             errors_absorbed: self.errors_absorbed.get(),
+            cdn_tags_dropped: self.cdn_tags_dropped.get(),
             bypasses: by_reason(&self.bypasses),
             not_stored: by_reason(&self.not_stored),
         }
@@ -488,7 +501,7 @@ pub(crate) use export_count;
 #[cfg(feature = "metrics")]
 fn describe() {
     use metrics::{describe_counter, describe_histogram, Unit};
-    let counters: [(&'static str, &'static str); 19] = [
+    let counters: [(&'static str, &'static str); 20] = [
         (
             "tower_response_cache_hits_total",
             "Requests answered from a fresh entry.",
@@ -533,6 +546,10 @@ fn describe() {
         (
             "tower_response_cache_errors_absorbed_total",
             "Origin errors, timeouts and 5xx answers replaced by a stale entry.",
+        ),
+        (
+            "tower_response_cache_cdn_tags_dropped_total",
+            "Tags left out of the header shown to a CDN.",
         ),
         (
             "tower_response_cache_purges_total",

@@ -274,6 +274,14 @@ async fn keep<St: Store, B: Body<Error: Send + 'static>>(
                     Settlement::Uncacheable,
                 );
             };
+            let mut head = head;
+            // Shown to the CDN on this response, not kept in the stored head.
+            let mut cdn_headers = HeaderMap::new();
+            if let Some(cdn) = &config.cdn_tags {
+                let per_identity = freshness.vary.contains(&key::IDENTITY);
+                let dropped = cdn.write_tags(&mut cdn_headers, &tags, per_identity);
+                shared.counters.cdn_tags_dropped(dropped);
+            }
             let store = StoreOnceWhole {
                 shared: shared.clone(),
                 lookout: lookout.clone(),
@@ -285,6 +293,7 @@ async fn keep<St: Store, B: Body<Error: Send + 'static>>(
                 response_time,
                 flight: client.and_then(Option::take),
             };
+            head.headers.extend(cdn_headers);
             let body = CacheBody::copied(arriving, max, Box::new(store));
             let outcome = Outcome::miss(miss_kind, status.as_u16());
             let response = finish(shared, Response::from_parts(head, body), outcome, None);

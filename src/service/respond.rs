@@ -63,6 +63,11 @@ pub(super) fn from_entry<St, B: Body>(
             .headers_mut()
             .insert(CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
     }
+    if let Some(cdn) = &shared.config.cdn_tags {
+        shared
+            .counters
+            .cdn_tags_dropped(cdn.write(response.headers_mut(), entry));
+    }
     finish(shared, response, outcome, age)
 }
 
