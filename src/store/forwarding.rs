@@ -2,7 +2,7 @@
 //! purge it has applied to a [`PurgeSink`] (a CDN in front, another cache), off the
 //! response path, through a bounded queue with retries.
 
-use super::{Entry, Lookup, PurgeMode, Store, StoreError};
+use super::{Entry, LeaseAttempt, LeaseToken, Lookup, PurgeMode, Store, StoreError};
 use crate::CacheKey;
 use std::fmt;
 use std::future::Future;
@@ -471,6 +471,23 @@ impl<S: Store> Store for PurgeForwarding<S> {
     fn handle_id(&self) -> Option<usize> {
         self.inner.handle_id()
     }
+
+    // The inner store's fast reads and fleet leases, unchanged: forwarding only watches purges.
+    fn get_now(&self, key: &CacheKey) -> Option<Lookup> {
+        self.inner.get_now(key)
+    }
+
+    async fn try_lease(&self, key: &CacheKey, ttl: Duration) -> LeaseAttempt {
+        self.inner.try_lease(key, ttl).await
+    }
+
+    async fn renew_lease(&self, key: &CacheKey, token: LeaseToken, ttl: Duration) -> bool {
+        self.inner.renew_lease(key, token, ttl).await
+    }
+
+    async fn release_lease(&self, key: &CacheKey, token: LeaseToken) {
+        self.inner.release_lease(key, token).await
+    }
 }
 
 #[cfg(test)]
@@ -478,6 +495,51 @@ mod tests {
     use super::*;
     use crate::MemoryStore;
     use std::sync::Mutex;
+
+    /// A store with leases (all held elsewhere), to see that the wrapper asks it.
+    #[derive(Clone)]
+    struct Leasing(MemoryStore);
+
+    impl Store for Leasing {
+        async fn get(&self, key: &CacheKey) -> Result<Lookup, StoreError> {
+            self.0.get(key).await
+        }
+        async fn put(&self, key: CacheKey, entry: Entry, ttl: Duration) -> Result<bool, StoreError> {
+            self.0.put(key, entry, ttl).await
+        }
+        async fn remove(&self, key: &CacheKey) -> Result<(), StoreError> {
+            self.0.remove(key).await
+        }
+        async fn purge(&self, tags: &[String], mode: PurgeMode) -> Result<(), StoreError> {
+            self.0.purge(tags, mode).await
+        }
+        async fn purge_all(&self) -> Result<(), StoreError> {
+            self.0.purge_all().await
+        }
+        async fn try_lease(&self, _key: &CacheKey, _ttl: Duration) -> LeaseAttempt {
+            LeaseAttempt::Held
+        }
+    }
+
+    /// Wrapping a store keeps what it does besides purges: answering at once (the hit path)
+    /// and fleet leases.
+    #[tokio::test]
+    async fn the_inner_stores_fast_reads_and_leases_are_kept() {
+        let memory = MemoryStore::new();
+        let key = CacheKey::from_bytes(&b"k"[..]);
+        let entry = crate::entry::testing::response("x", &[], Duration::from_secs(60));
+        memory
+            .put(key.clone(), Entry::Response(Arc::new(entry)), Duration::from_secs(60))
+            .await
+            .unwrap();
+        let forwarding = PurgeForwarding::new(memory, |_event: PurgeEvent| async { Ok(()) });
+        assert!(matches!(forwarding.get_now(&key), Some(Lookup::Found(_))));
+        let leasing = PurgeForwarding::new(Leasing(MemoryStore::new()), |_event: PurgeEvent| async { Ok(()) });
+        assert_eq!(
+            leasing.try_lease(&key, Duration::from_secs(1)).await,
+            LeaseAttempt::Held
+        );
+    }
 
     fn recording() -> (impl PurgeSink, Arc<Mutex<Vec<PurgeEvent>>>, Arc<tokio::sync::Notify>) {
         let seen = Arc::new(Mutex::new(Vec::new()));
