@@ -6,6 +6,7 @@ use crate::coalesce::Coalescer;
 use crate::key::KeyConfig;
 use crate::metrics::{CacheStats, Counters};
 use crate::policy::{CacheDecision, CachePolicy, PolicyConfig, RouteOverride, DEFAULT_CACHEABLE_STATUSES};
+use crate::refresh_ahead::{Ahead, RefreshAhead};
 use crate::service::CacheService;
 use crate::status::{CacheStatusHeader, CacheStatusName};
 use crate::tags::TagLimits;
@@ -47,6 +48,7 @@ pub(crate) struct Config {
     pub(crate) coalesce: bool,
     pub(crate) fleet_coalesce: bool,
     pub(crate) cdn_tags: Option<CdnTags>,
+    pub(crate) refresh_ahead: Option<Ahead>,
     pub(crate) coalesce_timeout: Duration,
     pub(crate) remember_uncacheable: Duration,
     pub(crate) origin_timeout: Option<Duration>,
@@ -98,6 +100,7 @@ impl fmt::Debug for Config {
             .field("coalesce", &self.coalesce)
             .field("fleet_coalesce", &self.fleet_coalesce)
             .field("cdn_tags", &self.cdn_tags)
+            .field("refresh_ahead", &self.refresh_ahead)
             .field("coalesce_timeout", &self.coalesce_timeout)
             .field("remember_uncacheable", &self.remember_uncacheable)
             .field("origin_timeout", &self.origin_timeout);
@@ -181,6 +184,7 @@ impl<St: Store> CacheLayer<St> {
                 coalesce: true,
                 fleet_coalesce: true,
                 cdn_tags: None,
+                refresh_ahead: None,
                 coalesce_timeout: Duration::from_secs(10),
                 remember_uncacheable: Duration::from_secs(5),
                 origin_timeout: None,
@@ -543,6 +547,13 @@ impl<St: Store> CacheLayerBuilder<St> {
     /// entry (misses that store it, hits). Off by default. See [`CdnTags`].
     pub fn cdn_tags(mut self, tags: CdnTags) -> Self {
         self.config.cdn_tags = Some(tags);
+        self
+    }
+
+    /// Refreshes entries read often shortly before they expire, in the background, so that
+    /// hot keys never miss (off by default). See [`RefreshAhead`].
+    pub fn refresh_ahead(mut self, settings: RefreshAhead) -> Self {
+        self.config.refresh_ahead = Some(Ahead::new(settings));
         self
     }
 

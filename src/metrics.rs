@@ -221,7 +221,8 @@ pub struct CacheStats {
     /// Waiters answered with their leader's origin failure (a 5xx, or `502` for an error)
     /// instead of each calling a failing origin.
     pub failures_shared: u64,
-    /// Refreshes run in the background while a stale entry was served.
+    /// Refreshes run in the background while a stale entry was served, or ahead of a hot
+    /// entry's expiry ([`RefreshAhead`](crate::RefreshAhead)).
     pub background_refreshes: u64,
     /// Conditional requests that revalidated a stored entry (the origin answered 304).
     pub revalidations: u64,

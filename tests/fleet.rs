@@ -16,8 +16,8 @@ use redis_server::RedisServer;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tower_response_cache::store::{LeaseAttempt, RedisStore};
-use tower_response_cache::{CacheKey, CacheLayer, Store};
+use tower_response_cache::store::{BoxStore, LeaseAttempt, RedisStore, TieredStore};
+use tower_response_cache::{CacheKey, CacheLayer, MemoryStore, RefreshAhead, Store};
 
 const INSTANCES: usize = 4;
 const PER_INSTANCE: usize = 250;
@@ -189,15 +189,28 @@ async fn a_lease_belongs_to_its_holder_and_expires() {
     }
 }
 
+/// An instance's store: Redis alone, or a memory tier over it.
+fn store_for(redis: RedisStore, tiered: bool) -> BoxStore {
+    if tiered {
+        BoxStore::new(TieredStore::new(MemoryStore::new(), redis))
+    } else {
+        BoxStore::new(redis)
+    }
+}
+
 /// A stale hot key on 4 instances: 1,000 requests spread over them inside its
-/// stale-while-revalidate window make 1 background refresh across the fleet.
+/// stale-while-revalidate window make 1 background refresh across the fleet, with Redis
+/// alone and with a memory tier over it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_hot_key_is_refreshed_once_per_fleet() {
     if !redis_server::available() {
         return;
     }
     let server = RedisServer::start();
-    for (on, expected) in [(true, 1..=1), (false, 2..=INSTANCES)] {
+    let runs = [false, true]
+        .into_iter()
+        .flat_map(|tiered| [(tiered, true, 1..=1), (tiered, false, 2..=INSTANCES)]);
+    for (tiered, on, expected) in runs {
         let namespace = exchange::fresh_namespace("refresh");
         let calls = Arc::new(AtomicUsize::new(0));
         let mut apps = Vec::new();
@@ -225,7 +238,7 @@ async fn a_stale_hot_key_is_refreshed_once_per_fleet() {
                         }
                     }),
                 )
-                .layer(CacheLayer::builder(store).fleet_coalesce(on).build());
+                .layer(CacheLayer::builder(store_for(store, tiered)).fleet_coalesce(on).build());
             apps.push(app);
         }
         let (status, _, _) = exchange(&apps[0], "GET", "/hot").await;
@@ -254,7 +267,91 @@ async fn a_stale_hot_key_is_refreshed_once_per_fleet() {
             settled = now;
         }
         let refreshes = calls.load(SeqCst) - 1;
-        eprintln!("fleet coalescing {on}: {refreshes} background refresh(es) for 1,000 stale requests");
-        assert!(expected.contains(&refreshes), "fleet {on}: {refreshes} refreshes");
+        eprintln!(
+            "tiered {tiered}, fleet coalescing {on}: {refreshes} background refresh(es) for 1,000 stale requests"
+        );
+        assert!(
+            expected.contains(&refreshes),
+            "tiered {tiered}, fleet {on}: {refreshes} refreshes"
+        );
     }
+}
+
+/// A hot key read on 4 instances in the last half of its lifetime: with refresh-ahead, one
+/// instance refreshes it for the fleet (each would without fleet coalescing), and no
+/// request misses. With Redis alone and with a memory tier over it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_key_is_refreshed_ahead_once_per_fleet() {
+    if !redis_server::available() {
+        return;
+    }
+    let server = RedisServer::start();
+    for tiered in [false, true] {
+        for (on, expected) in [(true, 1..=1), (false, 2..=INSTANCES)] {
+            let refreshes = refreshed_ahead(&server, tiered, on).await;
+            assert!(
+                expected.contains(&refreshes),
+                "tiered {tiered}, fleet {on}: {refreshes} refreshes"
+            );
+        }
+    }
+}
+
+/// Refreshes made ahead of expiry while 4 instances read one hot key for most of its
+/// 2 s lifetime.
+async fn refreshed_ahead(server: &RedisServer, tiered: bool, on: bool) -> usize {
+    let namespace = exchange::fresh_namespace("ahead");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut apps = Vec::new();
+    for _ in 0..INSTANCES {
+        let store = RedisStore::builder(server.url())
+            .namespace(&namespace)
+            .connect()
+            .await
+            .expect("connect");
+        let calls = calls.clone();
+        let origin = get(move || {
+            let calls = calls.clone();
+            async move {
+                // Refreshes are slow: every instance is due before the first lands.
+                if calls.fetch_add(1, SeqCst) > 0 {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                ([("cache-control", "max-age=2")], "hot")
+            }
+        });
+        let layer = CacheLayer::builder(store_for(store, tiered))
+            .fleet_coalesce(on)
+            .refresh_ahead(RefreshAhead::new().window(0.5).min_reads(1));
+        apps.push(Router::new().route("/hot", origin).layer(layer.build()));
+    }
+    let started = Instant::now();
+    let (status, _, _) = exchange(&apps[0], "GET", "/hot").await;
+    assert_eq!(status.as_u16(), 200);
+    // Reads spread over the instances until shortly before the first entry expires; a
+    // refreshed entry's window opens only after that.
+    let mut i = 0;
+    while started.elapsed() < Duration::from_millis(1_900) {
+        let (status, cache_status, body) = exchange(&apps[i % INSTANCES], "GET", "/hot").await;
+        assert_eq!((status.as_u16(), body.as_str()), (200, "hot"));
+        assert!(cache_status.contains("hit"), "read {i}: {cache_status}");
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Let the refreshes still running finish.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut settled = calls.load(SeqCst);
+    loop {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let now = calls.load(SeqCst);
+        if now == settled || Instant::now() > deadline {
+            break;
+        }
+        settled = now;
+    }
+    let refreshes = calls.load(SeqCst) - 1;
+    eprintln!(
+        "tiered {tiered}, fleet coalescing {on}: {refreshes} refresh(es) ahead for {i} hot reads over 4 instances"
+    );
+    refreshes
 }

@@ -24,7 +24,9 @@ use redis_server::RedisServer;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tower_response_cache::store::{RedisStore, TieredStore};
+use tower_response_cache::store::{
+    BoxStore, PurgeEvent, PurgeForwarding, PurgeOrigin, PurgeSinkError, RedisStore, TieredStore,
+};
 use tower_response_cache::{CacheLayer, CacheTags, Invalidate, InvalidateLayer, MemoryStore, Store};
 
 fn fresh_namespace() -> String {
@@ -345,4 +347,63 @@ async fn a_landed_tiered_purge_stays_pending_until_every_memory_tier_applied_it(
     );
     assert_eq!(stale, 0, "B served what A's landed purge invalidated");
     assert_eq!(store_a.l2().stats().landed_purges, landed + 1);
+}
+
+/// A purge made while the link to Redis is cut is passed on to the CDN at once (this
+/// instance applies it at once) and again, as `Replayed`, once it lands in Redis: until then
+/// other instances could serve what it invalidates, and the CDN fetch it again from them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_purge_is_passed_on_again_once_it_lands() {
+    if !redis_server::available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let proxy = Proxy::start(([127, 0, 0, 1], server.port).into()).await;
+    let store = redis(proxy.url(), &fresh_namespace(), 1 << 20).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let sink = move |event: PurgeEvent| {
+        let tx = tx.clone();
+        async move { tx.send(event).map_err(|_| PurgeSinkError::new("receiver gone")) }
+    };
+    // Through a BoxStore, as an application choosing its store at run time has it.
+    let forwarding = PurgeForwarding::new(BoxStore::new(store.clone()), sink);
+
+    forwarding.purge_tags(["books"]).await.unwrap();
+    let event = next_event(&mut rx).await;
+    assert_eq!(
+        (event.tags.as_slice(), event.origin),
+        (&["books".to_owned()][..], PurgeOrigin::Programmatic)
+    );
+
+    proxy.black_hole();
+    forwarding.purge_tags(["reviews"]).await.unwrap();
+    assert_eq!(store.stats().pending_purges, 1, "queued, not failed");
+    let event = next_event(&mut rx).await;
+    assert_eq!(
+        (event.tags.as_slice(), event.origin),
+        (&["reviews".to_owned()][..], PurgeOrigin::Programmatic)
+    );
+
+    proxy.heal();
+    let event = next_event(&mut rx).await;
+    assert_eq!(
+        (event.tags.as_slice(), event.origin),
+        (&["reviews".to_owned()][..], PurgeOrigin::Replayed)
+    );
+    assert_eq!(store.stats().landed_purges, 1);
+    assert!(
+        rx.try_recv().is_err(),
+        "a purge that reached Redis at once is not passed on again"
+    );
+    until("3 purges delivered", Duration::from_secs(5), || {
+        forwarding.stats().delivered == 3
+    })
+    .await;
+}
+
+async fn next_event(rx: &mut tokio::sync::mpsc::UnboundedReceiver<PurgeEvent>) -> PurgeEvent {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("an event")
+        .unwrap()
 }

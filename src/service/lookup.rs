@@ -9,7 +9,6 @@ use crate::policy::{CacheDecision, RequestFacts};
 use crate::status::MissKind;
 use crate::store::{Lookup, Store, StoreError};
 use http::header::{HeaderMap, HeaderValue};
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -75,10 +74,20 @@ pub(super) enum Found {
 
 /// Reads the primary key and, for varying responses, the variant the request selects.
 pub(super) async fn lookup<St: Store>(shared: &Shared<St>, lookout: &Lookout, headers: &HeaderMap) -> Found {
-    let (response, standing, own) = match primary(shared, lookout, headers, get(shared, &lookout.primary).await) {
+    lookup_as(shared, lookout, headers, Read::Local).await
+}
+
+/// [`lookup`] past any copy local to this instance ([`Store::get_latest`]): what another
+/// instance may just have stored.
+pub(super) async fn lookup_latest<St: Store>(shared: &Shared<St>, lookout: &Lookout, headers: &HeaderMap) -> Found {
+    lookup_as(shared, lookout, headers, Read::Latest).await
+}
+
+async fn lookup_as<St: Store>(shared: &Shared<St>, lookout: &Lookout, headers: &HeaderMap, read: Read) -> Found {
+    let (response, standing, own) = match primary(shared, lookout, headers, get(shared, &lookout.primary, read).await) {
         Step::Found(found) => return found,
         Step::Response(response, standing) => (response, standing, false),
-        Step::Variant(key, own) => match variant(shared, own, get(shared, &key).await) {
+        Step::Variant(key, own) => match variant(shared, own, get(shared, &key, read).await) {
             Ok((response, standing)) => (response, standing, own),
             Err(found) => return found,
         },
@@ -159,12 +168,24 @@ fn judge(lookout: &Lookout, response: Arc<CachedResponse>, standing: Standing, o
     }
 }
 
+/// Which read of the store a lookup makes.
+#[derive(Debug, Clone, Copy)]
+enum Read {
+    Local,
+    Latest,
+}
+
 /// One store read (timed with the `metrics` feature).
-fn get<'a, St: Store>(
-    shared: &'a Shared<St>,
-    key: &'a CacheKey,
-) -> impl Future<Output = Result<Lookup, StoreError>> + Send + 'a {
-    shared.counters.timed(Timed::StoreGet, shared.store.get(key))
+async fn get<St: Store>(shared: &Shared<St>, key: &CacheKey, read: Read) -> Result<Lookup, StoreError> {
+    match read {
+        Read::Local => shared.counters.timed(Timed::StoreGet, shared.store.get(key)).await,
+        Read::Latest => {
+            shared
+                .counters
+                .timed(Timed::StoreGet, shared.store.get_latest(key))
+                .await
+        }
+    }
 }
 
 /// What the store said of an entry it returned.

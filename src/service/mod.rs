@@ -25,7 +25,7 @@ use forward::{forward, gateway_timeout, invalidate_target, Attempt};
 use http::header::{AUTHORIZATION, CACHE_CONTROL, COOKIE, IF_MODIFIED_SINCE, IF_NONE_MATCH, RANGE};
 use http::{request, Method, Request, Response};
 use http_body::Body;
-use lookup::{lookup, lookup_now, Found, Lookout, Stale};
+use lookup::{lookup, lookup_latest, lookup_now, Found, Lookout, Stale};
 use respond::{from_entry, streamed};
 use std::fmt;
 use std::sync::Arc;
@@ -140,6 +140,8 @@ enum Begun {
         lookout: Box<Lookout>,
         found: Found,
         generation: u64,
+        /// A fresh entry found due for a refresh ahead of expiry.
+        ahead: bool,
     },
     /// The store answers only by awaiting.
     Prepared { lookout: Box<Lookout>, generation: u64 },
@@ -163,11 +165,19 @@ fn begin<St: Store, B: Body>(shared: &Shared<St>, parts: &request::Parts) -> Res
     let lookout = Box::new(lookout_for(config, parts, decided, None, std::time::UNIX_EPOCH));
     let generation = shared.coalescer.generation();
     match lookup_now(shared, &lookout, &parts.headers) {
-        Some(Found::Fresh(entry)) => Ok(hit(shared, &entry, &lookout)),
+        Some(Found::Fresh(entry)) if !refresh_due(shared, &lookout, &entry) => Ok(hit(shared, &entry, &lookout)),
+        // Due for a refresh ahead of expiry: answered by `handle`, which has the inner service.
+        Some(found @ Found::Fresh(_)) => Err(Begun::Looked {
+            lookout,
+            found,
+            generation,
+            ahead: true,
+        }),
         Some(found) => Err(Begun::Looked {
             lookout,
             found,
             generation,
+            ahead: false,
         }),
         None => Err(Begun::Prepared { lookout, generation }),
     }
@@ -229,14 +239,18 @@ where
     ResB: SendBody,
 {
     let config = &shared.config;
+    // Whether a fresh entry found is due for a refresh ahead of expiry, once judged.
+    let mut ahead = None;
     let (lookout, mut found, generation, body) = match begun {
         Begun::Looked {
             mut lookout,
             found,
             generation,
+            ahead: due,
         } => {
             // Before anything is asked of the origin: what it answers started after this.
             lookout.facts.request_time = request_clock();
+            ahead = Some(due);
             (*lookout, found, generation, body)
         }
         Begun::Prepared {
@@ -322,28 +336,22 @@ where
     }
     let personal_miss = matches!(found, Found::PersonalMiss);
     let (stale, miss_kind) = match found {
-        Found::Fresh(entry) => return Ok(hit(shared, &entry, &lookout)),
+        Found::Fresh(entry) => {
+            if ahead.unwrap_or_else(|| refresh_due(shared, &lookout, &entry)) {
+                let stale = Stale {
+                    entry: entry.clone(),
+                    error_only: false,
+                    soft_purged: false,
+                };
+                start_refresh(shared, inner, parts, body, &lookout, &stale, true);
+            }
+            return Ok(hit(shared, &entry, &lookout));
+        }
         Found::Stale(stale) if client_refuses_stored => (Some(stale), MissKind::Request),
         Found::Stale(stale) => {
             let now = SystemTime::now();
             if stale.serves_while_revalidating(now) && tokio::runtime::Handle::try_current().is_ok() {
-                // A HEAD never refreshes: its answer has no body, and the service behind the
-                // layer may be a HEAD-only handler (`Router::layer` wraps each method's own),
-                // so not even a GET made from it could be trusted. The next GET refreshes.
-                let flight_key = flight_key(&lookout, Some(&stale), false);
-                let flight = (!lookout.head).then(|| shared.coalescer.try_lead(&flight_key));
-                if let Some(flight) = flight.flatten() {
-                    let refresh = refresh(
-                        shared.clone(),
-                        inner,
-                        parts,
-                        body,
-                        lookout.clone(),
-                        stale.clone(),
-                        flight,
-                    );
-                    tokio::spawn(refresh);
-                }
+                start_refresh(shared, inner, parts, body, &lookout, &stale, false);
                 Counters::count(&shared.counters.stale_hits);
                 let outcome = Outcome::stale_hit(stale.stale_for(now), StaleReason::WhileRevalidate);
                 return Ok(from_entry(
@@ -564,8 +572,59 @@ async fn collapsed<St: Store, B: Body>(
     Some(from_entry(shared, &entry, lookout, outcome, None))
 }
 
-/// Refreshes a stale entry in the background while it is served (stale-while-revalidate).
-/// A failed refresh keeps the stale entry.
+/// Whether this read of the fresh `entry` starts a refresh ahead of its expiry (never for a
+/// HEAD, nor without a runtime to run it on).
+fn refresh_due<St>(shared: &Shared<St>, lookout: &Lookout, entry: &CachedResponse) -> bool {
+    let Some(ahead) = &shared.config.refresh_ahead else {
+        return false;
+    };
+    !lookout.head
+        && ahead.due(&lookout.primary, entry, SystemTime::now())
+        && tokio::runtime::Handle::try_current().is_ok()
+}
+
+/// Starts the one background refresh of `stale` (stale-while-revalidate, or `ahead` of a
+/// fresh entry's expiry) unless one runs for its key already.
+fn start_refresh<S, St, ReqB, ResB>(
+    shared: &Arc<Shared<St>>,
+    inner: S,
+    parts: request::Parts,
+    body: ReqB,
+    lookout: &Lookout,
+    stale: &Stale,
+    ahead: bool,
+) where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
+    S::Future: Send,
+    St: Store,
+    ReqB: Send + 'static,
+    ResB: SendBody,
+{
+    // A HEAD never refreshes: its answer has no body, and the service behind the layer may
+    // be a HEAD-only handler (`Router::layer` wraps each method's own), so not even a GET
+    // made from it could be trusted. The next GET refreshes.
+    if lookout.head {
+        return;
+    }
+    let flight_key = flight_key(lookout, Some(stale), false);
+    if let Some(flight) = shared.coalescer.try_lead(&flight_key) {
+        let refresh = refresh(
+            shared.clone(),
+            inner,
+            parts,
+            body,
+            lookout.clone(),
+            stale.clone(),
+            flight,
+            ahead,
+        );
+        tokio::spawn(refresh);
+    }
+}
+
+/// Refreshes a stale entry in the background while it is served (stale-while-revalidate),
+/// or a fresh one `ahead` of its expiry. A failed refresh keeps the entry.
+#[allow(clippy::too_many_arguments)]
 async fn refresh<S, St, ReqB, ResB>(
     shared: Arc<Shared<St>>,
     mut inner: S,
@@ -574,14 +633,21 @@ async fn refresh<S, St, ReqB, ResB>(
     lookout: Lookout,
     stale: Stale,
     mut flight: Flight,
+    ahead: bool,
 ) where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
     St: Store,
     ResB: Body<Error: Send + 'static>,
 {
-    // One refresh per fleet: an instance that finds another refreshing keeps serving stale.
+    // One refresh per fleet: an instance that finds another refreshing keeps serving what it
+    // has. Ahead of expiry the entry is fresh still: only a newer one shows a refresh landed.
     if shared.config.fleet_coalesce {
-        let fresh = async { matches!(lookup(&shared, &lookout, &parts.headers).await, Found::Fresh(_)) };
+        let fresh = async {
+            match lookup_latest(&shared, &lookout, &parts.headers).await {
+                Found::Fresh(entry) => !ahead || entry.response_time != stale.entry.response_time,
+                _ => false,
+            }
+        };
         if !Box::pin(fleet::refresh(&shared.store, &mut flight, fresh)).await {
             flight.settle(Settlement::Retry);
             return;

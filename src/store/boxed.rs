@@ -26,6 +26,10 @@ impl<S: Store> Store for Arc<S> {
         Store::get_now(&**self, key)
     }
 
+    async fn get_latest(&self, key: &CacheKey) -> Result<Lookup, StoreError> {
+        Store::get_latest(&**self, key).await
+    }
+
     async fn put(&self, key: CacheKey, entry: Entry, ttl: Duration) -> Result<bool, StoreError> {
         Store::put(&**self, key, entry, ttl).await
     }
@@ -68,6 +72,7 @@ impl<S: Store> Store for Arc<S> {
 trait DynStore: Send + Sync + 'static {
     fn get<'a>(&'a self, key: &'a CacheKey) -> BoxFuture<'a, Lookup>;
     fn get_now(&self, key: &CacheKey) -> Option<Lookup>;
+    fn get_latest<'a>(&'a self, key: &'a CacheKey) -> BoxFuture<'a, Lookup>;
     fn put(&self, key: CacheKey, entry: Entry, ttl: Duration) -> BoxFuture<'_, bool>;
     fn remove<'a>(&'a self, key: &'a CacheKey) -> BoxFuture<'a, ()>;
     fn purge<'a>(&'a self, tags: &'a [String], mode: PurgeMode) -> BoxFuture<'a, ()>;
@@ -88,6 +93,9 @@ impl<S: Store> DynStore for S {
     }
     fn get_now(&self, key: &CacheKey) -> Option<Lookup> {
         Store::get_now(self, key)
+    }
+    fn get_latest<'a>(&'a self, key: &'a CacheKey) -> BoxFuture<'a, Lookup> {
+        Box::pin(Store::get_latest(self, key))
     }
     fn put(&self, key: CacheKey, entry: Entry, ttl: Duration) -> BoxFuture<'_, bool> {
         Box::pin(Store::put(self, key, entry, ttl))
@@ -183,6 +191,10 @@ impl Store for BoxStore {
 
     fn get_now(&self, key: &CacheKey) -> Option<Lookup> {
         DynStore::get_now(&*self.inner, key)
+    }
+
+    async fn get_latest(&self, key: &CacheKey) -> Result<Lookup, StoreError> {
+        DynStore::get_latest(&*self.inner, key).await
     }
 
     async fn put(&self, key: CacheKey, entry: Entry, ttl: Duration) -> Result<bool, StoreError> {

@@ -30,6 +30,10 @@ pub enum PurgeOrigin {
     Mutation,
     /// A call on the store from code (a `PurgeEndpoint` among them).
     Programmatic,
+    /// A purge that could not reach Redis when it was made, passed on again once it landed
+    /// there: until then other instances could still read (and a CDN fetch again) what it
+    /// invalidates. It was passed on first, as a mutation's or a call's, when it was made.
+    Replayed,
 }
 
 /// One purge applied to the local store, as a [`PurgeSink`] receives it.
@@ -199,7 +203,9 @@ pub struct PurgeForwardingStats {
 /// exponential backoff. A full queue drops the purge, a sink that keeps failing has it
 /// given up; both are counted ([`stats`](Self::stats)) and logged, and neither fails or
 /// delays a request. Purges other instances made (learnt through Redis) are not passed on:
-/// the instance that made each one does.
+/// the instance that made each one does. A purge that a Redis store behind this one had to
+/// queue (Redis unreachable) is passed on when it is made and again, as
+/// [`PurgeOrigin::Replayed`], once it lands in Redis.
 ///
 /// Give this store (or its clones) to every layer and to the code that purges: a purge made
 /// through the store inside is not seen. It has the [`handle_id`](Store::handle_id) of the
@@ -291,19 +297,61 @@ impl<S> PurgeForwarding<S> {
     }
 
     fn forward(&self, event: PurgeEvent) {
-        match self.queue.try_send(event) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(event)) => {
-                self.counters.dropped.fetch_add(1, Relaxed);
-                tracing::warn!(?event, "purge not forwarded: the forwarding queue is full");
-            }
-            Err(mpsc::error::TrySendError::Closed(event)) => {
-                self.counters.dropped.fetch_add(1, Relaxed);
-                // The task ends only with its runtime, or when the sink panicked.
-                tracing::error!(?event, "purge not forwarded: the forwarding task has ended");
-            }
+        enqueue(&self.queue, &self.counters, event);
+    }
+}
+
+fn enqueue(queue: &mpsc::Sender<PurgeEvent>, counters: &Counters, event: PurgeEvent) {
+    match queue.try_send(event) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(event)) => {
+            counters.dropped.fetch_add(1, Relaxed);
+            tracing::warn!(?event, "purge not forwarded: the forwarding queue is full");
+        }
+        Err(mpsc::error::TrySendError::Closed(event)) => {
+            counters.dropped.fetch_add(1, Relaxed);
+            // The task ends only with its runtime, or when the sink panicked.
+            tracing::error!(?event, "purge not forwarded: the forwarding task has ended");
         }
     }
+}
+
+/// Passes on, as [`PurgeOrigin::Replayed`], each purge the Redis store behind `store` (a
+/// `RedisStore`, a `TieredStore`, either in a `BoxStore` or an `Arc`) queued and then landed.
+#[cfg(feature = "redis")]
+fn replay_landed<S: Store>(store: &S, queue: &mpsc::Sender<PurgeEvent>, counters: &Arc<Counters>) {
+    use super::purge_queue::PendingKind;
+    use super::{BoxStore, RedisStore, TieredStore};
+    use std::any::Any;
+    fn redis_of(any: &dyn Any) -> Option<&RedisStore> {
+        if let Some(redis) = any.downcast_ref::<RedisStore>() {
+            return Some(redis);
+        }
+        if let Some(tiered) = any.downcast_ref::<TieredStore>() {
+            return Some(tiered.l2());
+        }
+        if let Some(boxed) = any.downcast_ref::<BoxStore>() {
+            return boxed
+                .downcast_ref::<RedisStore>()
+                .or_else(|| boxed.downcast_ref::<TieredStore>().map(TieredStore::l2));
+        }
+        None
+    }
+    let any: &dyn Any = store;
+    let redis = redis_of(any)
+        .or_else(|| any.downcast_ref::<Arc<RedisStore>>().map(|a| &**a))
+        .or_else(|| any.downcast_ref::<Arc<TieredStore>>().map(|a| a.l2()));
+    let Some(redis) = redis else { return };
+    let (queue, counters) = (queue.downgrade(), counters.clone());
+    redis.on_landed(Box::new(move |kind| {
+        // The forwarding store is gone with its queue: nothing to pass on.
+        let Some(queue) = queue.upgrade() else { return };
+        let event = match kind {
+            PendingKind::Tags { tags, mode } => PurgeEvent::new(tags.iter().cloned(), *mode, PurgeOrigin::Replayed),
+            PendingKind::All => PurgeEvent::all(PurgeOrigin::Replayed),
+        };
+        enqueue(&queue, &counters, event);
+    }));
 }
 
 /// Configures a [`PurgeForwarding`] store; made by [`PurgeForwarding::builder`].
@@ -393,6 +441,8 @@ impl<S: Store, K: PurgeSink> PurgeForwardingBuilder<S, K> {
             timeout: self.timeout,
         };
         tokio::spawn(drain(self.sink, events, retry, counters.clone()));
+        #[cfg(feature = "redis")]
+        replay_landed(&self.store, &queue, &counters);
         PurgeForwarding {
             inner: self.store,
             queue,
@@ -475,6 +525,10 @@ impl<S: Store> Store for PurgeForwarding<S> {
     // The inner store's fast reads and fleet leases, unchanged: forwarding only watches purges.
     fn get_now(&self, key: &CacheKey) -> Option<Lookup> {
         self.inner.get_now(key)
+    }
+
+    async fn get_latest(&self, key: &CacheKey) -> Result<Lookup, StoreError> {
+        self.inner.get_latest(key).await
     }
 
     async fn try_lease(&self, key: &CacheKey, ttl: Duration) -> LeaseAttempt {

@@ -169,6 +169,14 @@ pub trait Store: Clone + Send + Sync + 'static {
         None
     }
 
+    /// Reads the entry under `key` as every instance sharing the store sees it now, past any
+    /// copy this instance keeps of its own (a tiered store's memory tier). The layer reads
+    /// this way before a background refresh, to learn whether another instance has just
+    /// made it. The default is [`get`](Self::get).
+    fn get_latest(&self, key: &CacheKey) -> impl Future<Output = Result<Lookup, StoreError>> + Send {
+        self.get(key)
+    }
+
     /// Writes `entry` under `key` for at most `ttl`. Returns `false` when the store declined
     /// it (a purge of one of its tags happened after its request started, or it is larger
     /// than the store can hold).

@@ -357,6 +357,9 @@ enum Breaking {
     Past,
 }
 
+/// What is told of a queued purge that landed.
+pub(crate) type Landed = Box<dyn Fn(&PendingKind) + Send + Sync>;
+
 /// A standalone or cluster connection, behind one type.
 #[derive(Clone)]
 enum Connection {
@@ -435,6 +438,8 @@ struct Inner {
     /// Set when a tiered store puts a memory tier over this store: how long a landed queued
     /// purge takes to reach every memory tier.
     tier_window: OnceLock<Duration>,
+    /// Told of each queued purge once it lands (a `PurgeForwarding` over this store).
+    on_landed: std::sync::Mutex<Vec<Landed>>,
     /// The `maxmemory-policy` read at connect, as a [`MaxmemoryPolicy`] index.
     policy: AtomicU8,
     stamps_evictable: AtomicBool,
@@ -949,7 +954,19 @@ impl RedisStore {
             self.inner.pending.landed(pending);
         }
         tracing::info!("a queued purge landed in Redis");
+        for landed in self.inner.on_landed.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            landed(&pending.kind);
+        }
         Ok(())
+    }
+
+    /// Calls `landed` with each queued purge once it has landed in Redis.
+    pub(crate) fn on_landed(&self, landed: Landed) {
+        self.inner
+            .on_landed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(landed);
     }
 
     /// How the purges still waiting for Redis judge an entry read from it.
@@ -1149,6 +1166,7 @@ impl RedisStoreBuilder {
                 counters: RedisCounters::default(),
                 pending: PurgeQueue::new(self.pending_purge_bytes, self.skew_margin),
                 tier_window: OnceLock::new(),
+                on_landed: Default::default(),
                 policy: AtomicU8::new(MaxmemoryPolicy::Unknown.index()),
                 stamps_evictable: AtomicBool::new(false),
             }),

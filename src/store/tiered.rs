@@ -195,6 +195,13 @@ impl Store for TieredStore {
         }
     }
 
+    /// What Redis holds, copied over this instance's memory tier: another instance may have
+    /// replaced the entry there since it was copied.
+    async fn get_latest(&self, key: &CacheKey) -> Result<Lookup, StoreError> {
+        self.l1.remove(key).await?;
+        self.get(key).await
+    }
+
     async fn put(&self, key: CacheKey, entry: Entry, ttl: Duration) -> Result<bool, StoreError> {
         let ticket = self.feed.ticket();
         match self.l2.put(key.clone(), entry.clone(), ttl).await {

@@ -1,0 +1,198 @@
+//! Refresh-ahead: a key read all the time is refreshed in the background before it expires
+//! and never misses; a key read rarely is left to expire; a HEAD never refreshes; a
+//! validator turns the refresh into a revalidation.
+
+use axum::http::{HeaderMap, Request, StatusCode};
+use axum::routing::get;
+use axum::Router;
+use http_body_util::BodyExt;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tower::ServiceExt;
+use tower_response_cache::{CacheLayer, MemoryStore, RefreshAhead};
+
+/// An origin answering `max-age=1`, counting its calls; calls after the first take `slow`.
+fn app(calls: Arc<AtomicUsize>, slow: Duration, ahead: Option<RefreshAhead>) -> (Router, CacheLayer<MemoryStore>) {
+    let mut layer = CacheLayer::builder(MemoryStore::new());
+    if let Some(ahead) = ahead {
+        layer = layer.refresh_ahead(ahead);
+    }
+    let layer = layer.build();
+    let router = Router::new()
+        .route(
+            "/hot",
+            get(move || {
+                let calls = calls.clone();
+                async move {
+                    if calls.fetch_add(1, SeqCst) > 0 {
+                        tokio::time::sleep(slow).await;
+                    }
+                    ([("cache-control", "max-age=1")], "hot")
+                }
+            }),
+        )
+        .layer(layer.clone());
+    (router, layer)
+}
+
+async fn send(app: &Router, method: &str) -> (StatusCode, String) {
+    let req = Request::builder()
+        .method(method)
+        .uri("/hot")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(10), app.clone().oneshot(req))
+        .await
+        .expect("a request hung")
+        .unwrap();
+    let status = res.status();
+    let cache_status = res
+        .headers()
+        .get("cache-status")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    if method == "GET" {
+        assert_eq!(&body[..], b"hot");
+    }
+    (status, cache_status)
+}
+
+/// Reads `/hot` every 5 ms for `run`; returns the reads that were not hits.
+async fn steady_load(app: &Router, run: Duration) -> usize {
+    let started = Instant::now();
+    let mut not_hits = 0;
+    while started.elapsed() < run {
+        let (status, cache_status) = send(app, "GET").await;
+        assert_eq!(status, StatusCode::OK);
+        if !cache_status.contains("hit") {
+            not_hits += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    not_hits
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_key_is_refreshed_before_each_expiry_and_never_misses() {
+    // A refresh takes 100 ms, and every read in the window while it runs is due: one refresh
+    // at a time still runs, one per lifetime.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let ahead = RefreshAhead::new().window(0.5).min_reads(3);
+    let (router, layer) = app(calls.clone(), Duration::from_millis(100), Some(ahead));
+    let run = Duration::from_millis(3_300);
+    let not_hits = steady_load(&router, run).await;
+    let stats = layer.stats();
+    let refreshes = calls.load(SeqCst) - 1;
+    eprintln!("refresh-ahead: {not_hits} reads not hits, {refreshes} refreshes, {stats:?}");
+    assert_eq!(not_hits, 1, "only the first read misses");
+    assert_eq!(stats.misses, 1);
+    // Each lifetime (1 s) is refreshed once, at least half-way through: over 3.3 s, 3 to 6.
+    assert!((3..=6).contains(&refreshes), "{refreshes} refreshes");
+    assert_eq!(stats.background_refreshes as usize, refreshes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_refresh_ahead_the_same_load_misses_at_every_expiry() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (router, layer) = app(calls.clone(), Duration::from_millis(100), None);
+    let not_hits = steady_load(&router, Duration::from_millis(2_300)).await;
+    assert!(not_hits >= 3, "{not_hits} reads not hits");
+    assert_eq!(layer.stats().background_refreshes, 0);
+}
+
+#[tokio::test]
+async fn a_key_read_fewer_times_than_the_minimum_in_its_window_is_not_refreshed() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let ahead = RefreshAhead::new().window(0.5).min_reads(3);
+    let (router, layer) = app(calls.clone(), Duration::ZERO, Some(ahead));
+    assert!(send(&router, "GET").await.1.contains("fwd=miss"));
+    // Two reads in the window [0.5 s, 1 s): fewer than 3.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    send(&router, "GET").await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    send(&router, "GET").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, cache_status) = send(&router, "GET").await;
+    let stats = layer.stats();
+    assert_eq!(stats.background_refreshes, 0, "{stats:?}");
+    assert!(
+        cache_status.contains("fwd=miss"),
+        "expired, then a miss: {cache_status}"
+    );
+    assert_eq!(calls.load(SeqCst) as u64, stats.misses, "every origin call was a miss");
+}
+
+#[tokio::test]
+async fn a_head_request_never_refreshes_ahead() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let ahead = RefreshAhead::new().window(1.0).min_reads(1);
+    let (router, layer) = app(calls.clone(), Duration::ZERO, Some(ahead));
+    send(&router, "GET").await;
+    // The whole lifetime is the window, and one read is enough: a GET would be due soon.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    for _ in 0..200 {
+        assert_eq!(send(&router, "HEAD").await.0, StatusCode::OK);
+    }
+    tokio::task::yield_now().await;
+    assert_eq!(layer.stats().background_refreshes, 0);
+    assert_eq!(calls.load(SeqCst), 1);
+    // The same reads as GETs refresh (at least once; a draw decides which read).
+    for _ in 0..200 {
+        send(&router, "GET").await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while calls.load(SeqCst) < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(layer.stats().background_refreshes >= 1);
+}
+
+#[tokio::test]
+async fn a_refresh_ahead_of_an_entry_with_a_validator_is_a_revalidation() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let revalidated = Arc::new(AtomicUsize::new(0));
+    let layer = CacheLayer::builder(MemoryStore::new())
+        .refresh_ahead(RefreshAhead::new().window(1.0).min_reads(1))
+        .build();
+    let (c, r) = (calls.clone(), revalidated.clone());
+    let router = Router::new()
+        .route(
+            "/hot",
+            get(move |headers: HeaderMap| {
+                let (calls, revalidated) = (c.clone(), r.clone());
+                async move {
+                    calls.fetch_add(1, SeqCst);
+                    let cache = [("cache-control", "max-age=1"), ("etag", "\"v1\"")];
+                    if headers.get("if-none-match").is_some_and(|v| v == "\"v1\"") {
+                        revalidated.fetch_add(1, SeqCst);
+                        return (StatusCode::NOT_MODIFIED, cache, "");
+                    }
+                    (StatusCode::OK, cache, "hot")
+                }
+            }),
+        )
+        .layer(layer.clone());
+    send(&router, "GET").await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while revalidated.load(SeqCst) == 0 && Instant::now() < deadline {
+        let (status, cache_status) = send(&router, "GET").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(cache_status.contains("hit"), "{cache_status}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        revalidated.load(SeqCst),
+        1,
+        "the refresh asked with the entry's validator"
+    );
+    // The 304 is applied once the background task reads it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while layer.stats().revalidations == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stats = layer.stats();
+    assert_eq!((stats.misses, stats.revalidations), (1, 1), "{stats:?}");
+}
