@@ -255,18 +255,7 @@ async fn a_stale_hot_key_is_refreshed_once_per_fleet() {
                 .unwrap();
             assert_eq!((status.as_u16(), body.as_str()), (200, "hot"));
         }
-        // Let the refreshes still running finish.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut settled = calls.load(SeqCst);
-        loop {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let now = calls.load(SeqCst);
-            if now == settled || Instant::now() > deadline {
-                break;
-            }
-            settled = now;
-        }
-        let refreshes = calls.load(SeqCst) - 1;
+        let refreshes = settled(&calls, Duration::from_millis(300)).await - 1;
         eprintln!(
             "tiered {tiered}, fleet coalescing {on}: {refreshes} background refresh(es) for 1,000 stale requests"
         );
@@ -338,20 +327,24 @@ async fn refreshed_ahead(server: &RedisServer, tiered: bool, on: bool) -> usize 
         i += 1;
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    // Let the refreshes still running finish.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut settled = calls.load(SeqCst);
-    loop {
-        tokio::time::sleep(Duration::from_millis(600)).await;
-        let now = calls.load(SeqCst);
-        if now == settled || Instant::now() > deadline {
-            break;
-        }
-        settled = now;
-    }
-    let refreshes = calls.load(SeqCst) - 1;
+    let refreshes = settled(&calls, Duration::from_millis(600)).await - 1;
     eprintln!(
         "tiered {tiered}, fleet coalescing {on}: {refreshes} refresh(es) ahead for {i} hot reads over 4 instances"
     );
     refreshes
+}
+
+/// The origin calls once no more were made for `quiet` (refreshes still running finish), or
+/// after 10 s.
+async fn settled(calls: &AtomicUsize, quiet: Duration) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut settled = calls.load(SeqCst);
+    loop {
+        tokio::time::sleep(quiet).await;
+        let now = calls.load(SeqCst);
+        if now == settled || Instant::now() > deadline {
+            return now;
+        }
+        settled = now;
+    }
 }

@@ -2,14 +2,16 @@
 //! and never misses; a key read rarely is left to expire; a HEAD never refreshes; a
 //! validator turns the refresh into a revalidation.
 
-use axum::http::{HeaderMap, Request, StatusCode};
+#[path = "common/exchange.rs"]
+mod exchange;
+use exchange::exchange;
+
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use axum::Router;
-use http_body_util::BodyExt;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tower::ServiceExt;
 use tower_response_cache::{CacheLayer, MemoryStore, RefreshAhead};
 
 /// An origin answering `max-age=1`, counting its calls; calls after the first take `slow`.
@@ -37,24 +39,9 @@ fn app(calls: Arc<AtomicUsize>, slow: Duration, ahead: Option<RefreshAhead>) -> 
 }
 
 async fn send(app: &Router, method: &str) -> (StatusCode, String) {
-    let req = Request::builder()
-        .method(method)
-        .uri("/hot")
-        .body(axum::body::Body::empty())
-        .unwrap();
-    let res = tokio::time::timeout(Duration::from_secs(10), app.clone().oneshot(req))
-        .await
-        .expect("a request hung")
-        .unwrap();
-    let status = res.status();
-    let cache_status = res
-        .headers()
-        .get("cache-status")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let (status, cache_status, body) = exchange(app, method, "/hot").await;
     if method == "GET" {
-        assert_eq!(&body[..], b"hot");
+        assert_eq!(body, "hot");
     }
     (status, cache_status)
 }
