@@ -551,7 +551,7 @@ impl<St: Store> CacheLayerBuilder<St> {
     }
 
     /// Refreshes entries read often shortly before they expire, in the background, so that
-    /// hot keys never miss (off by default). See [`RefreshAhead`].
+    /// hot keys do not miss (off by default). See [`RefreshAhead`].
     pub fn refresh_ahead(mut self, settings: RefreshAhead) -> Self {
         self.config.refresh_ahead = Some(Ahead::new(settings));
         self

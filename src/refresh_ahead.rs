@@ -1,5 +1,5 @@
 //! Refresh-ahead: hot entries refreshed in the background shortly before they expire, so
-//! that a key read all the time never misses.
+//! that a key read all the time does not miss.
 //!
 //! An entry is due once it is in the last part of its freshness lifetime (the window), has
 //! been read there often enough (counted in a small table of counters, touched only by
@@ -16,20 +16,27 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// Counters in the table of reads: enough that the hot keys of one window rarely share one.
 const SLOTS: usize = 4096;
 
+/// The count of a slot whose entry has had its refresh started: it is not started again.
+const STARTED: u64 = u32::MAX as u64;
+
 /// Refreshes entries read often shortly before they expire, in the background, so that hot
-/// keys never miss. Off by default; turned on by
+/// keys do not miss. Off by default; turned on by
 /// [`CacheLayerBuilder::refresh_ahead`](crate::CacheLayerBuilder::refresh_ahead).
 ///
 /// An entry is refreshed ahead when a request reads it fresh within the last
-/// [`window`](Self::window) of its freshness lifetime (10% by default), after at least
-/// [`min_reads`](Self::min_reads) reads there (3 by default), with a probability that grows
-/// from 0 at the window's start to 1 at expiry. The refresh is the one stale-while-revalidate
-/// makes (one per key in a process, one per fleet with a store that leases; conditional
-/// when the entry has a validator), while every request keeps being answered from the
-/// entry. A key read fewer times in its window is never refreshed: it expires and misses.
+/// [`window`](Self::window) of the freshness it had when it arrived (10% by default), after
+/// at least [`min_reads`](Self::min_reads) reads there (3 by default), with a probability
+/// that grows from 0 at the window's start to 1 at expiry. The refresh is the one
+/// stale-while-revalidate makes (one per key in a process, one per fleet with a store that
+/// leases; conditional when the entry has a validator), while every request keeps being
+/// answered from the entry. It is tried once per stored entry: if it fails (an origin error,
+/// an answer not stored) the entry expires as usual. A key read fewer times in its window is
+/// never refreshed: it expires and misses.
 ///
 /// A HEAD request never starts one; neither does a request that must reach the origin
-/// anyway (ranges, request directives asking for newer).
+/// anyway (ranges, request directives asking for newer), nor one with credentials or an
+/// identity reading an entry stored for everyone (the origin's answer to it could be its
+/// own, and would take the shared entry's place).
 ///
 /// ```
 /// use std::time::Duration;
@@ -104,48 +111,72 @@ impl Ahead {
         }
     }
 
-    /// Whether this read of the fresh `entry` under `key` starts a refresh ahead of expiry.
+    /// Whether this read of the fresh `entry` under `key` starts a refresh ahead of expiry:
+    /// true once per stored entry at most, so that a refresh that fails (an origin error, a
+    /// response not stored) is not made again and again; the entry then expires as usual.
     /// Outside the window it reads nothing shared.
     pub(crate) fn due(&self, key: &CacheKey, entry: &CachedResponse, now: SystemTime) -> bool {
-        let lifetime = entry.lifetime.as_secs_f64();
-        let window = lifetime * self.settings.window;
+        // The window is a part of the freshness the entry had when it arrived: a copy that
+        // came from a cache upstream with most of its lifetime spent is not due at once.
+        let fresh_on_arrival = entry.lifetime.saturating_sub(entry.initial_age).as_secs_f64();
+        let window = fresh_on_arrival * self.settings.window;
         let left = entry.ttl(now).as_secs_f64();
         if window <= 0.0 || left >= window || entry.no_cache {
             return false;
         }
-        // One count per stored response: a refreshed entry starts from zero.
+        // One count per stored response, named as every store keeps it (to the µs): a
+        // refreshed entry starts from zero, a copy of the same one does not.
         let mut hasher = self.hasher.build_hasher();
         key.hash(&mut hasher);
-        entry.response_time.hash(&mut hasher);
+        micros(entry.response_time).hash(&mut hasher);
         let hash = hasher.finish();
         let fingerprint = hash >> 32;
         let slot = &self.reads[(hash as usize) % SLOTS];
-        if count(slot, fingerprint, self.settings.min_reads) < self.settings.min_reads {
+        let cap = u64::from(self.settings.min_reads);
+        let Some(current) = count(slot, fingerprint, cap) else {
             return false;
-        }
+        };
         // Likelier as expiry nears: 0 at the window's start, 1 at its end.
         let into = 1.0 - left / window;
+        // Of the reads drawn at once, the one that marks the slot starts the refresh.
         draw(hash, now) < into
+            && slot
+                .compare_exchange(current, (fingerprint << 32) | STARTED, Relaxed, Relaxed)
+                .is_ok()
     }
 }
 
+/// The same stored response, as far as every store can tell (times to the µs).
+pub(crate) fn same_response(a: &CachedResponse, b: &CachedResponse) -> bool {
+    micros(a.response_time) == micros(b.response_time) && micros(a.request_time) == micros(b.request_time)
+}
+
+fn micros(t: SystemTime) -> u128 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros())
+}
+
 /// Counts one read of the entry `fingerprint` in `slot` (taking the slot over from another
-/// entry), up to `cap`; returns the reads counted.
-fn count(slot: &AtomicU64, fingerprint: u64, cap: u32) -> u32 {
+/// entry), up to `cap`. Returns the slot's value once `cap` reads are counted and its
+/// refresh has not been started, `None` otherwise.
+fn count(slot: &AtomicU64, fingerprint: u64, cap: u64) -> Option<u64> {
     let mut current = slot.load(Relaxed);
     loop {
         let reads = if current >> 32 == fingerprint {
-            (current & u64::from(u32::MAX)) as u32
+            current & u64::from(u32::MAX)
         } else {
             0
         };
+        if reads == STARTED {
+            return None;
+        }
         if reads >= cap {
             // Counted enough: no more writes to a slot that every read of a hot key shares.
-            return reads;
+            return Some(current);
         }
-        let next = (fingerprint << 32) | u64::from(reads + 1);
+        let next = (fingerprint << 32) | (reads + 1);
         match slot.compare_exchange_weak(current, next, Relaxed, Relaxed) {
-            Ok(_) => return reads + 1,
+            Ok(_) if reads + 1 >= cap => return Some(next),
+            Ok(_) => return None,
             Err(seen) => current = seen,
         }
     }
@@ -196,12 +227,42 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_is_due_once() {
+        let ahead = Ahead::new(RefreshAhead::new().min_reads(1));
+        let entry = response("x", &[], Duration::from_secs(100));
+        let now = entry.response_time + Duration::from_millis(99_999);
+        assert!(ahead.due(&key("/a"), &entry, now));
+        assert!(
+            (0..1000).all(|_| !ahead.due(&key("/a"), &entry, now)),
+            "not started again"
+        );
+        assert!(ahead.due(&key("/b"), &entry, now), "another key is due on its own");
+    }
+
+    #[test]
+    fn the_window_is_a_part_of_the_freshness_left_on_arrival() {
+        let ahead = Ahead::new(RefreshAhead::new().min_reads(1));
+        let mut entry = response("x", &[], Duration::from_secs(100));
+        // Arrived with 90 s of its 100 s spent: 10 s fresh, the last 1 s of them the window.
+        entry.initial_age = Duration::from_secs(90);
+        let at = |ms| entry.response_time + Duration::from_millis(ms);
+        assert!((0..1000).all(|_| !ahead.due(&key("/a"), &entry, at(8_500))));
+        assert!(ahead.due(&key("/a"), &entry, at(9_999)));
+        entry.initial_age = Duration::from_secs(100);
+        assert!(!ahead.due(&key("/c"), &entry, entry.response_time));
+    }
+
+    #[test]
     fn due_grows_likelier_towards_expiry() {
         let ahead = Ahead::new(RefreshAhead::new().min_reads(1));
         let entry = response("x", &[], Duration::from_secs(100));
         let share = |into_window_ms: u64| {
+            // A key per draw: each entry is due once at most.
             let now = entry.response_time + Duration::from_millis(90_000 + into_window_ms);
-            (0..4000).filter(|_| ahead.due(&key("/a"), &entry, now)).count() as f64 / 4000.0
+            let due = (0..4000)
+                .filter(|i| ahead.due(&key(&format!("/{into_window_ms}/{i}")), &entry, now))
+                .count();
+            due as f64 / 4000.0
         };
         let (early, middle, late) = (share(1_000), share(5_000), share(9_900));
         assert!(early < 0.2, "{early}");

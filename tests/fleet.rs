@@ -16,7 +16,7 @@ use redis_server::RedisServer;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tower_response_cache::store::{BoxStore, LeaseAttempt, RedisStore, TieredStore};
+use tower_response_cache::store::{BoxStore, LeaseAttempt, Lookup, RedisStore, TieredStore};
 use tower_response_cache::{CacheKey, CacheLayer, MemoryStore, RefreshAhead, Store};
 
 const INSTANCES: usize = 4;
@@ -347,4 +347,72 @@ async fn settled(calls: &AtomicUsize, quiet: Duration) -> usize {
         }
         settled = now;
     }
+}
+
+/// A tiered instance refreshes ahead what it stored itself: the copy in its memory tier and
+/// the one Redis holds are the same response, not a newer one from elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiered_instance_refreshes_ahead_what_it_stored() {
+    if !redis_server::available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let redis = RedisStore::builder(server.url())
+        .namespace(exchange::fresh_namespace("self-ahead"))
+        .connect()
+        .await
+        .expect("connect");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let origin_calls = calls.clone();
+    let layer = CacheLayer::builder(TieredStore::new(MemoryStore::new(), redis))
+        .refresh_ahead(RefreshAhead::new().window(0.5).min_reads(3))
+        .build();
+    let app = Router::new()
+        .route(
+            "/hot",
+            get(move || {
+                origin_calls.fetch_add(1, SeqCst);
+                async { ([("cache-control", "max-age=1")], "hot") }
+            }),
+        )
+        .layer(layer.clone());
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1_600) {
+        let (status, _, body) = exchange(&app, "GET", "/hot").await;
+        assert_eq!((status.as_u16(), body.as_str()), (200, "hot"));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stats = layer.stats();
+    assert_eq!(stats.misses, 1, "refreshed before expiry, never missed: {stats:?}");
+    assert!(stats.background_refreshes >= 1);
+}
+
+/// Reading past a tiered store's memory tier keeps its copy when Redis has none (evicted, a
+/// put that failed): the copy still answers, as stale-if-error needs it to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_past_the_memory_tier_keeps_its_copy_when_redis_has_none() {
+    if !redis_server::available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let redis = RedisStore::builder(server.url())
+        .namespace(exchange::fresh_namespace("latest"))
+        .connect()
+        .await
+        .expect("connect");
+    let store = TieredStore::new(MemoryStore::new(), redis);
+    let layer = CacheLayer::new(store.clone());
+    let app = Router::new()
+        .route("/page", get(|| async { ([("cache-control", "max-age=60")], "page") }))
+        .layer(layer.clone());
+    exchange(&app, "GET", "/page").await;
+    let (parts, ()) = axum::http::Request::get("/page").body(()).unwrap().into_parts();
+    let key = layer.cache_key(&parts);
+    store.l2().remove(&key).await.unwrap();
+    assert!(matches!(store.l2().get(&key).await, Ok(Lookup::Miss)));
+    assert!(
+        matches!(store.get_latest(&key).await, Ok(Lookup::Found(_))),
+        "the copy answers"
+    );
+    assert!(matches!(store.get(&key).await, Ok(Lookup::Found(_))), "and stays");
 }

@@ -360,11 +360,7 @@ async fn a_queued_purge_is_passed_on_again_once_it_lands() {
     let server = RedisServer::start();
     let proxy = Proxy::start(([127, 0, 0, 1], server.port).into()).await;
     let store = redis(proxy.url(), &fresh_namespace(), 1 << 20).await;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let sink = move |event: PurgeEvent| {
-        let tx = tx.clone();
-        async move { tx.send(event).map_err(|_| PurgeSinkError::new("receiver gone")) }
-    };
+    let (sink, mut rx) = recording_sink();
     // Through a BoxStore, as an application choosing its store at run time has it.
     let forwarding = PurgeForwarding::new(BoxStore::new(store.clone()), sink);
 
@@ -406,4 +402,111 @@ async fn next_event(rx: &mut tokio::sync::mpsc::UnboundedReceiver<PurgeEvent>) -
         .await
         .expect("an event")
         .unwrap()
+}
+
+type Events = tokio::sync::mpsc::UnboundedReceiver<PurgeEvent>;
+
+/// A sink handing every purge it is given to the receiver.
+fn recording_sink() -> (
+    impl Fn(PurgeEvent) -> std::future::Ready<Result<(), PurgeSinkError>> + Clone + Send + Sync + 'static,
+    Events,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let sink =
+        move |event: PurgeEvent| std::future::ready(tx.send(event).map_err(|_| PurgeSinkError::new("receiver gone")));
+    (sink, rx)
+}
+
+/// Only the forwarding store a queued purge was made through passes it on again, and a
+/// purge-all the queue made of purges past its bound is not passed on at all (the purges it
+/// replaced were, when they were made): an outage never turns into a CDN-wide flush.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_purges_a_forwarding_store_made_are_passed_on_again() {
+    if !redis_server::available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let proxy = Proxy::start(([127, 0, 0, 1], server.port).into()).await;
+    let store = redis(proxy.url(), &fresh_namespace(), 1 << 20).await;
+    let (sink_a, mut events_a) = recording_sink();
+    let (sink_b, mut events_b) = recording_sink();
+    let a = PurgeForwarding::new(store.clone(), sink_a);
+    let b = PurgeForwarding::new(store.clone(), sink_b);
+
+    proxy.black_hole();
+    a.purge_tags(["through-a"]).await.unwrap();
+    store.purge_tags(["bare"]).await.unwrap();
+    assert_eq!(next_event(&mut events_a).await.origin, PurgeOrigin::Programmatic);
+    proxy.heal();
+    until("landed", Duration::from_secs(10), || store.stats().pending_purges == 0).await;
+    let event = next_event(&mut events_a).await;
+    assert_eq!(
+        (event.tags.as_slice(), event.origin),
+        (&["through-a".to_owned()][..], PurgeOrigin::Replayed)
+    );
+    // A purge that reaches Redis at once marks the end: nothing before it for B, nothing
+    // more for A.
+    b.purge_tags(["after"]).await.unwrap();
+    assert_eq!(next_event(&mut events_b).await.tags, ["after"]);
+    a.purge_tags(["after"]).await.unwrap();
+    assert_eq!(next_event(&mut events_a).await.tags, ["after"]);
+
+    // Past the queue's bound (300 bytes here): 5 purges become one purge-all in Redis.
+    let small = redis(proxy.url(), &fresh_namespace(), 300).await;
+    let (sink, mut events) = recording_sink();
+    let forwarding = PurgeForwarding::new(small.clone(), sink);
+    proxy.black_hole();
+    for i in 0..5 {
+        forwarding
+            .purge_tags([format!("tag-{i}-{}", "x".repeat(40))])
+            .await
+            .unwrap();
+    }
+    assert!(small.stats().degraded_purges >= 1);
+    proxy.heal();
+    until("landed", Duration::from_secs(10), || small.stats().pending_purges == 0).await;
+    forwarding.purge_tags(["after"]).await.unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let event = next_event(&mut events).await;
+        if event.tags == ["after"] {
+            break;
+        }
+        seen.push(event);
+    }
+    // The 5 as they were made, then again those queued after the purge-all replaced the
+    // first ones: never a purge-all.
+    let made = seen.iter().filter(|e| e.origin == PurgeOrigin::Programmatic).count();
+    assert_eq!(made, 5, "{seen:?}");
+    assert!(seen.iter().all(|e| !e.all && e.tags.len() == 1), "{seen:?}");
+    assert!(
+        seen.len() < 10,
+        "not all of them replayed: the first were replaced: {seen:?}"
+    );
+}
+
+/// Under tiered stores, a queued purge is passed on again only once it has reached the other
+/// instances' memory tiers too (as a direct tiered purge returns only then): the CDN that
+/// fetches again then finds no instance serving what it invalidated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_tiered_purge_is_passed_on_again_once_every_memory_tier_applied_it() {
+    if !redis_server::available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let proxy = Proxy::start(([127, 0, 0, 1], server.port).into()).await;
+    let (store_a, _store_b, _books, _a, _b) = warm_tiered_pair(proxy.url(), server.url(), None).await;
+    let (sink, mut events) = recording_sink();
+    let forwarding = PurgeForwarding::new(store_a.clone(), sink);
+    proxy.black_hole();
+    forwarding.purge_tags(["book:1"]).await.unwrap();
+    assert_eq!(next_event(&mut events).await.origin, PurgeOrigin::Programmatic);
+    proxy.heal();
+    let event = next_event(&mut events).await;
+    assert_eq!(event.origin, PurgeOrigin::Replayed);
+    assert_eq!(
+        store_a.l2().stats().pending_purges,
+        0,
+        "passed on again only once settled everywhere"
+    );
 }

@@ -12,6 +12,7 @@ use axum::Router;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tower::ServiceExt;
 use tower_response_cache::{CacheLayer, MemoryStore, RefreshAhead};
 
 /// An origin answering `max-age=1`, counting its calls; calls after the first take `slow`.
@@ -182,4 +183,109 @@ async fn a_refresh_ahead_of_an_entry_with_a_validator_is_a_revalidation() {
     }
     let stats = layer.stats();
     assert_eq!((stats.misses, stats.revalidations), (1, 1), "{stats:?}");
+}
+
+/// A layer over an origin answering `answer(call)` for `/hot` (call 0 first), with
+/// refresh-ahead over the last half of the lifetime after 3 reads, identities from `x-user`.
+fn scripted<F>(calls: Arc<AtomicUsize>, answer: F) -> (Router, CacheLayer<MemoryStore>)
+where
+    F: Fn(usize, &HeaderMap) -> (StatusCode, Vec<(&'static str, &'static str)>) + Clone + Send + Sync + 'static,
+{
+    let layer = CacheLayer::builder(MemoryStore::new())
+        .refresh_ahead(RefreshAhead::new().window(0.5).min_reads(3))
+        .vary_by_identity(|parts| parts.headers.get("x-user")?.to_str().ok().map(str::to_owned))
+        .build();
+    let router = Router::new()
+        .route(
+            "/hot",
+            get(move |headers: HeaderMap| {
+                let (calls, answer) = (calls.clone(), answer.clone());
+                async move {
+                    let (status, headers) = answer(calls.fetch_add(1, SeqCst), &headers);
+                    let mut map = HeaderMap::new();
+                    for (name, value) in headers {
+                        map.insert(name, value.parse().unwrap());
+                    }
+                    (status, map, "hot")
+                }
+            }),
+        )
+        .layer(layer.clone());
+    (router, layer)
+}
+
+/// Reads `/hot` as `user` (or anonymously) every 5 ms for `run`; every read must be a hit
+/// after the first.
+async fn read_for(app: &Router, user: Option<&str>, run: Duration) {
+    let started = Instant::now();
+    while started.elapsed() < run {
+        let mut req = axum::http::Request::get("/hot");
+        if let Some(user) = user {
+            req = req
+                .header("x-user", user)
+                .header("authorization", format!("Bearer {user}"));
+        }
+        let res = tokio::time::timeout(
+            Duration::from_secs(10),
+            app.clone().oneshot(req.body(axum::body::Body::empty()).unwrap()),
+        )
+        .await
+        .expect("answered")
+        .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_refresh_ahead_is_not_made_again_for_the_same_entry() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (router, layer) = scripted(calls.clone(), |call, _| match call {
+        0 => (StatusCode::OK, vec![("cache-control", "max-age=1")]),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, vec![]),
+    });
+    // The whole fresh life of the entry, its window (the last 500 ms) included.
+    read_for(&router, None, Duration::from_millis(950)).await;
+    let stats = layer.stats();
+    assert_eq!(calls.load(SeqCst), 2, "one fill, one refresh attempt: {stats:?}");
+    assert_eq!(stats.misses, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_that_arrives_old_is_refreshed_in_the_window_of_what_was_left() {
+    // max-age=10 with Age: 9 is fresh for 1 s here: its window is the last 500 ms of that
+    // second, not the last 5 s of the ten, which it was born in.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (router, layer) = scripted(calls.clone(), |_, _| {
+        (StatusCode::OK, vec![("cache-control", "max-age=10"), ("age", "9")])
+    });
+    read_for(&router, None, Duration::from_millis(900)).await;
+    let refreshes = layer.stats().background_refreshes;
+    assert!(refreshes <= 1, "{refreshes} refreshes in the first 900 ms");
+    assert!(calls.load(SeqCst) <= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_in_reader_never_refreshes_a_shared_entry_ahead() {
+    // Anonymous readers get a public page; signed-in ones a private answer of their own,
+    // which a refresh made with their request would put in the shared entry's place.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (router, layer) = scripted(calls.clone(), |_, headers| {
+        if headers.contains_key("x-user") {
+            (StatusCode::OK, vec![("cache-control", "private, max-age=2")])
+        } else {
+            (StatusCode::OK, vec![("cache-control", "public, max-age=2")])
+        }
+    });
+    read_for(&router, None, Duration::from_millis(1)).await;
+    // Alice reads the shared entry all through its window.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    read_for(&router, Some("alice"), Duration::from_millis(700)).await;
+    assert_eq!(layer.stats().background_refreshes, 0);
+    assert_eq!(calls.load(SeqCst), 1, "alice read the shared entry, never the origin");
+    let (_, cache_status) = send(&router, "GET").await;
+    assert!(
+        cache_status.contains("hit"),
+        "the shared entry is still there: {cache_status}"
+    );
 }

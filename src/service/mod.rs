@@ -15,6 +15,7 @@ use crate::key::{self, CacheKey};
 use crate::layer::Shared;
 use crate::metrics::{BypassReason, Counters};
 use crate::policy::{cache_control::CacheControl, CacheDecision, RequestFacts};
+use crate::refresh_ahead;
 use crate::status::{CacheOutcome, MissKind, Outcome, StaleReason};
 use crate::store::CachedResponse;
 use crate::store::{request_clock, Store};
@@ -572,13 +573,18 @@ async fn collapsed<St: Store, B: Body>(
     Some(from_entry(shared, &entry, lookout, outcome, None))
 }
 
-/// Whether this read of the fresh `entry` starts a refresh ahead of its expiry (never for a
-/// HEAD, nor without a runtime to run it on).
+/// Whether this read of the fresh `entry` starts a refresh ahead of its expiry: never for a
+/// HEAD, nor without a runtime to run it on, nor for a request with credentials or an
+/// identity reading an entry stored for everyone (the refresh is made with the request, and
+/// its answer to them may be theirs alone, replacing the shared entry).
 fn refresh_due<St>(shared: &Shared<St>, lookout: &Lookout, entry: &CachedResponse) -> bool {
     let Some(ahead) = &shared.config.refresh_ahead else {
         return false;
     };
+    let personal = lookout.facts.credentials || lookout.facts.identity;
+    let own = lookout.identity.is_some() && entry.vary.contains(&key::IDENTITY);
     !lookout.head
+        && (!personal || own)
         && ahead.due(&lookout.primary, entry, SystemTime::now())
         && tokio::runtime::Handle::try_current().is_ok()
 }
@@ -644,7 +650,7 @@ async fn refresh<S, St, ReqB, ResB>(
     if shared.config.fleet_coalesce {
         let fresh = async {
             match lookup_latest(&shared, &lookout, &parts.headers).await {
-                Found::Fresh(entry) => !ahead || entry.response_time != stale.entry.response_time,
+                Found::Fresh(entry) => !ahead || !refresh_ahead::same_response(&entry, &stale.entry),
                 _ => false,
             }
         };

@@ -22,7 +22,7 @@
 //! hard and soft purges, no resurrection (a response whose request started before a purge of
 //! one of its tags is never served after it, even when written after it, and even when no
 //! stored entry carried the tag), long tags, many purges sparing unrelated entries,
-//! `purge_uri` and `purge_all`. An in-process store gets the no-resurrection checks right
+//! `purge_uri`, `purge_all` and `get_latest`. An in-process store gets the no-resurrection checks right
 //! with [`PurgeStamps`](super::PurgeStamps).
 
 use super::{request_clock, Entry, Lookup, PurgeMode, Store};
@@ -55,6 +55,7 @@ where
     many_purges_spare_unrelated_entries(&new_store().await).await;
     purge_uri(&new_store().await).await;
     purge_all(&new_store().await).await;
+    latest_reads(&new_store().await).await;
 }
 
 fn key(name: &str) -> CacheKey {
@@ -340,5 +341,24 @@ async fn purge_all<S: Store>(store: &S) {
     assert!(
         body_of(&lookup(store, "z").await).is_some(),
         "a store must work after purge_all"
+    );
+}
+
+/// `get_latest` sees what `get` sees: the entry put last, and no purged one.
+async fn latest_reads<S: Store>(store: &S) {
+    let latest = |name: &'static str| async move {
+        store
+            .get_latest(&key(name))
+            .await
+            .expect("get_latest must succeed on a healthy store")
+    };
+    assert!(matches!(latest("l1").await, Lookup::Miss), "an empty store must miss");
+    put(store, "l1", entry("first", &["latest"])).await;
+    put(store, "l1", entry("second", &["latest"])).await;
+    assert_eq!(body_of(&latest("l1").await), Some(&b"second"[..]), "the entry put last");
+    store.purge_tags(["latest"]).await.expect("purge");
+    assert!(
+        body_of(&latest("l1").await).is_none(),
+        "a purged entry must not be found"
     );
 }

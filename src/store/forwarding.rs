@@ -13,6 +13,14 @@ use tokio::sync::mpsc;
 
 tokio::task_local! {
     static ORIGIN: PurgeOrigin;
+    /// The forwarding store a purge is being made through.
+    static FORWARDER: u64;
+}
+
+/// The [`PurgeForwarding`] the purge under way is made through, if any.
+#[cfg(feature = "redis")]
+pub(crate) fn current_forwarder() -> Option<u64> {
+    FORWARDER.try_with(|id| *id).ok()
 }
 
 /// Runs `purge` as one a successful mutation made, so that a [`PurgeForwarding`] store
@@ -30,9 +38,10 @@ pub enum PurgeOrigin {
     Mutation,
     /// A call on the store from code (a `PurgeEndpoint` among them).
     Programmatic,
-    /// A purge that could not reach Redis when it was made, passed on again once it landed
-    /// there: until then other instances could still read (and a CDN fetch again) what it
-    /// invalidates. It was passed on first, as a mutation's or a call's, when it was made.
+    /// A purge made through this forwarding store that could not reach Redis, passed on
+    /// again once it landed there (and reached every memory tier of a tiered fleet): until
+    /// then other instances could still read (and a CDN fetch again) what it invalidates. It
+    /// was passed on first, as a mutation's or a call's, when it was made.
     Replayed,
 }
 
@@ -233,6 +242,8 @@ pub struct PurgeForwarding<S> {
     inner: S,
     queue: mpsc::Sender<PurgeEvent>,
     counters: Arc<Counters>,
+    /// Names this forwarding store (and its clones) to the stores inside it.
+    id: u64,
 }
 
 impl<S: Clone> Clone for PurgeForwarding<S> {
@@ -241,6 +252,7 @@ impl<S: Clone> Clone for PurgeForwarding<S> {
             inner: self.inner.clone(),
             queue: self.queue.clone(),
             counters: self.counters.clone(),
+            id: self.id,
         }
     }
 }
@@ -316,10 +328,12 @@ fn enqueue(queue: &mpsc::Sender<PurgeEvent>, counters: &Counters, event: PurgeEv
     }
 }
 
-/// Passes on, as [`PurgeOrigin::Replayed`], each purge the Redis store behind `store` (a
-/// `RedisStore`, a `TieredStore`, either in a `BoxStore` or an `Arc`) queued and then landed.
+/// Passes on, as [`PurgeOrigin::Replayed`], each purge made through this forwarding store
+/// that the Redis store behind `store` (a `RedisStore`, a `TieredStore`, either in a
+/// `BoxStore` or an `Arc`) queued and then landed. A purge-all the queue made of purges past
+/// its bound is not passed on again: the purges it replaced were, when they were made.
 #[cfg(feature = "redis")]
-fn replay_landed<S: Store>(store: &S, queue: &mpsc::Sender<PurgeEvent>, counters: &Arc<Counters>) {
+fn replay_landed<S: Store>(store: &S, forwarder: u64, queue: &mpsc::Sender<PurgeEvent>, counters: &Arc<Counters>) {
     use super::purge_queue::PendingKind;
     use super::{BoxStore, RedisStore, TieredStore};
     use std::any::Any;
@@ -342,16 +356,26 @@ fn replay_landed<S: Store>(store: &S, queue: &mpsc::Sender<PurgeEvent>, counters
         .or_else(|| any.downcast_ref::<Arc<RedisStore>>().map(|a| &**a))
         .or_else(|| any.downcast_ref::<Arc<TieredStore>>().map(|a| a.l2()));
     let Some(redis) = redis else { return };
-    let (queue, counters) = (queue.downgrade(), counters.clone());
-    redis.on_landed(Box::new(move |kind| {
+    let (queue, counters) = (queue.downgrade(), Arc::downgrade(counters));
+    let landed = move |kind: Option<&PendingKind>| {
         // The forwarding store is gone with its queue: nothing to pass on.
-        let Some(queue) = queue.upgrade() else { return };
+        let (Some(queue), Some(counters)) = (queue.upgrade(), counters.upgrade()) else {
+            return false;
+        };
         let event = match kind {
-            PendingKind::Tags { tags, mode } => PurgeEvent::new(tags.iter().cloned(), *mode, PurgeOrigin::Replayed),
-            PendingKind::All => PurgeEvent::all(PurgeOrigin::Replayed),
+            None => return true,
+            Some(PendingKind::Tags { tags, mode }) => {
+                PurgeEvent::new(tags.iter().cloned(), *mode, PurgeOrigin::Replayed)
+            }
+            Some(PendingKind::All) => PurgeEvent::all(PurgeOrigin::Replayed),
         };
         enqueue(&queue, &counters, event);
-    }));
+        true
+    };
+    redis.on_landed(super::redis::LandedHook {
+        forwarder,
+        landed: Box::new(landed),
+    });
 }
 
 /// Configures a [`PurgeForwarding`] store; made by [`PurgeForwarding::builder`].
@@ -441,9 +465,12 @@ impl<S: Store, K: PurgeSink> PurgeForwardingBuilder<S, K> {
             timeout: self.timeout,
         };
         tokio::spawn(drain(self.sink, events, retry, counters.clone()));
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        let id = NEXT_ID.fetch_add(1, Relaxed);
         #[cfg(feature = "redis")]
-        replay_landed(&self.store, &queue, &counters);
+        replay_landed(&self.store, id, &queue, &counters);
         PurgeForwarding {
+            id,
             inner: self.store,
             queue,
             counters,
@@ -504,14 +531,14 @@ impl<S: Store> Store for PurgeForwarding<S> {
 
     async fn purge(&self, tags: &[String], mode: PurgeMode) -> Result<(), StoreError> {
         let origin = origin();
-        self.inner.purge(tags, mode).await?;
+        FORWARDER.scope(self.id, self.inner.purge(tags, mode)).await?;
         self.forward(PurgeEvent::new(tags.iter().cloned(), mode, origin));
         Ok(())
     }
 
     async fn purge_all(&self) -> Result<(), StoreError> {
         let origin = origin();
-        self.inner.purge_all().await?;
+        FORWARDER.scope(self.id, self.inner.purge_all()).await?;
         self.forward(PurgeEvent::all(origin));
         Ok(())
     }

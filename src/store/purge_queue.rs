@@ -29,6 +29,10 @@ pub(crate) struct Pending {
     pub(crate) kind: PendingKind,
     /// When it was requested, on the monotonic clock: its age when it lands sets its stamp.
     pub(crate) requested: Instant,
+    /// The `PurgeForwarding` it was made through, which passes it on again once it lands;
+    /// `None` for a purge made on the store itself, or one the queue made up (a purge-all
+    /// replacing purges past its bound), which is not passed on again.
+    pub(crate) forwarder: Option<u64>,
 }
 
 /// The instant of a purge request on both clocks: the monotonic one gives its age when it is
@@ -128,7 +132,7 @@ impl PurgeQueue {
 
     /// Queues a purge that failed. Returns whether the caller must start a retry task (none
     /// is running).
-    pub(crate) fn push(&self, kind: PendingKind, requested: Requested) -> bool {
+    pub(crate) fn push(&self, kind: PendingKind, requested: Requested, forwarder: Option<u64>) -> bool {
         let mut state = self.lock();
         let at = requested.micros.saturating_add(self.margin_us);
         match kind {
@@ -143,7 +147,7 @@ impl PurgeQueue {
                         max_bytes = self.max_bytes,
                         "queue of purges waiting for Redis is full: they become one purge-all"
                     );
-                    self.replace_with_all(&mut state, newest, at);
+                    self.replace_with_all(&mut state, newest, at, None);
                 } else {
                     for tag in &tags {
                         let stamp = state.by_tag.entry(tag.as_str().into()).or_default();
@@ -159,17 +163,18 @@ impl PurgeQueue {
                         id,
                         kind: PendingKind::Tags { tags, mode },
                         requested: requested.at,
+                        forwarder,
                     });
                 }
             }
             // A purge-all covers every tag purge requested before it.
-            PendingKind::All => self.replace_with_all(&mut state, requested.at, at),
+            PendingKind::All => self.replace_with_all(&mut state, requested.at, at, forwarder),
         }
         self.active.store(true, Ordering::Release);
         !std::mem::replace(&mut state.retrying, true)
     }
 
-    fn replace_with_all(&self, state: &mut State, requested: Instant, at: u64) {
+    fn replace_with_all(&self, state: &mut State, requested: Instant, at: u64, forwarder: Option<u64>) {
         state.floor = state.floor.max(at);
         state.queue.clear();
         state.by_tag.clear();
@@ -180,6 +185,7 @@ impl PurgeQueue {
             id,
             kind: PendingKind::All,
             requested,
+            forwarder,
         });
     }
 
@@ -309,7 +315,7 @@ mod tests {
         let queue = PurgeQueue::new(1 << 20, Duration::ZERO);
         let before = Requested::now().micros;
         assert!(
-            queue.push(hard(&["a"]), Requested::now()),
+            queue.push(hard(&["a"]), Requested::now(), None),
             "the first failure starts a retry task"
         );
         assert!(!queue.push(
@@ -317,7 +323,8 @@ mod tests {
                 tags: tags(&["b"]),
                 mode: PurgeMode::Soft
             },
-            Requested::now()
+            Requested::now(),
+            None
         ));
         assert_eq!(queue.judge(before, &tags(&["a"])), Some(PurgeMode::Hard));
         assert_eq!(queue.judge(before, &tags(&["b"])), Some(PurgeMode::Soft));
@@ -335,7 +342,7 @@ mod tests {
         assert_eq!(queue.judge(before, &tags(&["a", "b"])), None);
         assert!(matches!(queue.next_retry(), Next::Done), "empty: the retry task ends");
         assert!(
-            queue.push(hard(&["a"]), Requested::now()),
+            queue.push(hard(&["a"]), Requested::now(), None),
             "and the next failure starts another"
         );
         let counts = queue.counts();
@@ -347,11 +354,11 @@ mod tests {
         let queue = PurgeQueue::new(3 * (TAG_OVERHEAD + 2), Duration::ZERO);
         let before = Requested::now().micros;
         for i in 0..3 {
-            queue.push(hard(&[&format!("t{i}")]), Requested::now());
+            queue.push(hard(&[&format!("t{i}")]), Requested::now(), None);
         }
         assert_eq!(queue.counts().degraded, 0);
         let last = Requested::now();
-        queue.push(hard(&["t3"]), last);
+        queue.push(hard(&["t3"]), last, None);
         let counts = queue.counts();
         assert_eq!((counts.pending, counts.degraded), (1, 1));
         let all = next(&queue);
@@ -366,9 +373,9 @@ mod tests {
     #[test]
     fn a_queued_purge_all_replaces_the_tag_purges_before_it() {
         let queue = PurgeQueue::new(1 << 20, Duration::from_millis(1));
-        queue.push(hard(&["a"]), Requested::now());
+        queue.push(hard(&["a"]), Requested::now(), None);
         let requested = Requested::now();
-        queue.push(PendingKind::All, requested);
+        queue.push(PendingKind::All, requested, None);
         assert_eq!(queue.counts().pending, 1);
         assert_eq!(
             queue.judge(requested.micros + 999, &tags(&[])),
@@ -382,7 +389,7 @@ mod tests {
     fn a_landed_purge_that_settles_stays_pending_and_judging_until_settled() {
         let queue = PurgeQueue::new(1 << 20, Duration::ZERO);
         let before = Requested::now().micros;
-        queue.push(hard(&["a"]), Requested::now());
+        queue.push(hard(&["a"]), Requested::now(), None);
         let first = next(&queue);
         queue.landed_settling(&first);
         assert_eq!(queue.counts().pending, 1, "landed, not yet applied everywhere");

@@ -357,8 +357,20 @@ enum Breaking {
     Past,
 }
 
-/// What is told of a queued purge that landed.
-pub(crate) type Landed = Box<dyn Fn(&PendingKind) + Send + Sync>;
+pub(crate) type TellLanded = dyn Fn(Option<&PendingKind>) -> bool + Send + Sync;
+
+/// A `PurgeForwarding` told of the purges made through it that were queued, once they
+/// landed (and reached every memory tier).
+pub(crate) struct LandedHook {
+    pub(crate) forwarder: u64,
+    /// Passes the purge on (`Some`), or only answers (`None`); `false` once the forwarding
+    /// store is gone, and the hook is dropped.
+    pub(crate) landed: Box<TellLanded>,
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// A standalone or cluster connection, behind one type.
 #[derive(Clone)]
@@ -438,11 +450,28 @@ struct Inner {
     /// Set when a tiered store puts a memory tier over this store: how long a landed queued
     /// purge takes to reach every memory tier.
     tier_window: OnceLock<Duration>,
-    /// Told of each queued purge once it lands (a `PurgeForwarding` over this store).
-    on_landed: std::sync::Mutex<Vec<Landed>>,
+    /// Told of queued purges once they land (the `PurgeForwarding`s over this store).
+    on_landed: std::sync::Mutex<Vec<LandedHook>>,
+    /// Queued purges landed and settling (see `tier_window`), with their forwarders, to tell
+    /// of once they settle.
+    settling_replays: std::sync::Mutex<Vec<(u64, PendingKind)>>,
     /// The `maxmemory-policy` read at connect, as a [`MaxmemoryPolicy`] index.
     policy: AtomicU8,
     stamps_evictable: AtomicBool,
+}
+
+impl Inner {
+    /// Tells each forwarding store over this one of the queued purges made through it that
+    /// landed, and drops the hooks of forwarding stores that are gone.
+    fn tell_landed(&self, landed: Vec<(u64, PendingKind)>) {
+        if landed.is_empty() {
+            return;
+        }
+        let mut hooks = lock(&self.on_landed);
+        for (forwarder, kind) in &landed {
+            hooks.retain(|hook| (hook.landed)((hook.forwarder == *forwarder).then_some(kind)));
+        }
+    }
 }
 
 #[derive(Default)]
@@ -900,7 +929,11 @@ impl RedisStore {
             Err(error) => error,
         };
         tracing::warn!(%error, "purge did not reach Redis: applied locally, queued and retried until it lands");
-        if self.inner.pending.push(kind, requested) {
+        if self
+            .inner
+            .pending
+            .push(kind, requested, super::forwarding::current_forwarder())
+        {
             self.spawn_retries();
         }
         None
@@ -932,6 +965,7 @@ impl RedisStore {
                         tokio::time::sleep(window).await;
                         let Some(inner) = weak.upgrade() else { return };
                         inner.pending.settled(count);
+                        inner.tell_landed(std::mem::take(&mut *lock(&inner.settling_replays)));
                         Duration::ZERO
                     }
                     Next::Done => return,
@@ -948,25 +982,30 @@ impl RedisStore {
     async fn retry(&self, pending: &Pending) -> Result<(), StoreError> {
         let age = pending.requested.elapsed();
         let heard = self.send_purge(&pending.kind, age, Breaking::Past).await?;
-        if self.inner.tier_window.get().is_some() && (heard > 0 || self.is_cluster()) {
+        let settling = self.inner.tier_window.get().is_some() && (heard > 0 || self.is_cluster());
+        if settling {
             self.inner.pending.landed_settling(pending);
         } else {
             self.inner.pending.landed(pending);
         }
         tracing::info!("a queued purge landed in Redis");
-        for landed in self.inner.on_landed.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            landed(&pending.kind);
+        if let Some(forwarder) = pending.forwarder {
+            let landed = (forwarder, pending.kind.clone());
+            if settling {
+                // Told once every memory tier has applied it too, when it settles.
+                lock(&self.inner.settling_replays).push(landed);
+            } else {
+                self.inner.tell_landed(vec![landed]);
+            }
         }
         Ok(())
     }
 
-    /// Calls `landed` with each queued purge once it has landed in Redis.
-    pub(crate) fn on_landed(&self, landed: Landed) {
-        self.inner
-            .on_landed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(landed);
+    /// Tells `hook` of the queued purges made through its forwarder, once they land.
+    pub(crate) fn on_landed(&self, hook: LandedHook) {
+        let mut hooks = lock(&self.inner.on_landed);
+        hooks.retain(|hook| (hook.landed)(None));
+        hooks.push(hook);
     }
 
     /// How the purges still waiting for Redis judge an entry read from it.
@@ -1167,6 +1206,7 @@ impl RedisStoreBuilder {
                 pending: PurgeQueue::new(self.pending_purge_bytes, self.skew_margin),
                 tier_window: OnceLock::new(),
                 on_landed: Default::default(),
+                settling_replays: Default::default(),
                 policy: AtomicU8::new(MaxmemoryPolicy::Unknown.index()),
                 stamps_evictable: AtomicBool::new(false),
             }),

@@ -196,10 +196,20 @@ impl Store for TieredStore {
     }
 
     /// What Redis holds, copied over this instance's memory tier: another instance may have
-    /// replaced the entry there since it was copied.
+    /// replaced the entry there since it was copied. When Redis has nothing (evicted, a put
+    /// that failed) or fails, the memory tier's copy stays and answers as [`get`](Store::get)
+    /// would.
     async fn get_latest(&self, key: &CacheKey) -> Result<Lookup, StoreError> {
-        self.l1.remove(key).await?;
-        self.get(key).await
+        let ticket = self.feed.ticket();
+        match self.l2.get(key).await {
+            Ok(Lookup::Found(entry)) => {
+                if let Some(ticket) = ticket {
+                    self.keep(key, entry.clone(), l1_ttl(&entry), ticket).await?;
+                }
+                Ok(Lookup::Found(entry))
+            }
+            _ => self.get(key).await,
+        }
     }
 
     async fn put(&self, key: CacheKey, entry: Entry, ttl: Duration) -> Result<bool, StoreError> {
