@@ -41,7 +41,7 @@ pub(crate) const IDENTITY: HeaderName = HeaderName::from_static("tower-response-
 pub struct CacheKey(Repr);
 
 /// Keys up to this many bytes are held inline, so that building one for a lookup (a hit)
-/// allocates nothing; longer ones share their bytes.
+/// allocates nothing; longer ones share their bytes. (Stores keep the bytes, not the key.)
 const INLINE: usize = 94;
 
 #[derive(Clone)]
@@ -55,6 +55,15 @@ impl CacheKey {
     pub fn as_bytes(&self) -> &[u8] {
         match &self.0 {
             Repr::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Repr::Shared(bytes) => bytes,
+        }
+    }
+
+    /// The encoded key as shared bytes (copied once if it was held inline), for a store to
+    /// keep.
+    pub(crate) fn into_bytes(self) -> Bytes {
+        match self.0 {
+            Repr::Inline { len, bytes } => Bytes::copy_from_slice(&bytes[..usize::from(len)]),
             Repr::Shared(bytes) => bytes,
         }
     }
@@ -495,6 +504,7 @@ mod tests {
         let hasher = std::collections::hash_map::RandomState::new();
         let short = key("/a?x=1");
         assert!(matches!(short.0, Repr::Inline { .. }), "a short key is held inline");
+        assert_eq!(short.clone().into_bytes(), short.as_bytes());
         let copy = CacheKey::from_bytes(short.as_bytes().to_vec());
         assert_eq!(short, copy);
         assert_eq!(hasher.hash_one(&short), hasher.hash_one(&copy));
