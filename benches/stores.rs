@@ -1,7 +1,7 @@
 //! The stores side by side, measured with criterion: the hit path of each store, and the cost
 //! of a purge against the number of entries carrying the purged tag.
 //!
-//! Run: `cargo bench --bench stores --features redis` (about a minute; it starts its own
+//! Run: `cargo bench --bench stores --features redis` (about two minutes; it starts its own
 //! `redis-server` on a free loopback port, and without one runs the memory rows only).
 //!
 //! - `store_hit`: `Service::call` on a `CacheService` plus collecting the 1 KiB body, every
@@ -9,6 +9,10 @@
 //!   one round trip to Redis and a decode), `tiered` (`TieredStore`: its memory tier answers);
 //!   for reference, `no_cache` is the inner service alone and `redis_ping` one `PING` through
 //!   the same Redis client (a multiplexed connection): the floor of any Redis operation here.
+//! - `store_get`: `Store::get` alone of the entry `store_hit` reads, for `memory`, `redis`
+//!   (one script round trip and a decode) and `tiered`, beside `redis_plain_get_<n>_bytes`: a
+//!   plain redis-rs `GET` of a value as large as the Redis store's (the entry's encoding), the
+//!   floor of a Redis read of that size.
 //! - `purge/<store>/<n>`: one `Store::purge` of a tag that `n` entries carry (10, 1,000 and
 //!   100,000 entries). Purges stamp the tag and leave the entries to be judged when read, so
 //!   the cost must not grow with `n`. The entries stay in the store for every iteration (a
@@ -179,20 +183,95 @@ fn store_hit(c: &mut Criterion, redis: Option<&RedisServer>) {
             });
             let store = rt.block_on(redis_store(server));
             bench_hits(&mut group, &rt, "redis", store);
-            let tiered = rt.block_on(async {
-                let store = TieredStore::new(MemoryStore::new(), redis_store(server).await);
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while !store.stats().subscribed {
-                    assert!(Instant::now() < deadline, "the tiered store did not subscribe");
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                store
-            });
+            let tiered = rt.block_on(subscribed_tiered(server));
             bench_hits(&mut group, &rt, "tiered", tiered);
         }
         None => eprintln!("store_hit: redis and tiered skipped (no redis-server)"),
     }
     group.finish();
+}
+
+/// Benches `Store::get` of a key the layer stored (through `bench_hits`'s warm-up), checking
+/// first that it is found.
+fn bench_get<St: Store>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &Runtime,
+    name: &str,
+    store: St,
+) {
+    let layer = CacheLayer::new(store);
+    let mut svc = layer.layer(origin("item"));
+    let uri: Uri = "/items/1".parse().unwrap();
+    let (parts, ()) = Request::get(uri.clone()).body(()).unwrap().into_parts();
+    let key = layer.cache_key(&parts);
+    rt.block_on(async {
+        fetch(&mut svc, uri).await;
+        let found = layer.store().get(&key).await.unwrap();
+        assert!(matches!(found, Lookup::Found(Entry::Response(_))), "{name}: {found:?}");
+    });
+    let store = layer.store().clone();
+    group.bench_function(name, |b| {
+        b.to_async(rt).iter(|| {
+            let (store, key) = (&store, &key);
+            async move { black_box(store.get(key).await.unwrap()) }
+        })
+    });
+}
+
+/// `Store::get` of each store, side by side with a plain redis-rs `GET` of a value as large as
+/// the entry the Redis store keeps (its encoding), through a multiplexed connection.
+fn store_get(c: &mut Criterion, redis: Option<&RedisServer>) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("store_get");
+    group.throughput(Throughput::Elements(1));
+    bench_get(&mut group, &rt, "memory", MemoryStore::new());
+    let Some(server) = redis else {
+        eprintln!("store_get: redis and tiered skipped (no redis-server)");
+        return group.finish();
+    };
+    let (connection, encoded) = rt.block_on(async {
+        let client = redis::Client::open(server.url()).expect("redis url");
+        let mut connection = client.get_multiplexed_async_connection().await.expect("connect");
+        let encoded = tagged_entry("item").await.encode();
+        redis::cmd("SET")
+            .arg("bench:plain")
+            .arg(&encoded[..])
+            .query_async::<()>(&mut connection)
+            .await
+            .unwrap();
+        (connection, encoded)
+    });
+    let size = encoded.len();
+    group.bench_function(format!("redis_plain_get_{size}_bytes"), |b| {
+        b.to_async(&rt).iter(|| {
+            let mut connection = connection.clone();
+            async move {
+                let value: Vec<u8> = redis::cmd("GET")
+                    .arg("bench:plain")
+                    .query_async(&mut connection)
+                    .await
+                    .unwrap();
+                assert_eq!(value.len(), size);
+                black_box(value)
+            }
+        })
+    });
+    let store = rt.block_on(redis_store(server));
+    bench_get(&mut group, &rt, "redis", store);
+    let tiered = rt.block_on(subscribed_tiered(server));
+    bench_get(&mut group, &rt, "tiered", tiered);
+    group.finish();
+}
+
+/// A tiered store whose memory tier answers: subscribed to its invalidation feed.
+async fn subscribed_tiered(server: &RedisServer) -> TieredStore {
+    let store = TieredStore::new(MemoryStore::new(), redis_store(server).await);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !store.stats().subscribed {
+        assert!(Instant::now() < deadline, "the tiered store did not subscribe");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    store
 }
 
 /// A response the layer stored with the tag `tag`, read back from a `MemoryStore`.
@@ -292,6 +371,7 @@ fn main() {
         .sample_size(50)
         .configure_from_args();
     store_hit(&mut criterion, redis.as_ref());
+    store_get(&mut criterion, redis.as_ref());
     purge(&mut criterion, redis.as_ref());
     criterion.final_summary();
 }

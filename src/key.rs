@@ -37,25 +37,100 @@ pub(crate) const IDENTITY: HeaderName = HeaderName::from_static("tower-response-
 /// assert_eq!(key("/books?b=2&a=1&utm_source=x"), key("/books?a=1&b=2"));
 /// assert_ne!(key("/books?a=1"), key("/books?a=2"));
 /// ```
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct CacheKey(Bytes);
+#[derive(Clone)]
+pub struct CacheKey(Repr);
+
+/// Keys up to this many bytes are held inline, so that building one for a lookup (a hit)
+/// allocates nothing; longer ones share their bytes. (Stores keep the bytes, not the key.)
+const INLINE: usize = 94;
+
+#[derive(Clone)]
+enum Repr {
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Shared(Bytes),
+}
 
 impl CacheKey {
     /// The encoded key.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+        match &self.0 {
+            Repr::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Repr::Shared(bytes) => bytes,
+        }
+    }
+
+    /// The encoded key as shared bytes (copied once if it was held inline), for a store to
+    /// keep.
+    pub(crate) fn into_bytes(self) -> Bytes {
+        match self.0 {
+            Repr::Inline { len, bytes } => Bytes::copy_from_slice(&bytes[..usize::from(len)]),
+            Repr::Shared(bytes) => bytes,
+        }
     }
 
     /// Rebuilds a key from bytes produced by [`as_bytes`](Self::as_bytes) (for remote stores).
     pub fn from_bytes(bytes: impl Into<Bytes>) -> Self {
-        CacheKey(bytes.into())
+        CacheKey(Repr::Shared(bytes.into()))
+    }
+}
+
+// Equality and hashing are the encoded bytes', however they are held.
+impl PartialEq for CacheKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for CacheKey {}
+
+impl std::hash::Hash for CacheKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
+
+/// Where a primary key is written: a buffer on the stack when the key fits [`INLINE`]
+/// (its exact length is known first), else a `Vec`.
+trait KeyOut {
+    fn put(&mut self, bytes: &[u8]);
+    fn put_lowercased(&mut self, bytes: &[u8]);
+}
+
+impl KeyOut for Vec<u8> {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+    #[inline]
+    fn put_lowercased(&mut self, bytes: &[u8]) {
+        self.extend(bytes.iter().map(u8::to_ascii_lowercase));
+    }
+}
+
+/// A key of at most [`INLINE`] bytes being written.
+struct InlineKey {
+    len: usize,
+    bytes: [u8; INLINE],
+}
+
+impl KeyOut for InlineKey {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        self.bytes[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+    #[inline]
+    fn put_lowercased(&mut self, bytes: &[u8]) {
+        let start = self.len;
+        self.put(bytes);
+        self.bytes[start..self.len].make_ascii_lowercase();
     }
 }
 
 impl fmt::Debug for CacheKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Keys hold only hashes of secrets, but may be long: show a readable prefix.
-        let text = String::from_utf8_lossy(&self.0);
+        let text = String::from_utf8_lossy(self.as_bytes());
         let shown: String = text
             .chars()
             .map(|c| if c.is_control() { '.' } else { c })
@@ -106,7 +181,10 @@ impl KeyConfig {
     /// The primary key: method class, host, path and normalised query.
     pub(crate) fn primary(&self, parts: &request::Parts) -> CacheKey {
         let path = parts.uri.path();
-        let pairs = self.query_pairs(parts.uri.query().unwrap_or(""));
+        let pairs = match parts.uri.query() {
+            None | Some("") => Vec::new(),
+            Some(query) => self.query_pairs(query),
+        };
         let method = method_class(&parts.method).as_bytes();
         let (scheme, host) = if self.include_host {
             let host = parts
@@ -121,25 +199,36 @@ impl KeyConfig {
         } else {
             (&b""[..], &b""[..])
         };
-        // Sized exactly, so that the buffer becomes the key without a reallocation.
-        let fields = [method, scheme, host, path.as_bytes()];
         let len = KEY_VERSION.len()
             + 1
-            + fields.iter().map(|f| 4 + f.len()).sum::<usize>()
+            + [method, scheme, host, path.as_bytes()]
+                .iter()
+                .map(|f| 4 + f.len())
+                .sum::<usize>()
             + 4
             + pairs.iter().map(|p| 4 + p.len()).sum::<usize>();
-        let mut buf = Vec::with_capacity(len);
-        buf.extend_from_slice(KEY_VERSION);
-        buf.push(b'P');
-        field(&mut buf, method);
-        field(&mut buf, scheme);
-        buf.extend_from_slice(&(host.len() as u32).to_le_bytes());
-        buf.extend(host.iter().map(u8::to_ascii_lowercase));
-        field(&mut buf, path.as_bytes());
-        buf.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
-        for pair in pairs {
-            field(&mut buf, pair.as_bytes());
+        let fields = PrimaryFields {
+            method,
+            scheme,
+            host,
+            path: path.as_bytes(),
+            pairs: &pairs,
+        };
+        if len <= INLINE && self.headers.is_empty() && self.extra.is_none() {
+            // The whole key, on the stack: a lookup allocates nothing for it.
+            let mut key = InlineKey {
+                len: 0,
+                bytes: [0; INLINE],
+            };
+            write_primary(&mut key, &fields);
+            return CacheKey(Repr::Inline {
+                len: key.len as u8,
+                bytes: key.bytes,
+            });
         }
+        // Sized for the common fields, so that a key without extras needs no reallocation.
+        let mut buf = Vec::with_capacity(len);
+        write_primary(&mut buf, &fields);
         if !self.headers.is_empty() {
             buf.push(b'H');
             write_fields(&mut buf, self.headers.iter(), self.headers.len(), &parts.headers);
@@ -154,7 +243,7 @@ impl KeyConfig {
                 None => buf.push(b'x'),
             }
         }
-        CacheKey(buf.into())
+        CacheKey(Repr::Shared(buf.into()))
     }
 
     /// Non-empty `name=value` pairs, without ignored names, stably sorted by name so that
@@ -199,8 +288,8 @@ pub(crate) fn variant(
     headers: &HeaderMap,
     identity: Option<&str>,
 ) -> CacheKey {
-    let mut buf = Vec::with_capacity(primary.0.len() + 16 * names.len() + 40);
-    buf.extend_from_slice(&primary.0);
+    let mut buf = Vec::with_capacity(primary.as_bytes().len() + 16 * names.len() + 40);
+    buf.extend_from_slice(primary.as_bytes());
     buf.push(b'V');
     let varied = names.iter().filter(|name| **name != IDENTITY);
     write_fields(
@@ -220,17 +309,17 @@ pub(crate) fn variant(
             None => buf.push(0),
         }
     }
-    CacheKey(buf.into())
+    CacheKey(Repr::Shared(buf.into()))
 }
 
 /// The key one identity's concurrent misses on `primary` coalesce on, when that resource is
 /// stored per identity (other identities' calls are their own).
 pub(crate) fn personal(primary: &CacheKey, identity: &str) -> CacheKey {
-    let mut buf = Vec::with_capacity(primary.0.len() + 33);
-    buf.extend_from_slice(&primary.0);
+    let mut buf = Vec::with_capacity(primary.as_bytes().len() + 33);
+    buf.extend_from_slice(primary.as_bytes());
     buf.push(b'U');
     buf.extend_from_slice(&Sha256::digest(identity.as_bytes()));
-    CacheKey(buf.into())
+    CacheKey(Repr::Shared(buf.into()))
 }
 
 #[cfg(feature = "grpc")]
@@ -247,13 +336,13 @@ static GRPC_ENCODING_FIELDS: [HeaderName; 3] = [
 /// hash of the request body (the length-prefixed message), the encoding metadata and the
 /// metadata named in `vary`.
 pub(crate) fn grpc_call(primary: &CacheKey, frame: &[u8], headers: &HeaderMap, vary: &[HeaderName]) -> CacheKey {
-    let mut buf = Vec::with_capacity(primary.0.len() + 64 + 32 * (vary.len() + GRPC_ENCODING_FIELDS.len()));
-    buf.extend_from_slice(&primary.0);
+    let mut buf = Vec::with_capacity(primary.as_bytes().len() + 64 + 32 * (vary.len() + GRPC_ENCODING_FIELDS.len()));
+    buf.extend_from_slice(primary.as_bytes());
     buf.push(b'G');
     buf.extend_from_slice(&Sha256::digest(frame));
     let names = GRPC_ENCODING_FIELDS.iter().chain(vary);
     write_fields(&mut buf, names, GRPC_ENCODING_FIELDS.len() + vary.len(), headers);
-    CacheKey(buf.into())
+    CacheKey(Repr::Shared(buf.into()))
 }
 
 /// Writes the number of fields, then each field's name and (normalised) value or absence.
@@ -346,6 +435,34 @@ fn is_credential(name: &HeaderName) -> bool {
     name == AUTHORIZATION || name == COOKIE || name == PROXY_AUTHORIZATION
 }
 
+/// Method class, scheme, host (lower-cased), path and query pairs, each length-prefixed.
+fn write_primary(out: &mut impl KeyOut, fields: &PrimaryFields<'_>) {
+    let field = |out: &mut _, bytes: &[u8]| {
+        KeyOut::put(out, &(bytes.len() as u32).to_le_bytes());
+        KeyOut::put(out, bytes);
+    };
+    out.put(KEY_VERSION);
+    out.put(b"P");
+    field(out, fields.method);
+    field(out, fields.scheme);
+    out.put(&(fields.host.len() as u32).to_le_bytes());
+    out.put_lowercased(fields.host);
+    field(out, fields.path);
+    out.put(&(fields.pairs.len() as u32).to_le_bytes());
+    for pair in fields.pairs {
+        field(out, pair.as_bytes());
+    }
+}
+
+/// What a primary key is made of, before the optional header and application components.
+struct PrimaryFields<'a> {
+    method: &'a [u8],
+    scheme: &'a [u8],
+    host: &'a [u8],
+    path: &'a [u8],
+    pairs: &'a [&'a str],
+}
+
 fn method_class(method: &Method) -> &str {
     if method == Method::HEAD {
         "GET"
@@ -379,6 +496,32 @@ mod tests {
             ..KeyConfig::default()
         };
         config.primary(&parts("GET", uri, &[]))
+    }
+
+    #[test]
+    fn inline_and_shared_keys_compare_and_hash_by_their_bytes() {
+        use std::hash::BuildHasher;
+        let hasher = std::collections::hash_map::RandomState::new();
+        let short = key("/a?x=1");
+        assert!(matches!(short.0, Repr::Inline { .. }), "a short key is held inline");
+        assert_eq!(short.clone().into_bytes(), short.as_bytes());
+        let copy = CacheKey::from_bytes(short.as_bytes().to_vec());
+        assert_eq!(short, copy);
+        assert_eq!(hasher.hash_one(&short), hasher.hash_one(&copy));
+        // Past the inline size, the same encoding, shared.
+        let long_path = format!("/{}", "p".repeat(INLINE));
+        let long = key(&long_path);
+        assert!(matches!(long.0, Repr::Shared(_)));
+        assert!(long.as_bytes().ends_with(&0u32.to_le_bytes()), "no query pairs");
+        assert!(long
+            .as_bytes()
+            .windows(long_path.len())
+            .any(|w| w == long_path.as_bytes()));
+        // The encodings agree at the boundary: a key one byte longer than another's path.
+        let (a, b) = (key("/ab"), key("/abc"));
+        assert_eq!(a.as_bytes().len() + 1, b.as_bytes().len());
+        let host = |h: &str| KeyConfig::default().primary(&parts("GET", "/a", &[("host", h)]));
+        assert_eq!(host("A.Example"), host("a.example"), "inline keys lower-case the host");
     }
 
     #[test]

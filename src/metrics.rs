@@ -276,6 +276,62 @@ impl Tally {
     }
 }
 
+/// A count that every hit adds to, spread over cache-line-sized shards: each thread adds to
+/// its own shard, so that hits on several threads do not pass one cache line between cores.
+#[derive(Debug)]
+pub(crate) struct SpreadTally {
+    shards: Box<[Shard; SHARDS]>,
+    #[cfg(feature = "metrics")]
+    exported: metrics::Counter,
+}
+
+const SHARDS: usize = 16;
+
+/// One shard, alone on its cache line (two lines: adjacent-line prefetching pairs them).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Shard(AtomicU64);
+
+/// This thread's shard: threads take the next one in turn when they first count.
+fn shard_index() -> usize {
+    use std::cell::Cell;
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    SHARD
+        .try_with(|shard| {
+            if shard.get() == usize::MAX {
+                shard.set(NEXT.fetch_add(1, Relaxed) % SHARDS);
+            }
+            shard.get()
+        })
+        .unwrap_or(0)
+}
+
+impl SpreadTally {
+    fn new(names: &Names, name: &'static str) -> Self {
+        #[cfg(not(feature = "metrics"))]
+        let _ = (names, name);
+        SpreadTally {
+            shards: Box::default(),
+            #[cfg(feature = "metrics")]
+            exported: names.counter(name, None),
+        }
+    }
+
+    fn add(&self) {
+        self.shards[shard_index()].0.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        self.exported.increment(1);
+    }
+
+    fn get(&self) -> u64 {
+        self.shards.iter().map(|shard| shard.0.load(Relaxed)).sum()
+    }
+}
+
 /// What a layer times (with the `metrics` feature): store calls and the origin's answer.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Timed {
@@ -307,7 +363,7 @@ const fn miss_slot(kind: MissKind) -> usize {
 
 #[derive(Debug)]
 pub(crate) struct Counters {
-    hits: Tally,
+    hits: SpreadTally,
     /// By kind, in `MISS_KINDS` order.
     misses: [Tally; MISS_KINDS.len()],
     stores: Tally,
@@ -333,7 +389,7 @@ impl Counters {
         let tally = |name| Tally::new(&names, name, None);
         let by_reason = |name| BypassReason::ALL.map(|r| Tally::new(&names, name, Some(("reason", r.as_str()))));
         Counters {
-            hits: tally("tower_response_cache_hits_total"),
+            hits: SpreadTally::new(&names, "tower_response_cache_hits_total"),
             misses: MISS_KINDS
                 .map(|(_, kind)| Tally::new(&names, "tower_response_cache_misses_total", Some(("kind", kind)))),
             stores: tally("tower_response_cache_stores_total"),

@@ -5,7 +5,7 @@ use crate::metrics::BypassReason;
 use http::header::{HeaderMap, HeaderName, HeaderValue, AGE};
 use std::cell::RefCell;
 use std::fmt::{self, Write};
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;
 
 /// The `Cache-Status` header name.
@@ -364,6 +364,9 @@ impl Outcome {
     /// second of freshness left), so each thread keeps the last values it wrote and hands
     /// out shared copies instead of formatting and allocating one per response.
     fn header_value(self, name: &str) -> Option<HeaderValue> {
+        if let Some(value) = self.default_hit_value(name) {
+            return Some(value);
+        }
         const SLOTS: usize = 16;
         type Recent = [Option<(Outcome, Box<str>, HeaderValue)>; SLOTS];
         thread_local! {
@@ -388,6 +391,23 @@ impl Outcome {
                 Some(value)
             })
             .unwrap_or_else(|_| format())
+    }
+
+    /// The member of a plain hit under the default name, with less than [`SHARED_SECS`] of
+    /// freshness left: built once per process and second, and static, so that a copy for a
+    /// hit touches no reference count that threads share.
+    fn default_hit_value(self, name: &str) -> Option<HeaderValue> {
+        static VALUES: [OnceLock<HeaderValue>; SHARED_SECS] = [const { OnceLock::new() }; SHARED_SECS];
+        let ttl = usize::try_from(self.ttl?).ok().filter(|ttl| *ttl < SHARED_SECS)?;
+        if name != DEFAULT_NAME || self != Outcome::hit(Duration::from_secs(ttl as u64)) {
+            return None;
+        }
+        let value = VALUES[ttl].get_or_init(|| {
+            let mut text = String::with_capacity(DEFAULT_NAME.len() + 16);
+            self.write(name, &mut text);
+            HeaderValue::from_static(Box::leak(text.into_boxed_str()))
+        });
+        Some(value.clone())
     }
 
     fn write(self, name: &str, out: &mut String) {
@@ -421,9 +441,12 @@ pub(crate) fn write_age(headers: &mut HeaderMap, age: Duration) {
     headers.insert(AGE, age_value(age.as_secs()));
 }
 
+/// Seconds of `Age`, and of a hit's `ttl`, whose header values are built once and kept.
+const SHARED_SECS: usize = 1024;
+
 /// `Age` values of the first minutes, built once, so that hits do not format them.
 fn age_value(secs: u64) -> HeaderValue {
-    const SHARED: usize = 1024;
+    const SHARED: usize = SHARED_SECS;
     static VALUES: LazyLock<Vec<HeaderValue>> = LazyLock::new(|| {
         // Static values: a copy for a hit touches no reference count that threads share.
         let digits: &'static str = Box::leak((0..SHARED).map(|s| s.to_string()).collect::<String>().into_boxed_str());
@@ -514,6 +537,24 @@ mod tests {
         assert_eq!(h[AGE], "1023");
         write_age(&mut h, Duration::from_secs(1024));
         assert_eq!(h[AGE], "1024");
+    }
+
+    #[test]
+    fn hit_values_kept_once_match_formatted_ones() {
+        for secs in [0, 1, 59, 1023, 1024, 86_400] {
+            let hit = Outcome::hit(Duration::from_secs(secs));
+            let mut formatted = String::new();
+            hit.write(DEFAULT_NAME, &mut formatted);
+            // Twice: the first builds the kept value, the second reads it.
+            for _ in 0..2 {
+                assert_eq!(render(hit), formatted);
+            }
+            assert_eq!(render(hit), format!("tower-response-cache; hit; ttl={secs}"));
+        }
+        // Anything but a plain hit under the default name is formatted as ever.
+        let stale = Outcome::stale_hit(Duration::from_secs(3), StaleReason::WhileRevalidate);
+        assert!(stale.default_hit_value(DEFAULT_NAME).is_none());
+        assert!(Outcome::hit(Duration::from_secs(3)).default_hit_value("edge").is_none());
     }
 
     #[test]

@@ -243,6 +243,36 @@ async fn after_a_redis_restart_the_memory_tier_waits_for_its_feed() {
 /// (c) After a resubscription (here: Redis drops the pub/sub clients, entries kept) the
 /// memory tier is emptied, then refills from Redis: hits stop costing a round trip.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_tier_answers_at_once_only_what_it_may_answer() {
+    use tower_response_cache::store::Lookup;
+    use tower_response_cache::Store;
+    if !redis_server::available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let store = tiered(server.url(), &fresh_namespace()).await;
+    until("the feed live", Duration::from_secs(10), || store.stats().coherent).await;
+    let books = Books::default();
+    let app = instance(&books, store.clone());
+    assert_eq!(send(&app, "GET", "/books/1").await.2, Some(0));
+    let layer = CacheLayer::new(store.clone());
+    let key = |uri: &str| {
+        let (parts, ()) = http::Request::get(uri).body(()).unwrap().into_parts();
+        layer.cache_key(&parts)
+    };
+    // Held in memory with the feed live: answered without waiting, as `get` answers.
+    let now = store.get_now(&key("/books/1"));
+    assert!(matches!(now, Some(Lookup::Found(_))), "{now:?}");
+    assert!(matches!(store.get(&key("/books/1")).await, Ok(Lookup::Found(_))));
+    // Not in memory: Redis decides, so the layer must await `get`.
+    assert!(store.get_now(&key("/books/2")).is_none());
+    // Once the feed is not proven live, nothing is answered from memory at once.
+    server.cli(&["client", "kill", "type", "pubsub"]);
+    until("the feed lost", Duration::from_secs(10), || !store.stats().coherent).await;
+    assert!(store.get_now(&key("/books/1")).is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_memory_tier_refills_after_a_resubscription() {
     if !redis_server::available() {
         return;

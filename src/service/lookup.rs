@@ -92,11 +92,17 @@ async fn lookup_as<St: Store>(shared: &Shared<St>, lookout: &Lookout, headers: &
             Err(found) => return found,
         },
     };
-    judge(lookout, response, standing, own)
+    judge(lookout, response, standing, own, SystemTime::now())
 }
 
-/// [`lookup`] without waiting, when the store can answer at once ([`Store::get_now`]).
-pub(super) fn lookup_now<St: Store>(shared: &Shared<St>, lookout: &Lookout, headers: &HeaderMap) -> Option<Found> {
+/// [`lookup`] without waiting, when the store can answer at once ([`Store::get_now`]);
+/// freshness is judged at `now`.
+pub(super) fn lookup_now<St: Store>(
+    shared: &Shared<St>,
+    lookout: &Lookout,
+    headers: &HeaderMap,
+    now: SystemTime,
+) -> Option<Found> {
     let store = &shared.store;
     let (response, standing, own) = match primary(shared, lookout, headers, Ok(store.get_now(&lookout.primary)?)) {
         Step::Found(found) => return Some(found),
@@ -106,7 +112,7 @@ pub(super) fn lookup_now<St: Store>(shared: &Shared<St>, lookout: &Lookout, head
             Err(found) => return Some(found),
         },
     };
-    Some(judge(lookout, response, standing, own))
+    Some(judge(lookout, response, standing, own, now))
 }
 
 /// What the primary key's entry leads to.
@@ -150,14 +156,14 @@ fn variant<St>(
     }
 }
 
-fn judge(lookout: &Lookout, response: Arc<CachedResponse>, standing: Standing, own: bool) -> Found {
+fn judge(lookout: &Lookout, response: Arc<CachedResponse>, standing: Standing, own: bool, now: SystemTime) -> Found {
     // The key settled Vary and identity; what is left is whether a request with credentials
     // (or an identity) may see an entry stored for everyone.
     let facts = &lookout.facts;
     if (facts.credentials || facts.identity) && !own && !response.shareable_with_credentials {
         return Found::Miss(MissKind::Miss);
     }
-    if standing == Standing::Valid && response.is_fresh(SystemTime::now()) {
+    if standing == Standing::Valid && response.is_fresh(now) {
         Found::Fresh(response)
     } else {
         Found::Stale(Stale {

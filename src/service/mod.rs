@@ -102,13 +102,10 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let status_sent = self.shared.config.status_header.sent_for(req.headers());
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         // A fresh hit read at once is answered here: no clone of the inner service, no box.
-        let begun = match begin(&self.shared, &parts) {
-            Ok(mut response) => {
-                write_status(&self.shared, &mut response, status_sent);
-                return ResponseFuture::ready(response);
-            }
+        let begun = match begin(&self.shared, &mut parts, status_sent) {
+            Ok(response) => return ResponseFuture::ready(response),
             Err(begun) => begun,
         };
         // The ready service goes into the future; the clone stays for the next poll_ready.
@@ -150,8 +147,12 @@ enum Begun {
 
 /// The part of the flow that needs no waiting: the policy's decision, and for a plain GET
 /// or HEAD (no gRPC, no range, request directives not honoured) its key and, if the store
-/// can answer at once, its lookup; a fresh hit is answered.
-fn begin<St: Store, B: Body>(shared: &Shared<St>, parts: &request::Parts) -> Result<Response<CacheBody<B>>, Begun> {
+/// can answer at once, its lookup; a fresh hit is answered, `Cache-Status` included.
+fn begin<St: Store, B: Body>(
+    shared: &Shared<St>,
+    parts: &mut request::Parts,
+    status_sent: bool,
+) -> Result<Response<CacheBody<B>>, Begun> {
     let config = &shared.config;
     let decided = config.decide(parts);
     let plain = OptedIn::find(config, parts).is_none()
@@ -163,24 +164,42 @@ fn begin<St: Store, B: Body>(shared: &Shared<St>, parts: &request::Parts) -> Res
     }
     // The request's start is read by the flow that may store its response: a hit needs
     // none, and reading it touches a clock that every request would share.
-    let lookout = Box::new(lookout_for(config, parts, decided, None, std::time::UNIX_EPOCH));
+    let lookout = lookout_for(config, parts, decided, None, std::time::UNIX_EPOCH);
     let generation = shared.coalescer.generation();
-    match lookup_now(shared, &lookout, &parts.headers) {
-        Some(Found::Fresh(entry)) if !refresh_due(shared, &lookout, &entry) => Ok(hit(shared, &entry, &lookout)),
+    // One clock read judges the entry fresh and gives its age.
+    let now = SystemTime::now();
+    match lookup_now(shared, &lookout, &parts.headers, now) {
         // Due for a refresh ahead of expiry: answered by `handle`, which has the inner service.
-        Some(found @ Found::Fresh(_)) => Err(Begun::Looked {
-            lookout,
-            found,
+        Some(Found::Fresh(entry)) if refresh_due(shared, &lookout, &entry) => Err(Begun::Looked {
+            lookout: Box::new(lookout),
+            found: Found::Fresh(entry),
             generation,
             ahead: true,
         }),
+        Some(Found::Fresh(entry)) => {
+            shared.counters.hit();
+            let age = entry.age(now);
+            let outcome = Outcome::hit(entry.lifetime.saturating_sub(age));
+            // The request's extensions (axum's route parameters, say) are done with: emptied,
+            // their map carries the response's outcome without allocating one of its own.
+            let mut extensions = std::mem::take(&mut parts.extensions);
+            extensions.clear();
+            let mut response = respond::from_entry_with(shared, &entry, &lookout, outcome, Some(age), extensions);
+            if status_sent {
+                CacheOutcome::new(outcome, Some(age)).write_header(response.headers_mut(), config.status_name.as_str());
+            }
+            Ok(response)
+        }
         Some(found) => Err(Begun::Looked {
-            lookout,
+            lookout: Box::new(lookout),
             found,
             generation,
             ahead: false,
         }),
-        None => Err(Begun::Prepared { lookout, generation }),
+        None => Err(Begun::Prepared {
+            lookout: Box::new(lookout),
+            generation,
+        }),
     }
 }
 
@@ -742,7 +761,7 @@ fn request_bypass<St>(
         return Some(BypassReason::Method);
     }
     // Ranges are answered from fresh stored responses (see `handle`); a gRPC call has none.
-    if parts.headers.contains_key(RANGE) && grpc_opted_in {
+    if grpc_opted_in && parts.headers.contains_key(RANGE) {
         return Some(BypassReason::Range);
     }
     if decided.bypass {

@@ -11,7 +11,7 @@ use http::header::{
     HeaderMap, HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_RANGE, DATE, ETAG, EXPIRES,
     IF_RANGE, LAST_MODIFIED, RANGE, VARY,
 };
-use http::{response, Response, StatusCode};
+use http::{response, Extensions, Response, StatusCode};
 use http_body::Body;
 use std::time::Duration;
 
@@ -24,10 +24,24 @@ pub(super) fn from_entry<St, B: Body>(
     outcome: Outcome,
     age: Option<Duration>,
 ) -> Response<CacheBody<B>> {
+    from_entry_with(shared, entry, lookout, outcome, age, Extensions::new())
+}
+
+/// [`from_entry`], the response's extensions starting as `extensions` (an emptied map that
+/// saves allocating one).
+pub(super) fn from_entry_with<St, B: Body>(
+    shared: &Shared<St>,
+    entry: &CachedResponse,
+    lookout: &Lookout,
+    outcome: Outcome,
+    age: Option<Duration>,
+    extensions: Extensions,
+) -> Response<CacheBody<B>> {
     // Preconditions apply only to responses that would be 2xx (RFC 9110 §13.2.1).
     if entry.status.is_success() && not_modified(lookout, &entry.headers) {
         let mut response = Response::new(CacheBody::empty());
         *response.status_mut() = StatusCode::NOT_MODIFIED;
+        *response.extensions_mut() = extensions;
         let headers = response.headers_mut();
         // RFC 9110 §15.4.5: the fields a 200 would have carried that describe the selection.
         for field in [
@@ -52,11 +66,13 @@ pub(super) fn from_entry<St, B: Body>(
     };
     let mut response = Response::new(body);
     *response.status_mut() = entry.status;
-    // Room for Cache-Status and Age, so that adding them does not grow the map.
+    *response.extensions_mut() = extensions;
+    // Room for Cache-Status and Age, so that adding them does not grow the map. (Cloning
+    // the stored map would then grow it: a clone has no room to spare.)
     let headers = response.headers_mut();
     headers.reserve(entry.headers.len() + 2);
     for (name, value) in &entry.headers {
-        headers.append(name, value.clone());
+        headers.append(name.clone(), value.clone());
     }
     if lookout.head && !entry.headers.contains_key(CONTENT_LENGTH) {
         response

@@ -9,6 +9,7 @@ use super::stamps::{micros, micros_of, Admission, Hold, TagStamps, Verdict, HOLD
 use super::Entry;
 use super::{Lookup, PurgeMode, Store, StoreError};
 use crate::CacheKey;
+use bytes::Bytes;
 use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -44,33 +45,35 @@ struct Held {
 #[derive(Clone)]
 struct ByteWeighter;
 
-impl Weighter<CacheKey, Slot> for ByteWeighter {
-    fn weight(&self, key: &CacheKey, slot: &Slot) -> u64 {
-        weight(key, &slot.0.entry, slot.0.hold.as_ref().map(|h| h.tags()))
+impl Weighter<Bytes, Slot> for ByteWeighter {
+    fn weight(&self, key: &Bytes, slot: &Slot) -> u64 {
+        weight(key.len(), &slot.0.entry, slot.0.hold.as_ref().map(|h| h.tags()))
     }
 }
 
 /// An entry's weight, with the purge bookkeeping of its `tags` if it has a hold.
-fn weight(key: &CacheKey, entry: &Entry, tags: Option<usize>) -> u64 {
+fn weight(key_len: usize, entry: &Entry, tags: Option<usize>) -> u64 {
     let stamps = tags.map_or(0, |n| HOLD_BYTES + n as u64 * RECORD_BYTES);
     let slack = match entry {
         Entry::Response(response) => response.body.len() as u64 >> BODY_SLACK_SHIFT,
         Entry::Variants(_) => 0,
     };
-    SLOT_OVERHEAD + key.as_bytes().len() as u64 + entry.weight() as u64 + slack + stamps
+    SLOT_OVERHEAD + key_len as u64 + entry.weight() as u64 + slack + stamps
 }
 
 #[derive(Clone, Default)]
 struct CountEvictions(Arc<AtomicU64>);
 
-impl Lifecycle<CacheKey, Slot> for CountEvictions {
+impl Lifecycle<Bytes, Slot> for CountEvictions {
     type RequestState = ();
-    fn on_evict(&self, _: &mut (), _: CacheKey, _: Slot) {
+    fn on_evict(&self, _: &mut (), _: Bytes, _: Slot) {
         self.0.fetch_add(1, Relaxed);
     }
 }
 
-type Inner = Cache<CacheKey, Slot, ByteWeighter, DefaultHashBuilder, CountEvictions>;
+/// Keys are held as their encoded bytes, shared (a `CacheKey` may keep a short key inline,
+/// which every slot would pay for); lookups borrow the request's key as a slice.
+type Inner = Cache<Bytes, Slot, ByteWeighter, DefaultHashBuilder, CountEvictions>;
 
 /// An in-process [`Store`]: entries weighted by their bytes (body, headers and a fixed
 /// overhead) in a concurrent CLOCK-Pro cache bounded by `max_bytes`.
@@ -274,13 +277,13 @@ impl MemoryStore {
     }
 
     fn read(&self, key: &CacheKey) -> Lookup {
-        let Some(slot) = self.shared.cache.get(key) else {
+        let Some(slot) = self.shared.cache.get(key.as_bytes()) else {
             return Lookup::Miss;
         };
         let held = &*slot.0;
         if held.expires <= Instant::now() {
             drop(slot);
-            self.shared.cache.remove(key);
+            self.shared.cache.remove(key.as_bytes());
             return Lookup::Miss;
         }
         match (&held.entry, &held.hold) {
@@ -290,7 +293,7 @@ impl MemoryStore {
                     Verdict::SoftPurged => Lookup::SoftPurged(response.clone()),
                     Verdict::Purged => {
                         self.shared.invalidated.fetch_add(1, Relaxed);
-                        self.shared.cache.remove(key);
+                        self.shared.cache.remove(key.as_bytes());
                         Lookup::Purged
                     }
                 }
@@ -308,7 +311,7 @@ impl MemoryStore {
             Entry::Response(response) => Some(response.tags.len()),
             Entry::Variants(_) => None,
         };
-        if weight(&key, &entry, tags) > self.shared.max_bytes {
+        if weight(key.as_bytes().len(), &entry, tags) > self.shared.max_bytes {
             return false;
         }
         let (hold, started) = match &entry {
@@ -330,7 +333,7 @@ impl MemoryStore {
             epoch,
             hold,
         }));
-        self.shared.cache.insert(key, slot);
+        self.shared.cache.insert(key.into_bytes(), slot);
         true
     }
 
@@ -366,7 +369,7 @@ impl Store for MemoryStore {
     }
 
     async fn remove(&self, key: &CacheKey) -> Result<(), StoreError> {
-        self.shared.cache.remove(key);
+        self.shared.cache.remove(key.as_bytes());
         Ok(())
     }
 

@@ -212,6 +212,15 @@ impl Store for TieredStore {
         }
     }
 
+    /// What the memory tier answers while its feed is live, as [`get`](Store::get) would;
+    /// anything that needs Redis (a miss in memory, or a feed not proven live) is `None`,
+    /// and the layer awaits `get`.
+    fn get_now(&self, key: &CacheKey) -> Option<Lookup> {
+        let local = self.l1.get_now(key)?;
+        let ticket = self.feed.ticket();
+        (ticket.is_some() && matches!(local, Lookup::Found(_) | Lookup::SoftPurged(_))).then_some(local)
+    }
+
     async fn put(&self, key: CacheKey, entry: Entry, ttl: Duration) -> Result<bool, StoreError> {
         let ticket = self.feed.ticket();
         match self.l2.put(key.clone(), entry.clone(), ttl).await {
