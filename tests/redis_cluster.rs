@@ -482,3 +482,83 @@ async fn a_master_killed_under_load_fails_no_request() {
     assert!(hits_after.load(SeqCst) >= 100, "hits came back after the failover");
     drop(cluster);
 }
+
+/// A mirror that cannot prove itself caught up does not answer hits: with the shard holding
+/// the purge log paused, reads of entries on the other shards become unverified (served from
+/// the origin) within the window, and hits come back once the log answers again.
+#[tokio::test]
+async fn a_stalled_purge_log_turns_hits_into_origin_calls() {
+    if !redis_server::available() {
+        return;
+    }
+    let cluster = TestCluster::start(3, 0);
+    let namespace = fresh_namespace("stall");
+    // No circuit breaker in the way: reads keep reaching the shards that answer.
+    let store = RedisStore::cluster_builder(cluster.urls())
+        .namespace(namespace.as_str())
+        .clock_skew_margin(Duration::ZERO)
+        .op_timeout(Duration::from_millis(100))
+        .circuit_breaker(u32::MAX, Duration::from_millis(1))
+        .spread_namespace(true)
+        .connect()
+        .await
+        .expect("connect");
+    const ITEMS: usize = 30;
+    let items = Items::new(ITEMS);
+    let app = instance(&items, store.clone());
+    for id in 0..ITEMS {
+        exchange(&app, "GET", &format!("/items/{id}")).await;
+    }
+    let log_shard = cluster.master_of(&format!("{{{namespace}}}:log"));
+    // The items whose entries live on the other shards (a hit there is not a GET on the
+    // log's shard): those stay readable while the log's shard is paused.
+    let mut elsewhere = Vec::new();
+    for id in 0..ITEMS {
+        redis_server::cli(log_shard, &["config", "resetstat"]);
+        let (_, status, _) = exchange(&app, "GET", &format!("/items/{id}")).await;
+        assert!(status.contains("; hit"), "{status}");
+        if !TestCluster::command_calls(log_shard).contains_key("get") {
+            elsewhere.push(id);
+        }
+    }
+    assert!(
+        elsewhere.len() >= 10,
+        "two thirds of the entries elsewhere: {elsewhere:?}"
+    );
+    let pause = Duration::from_millis(2500);
+    redis_server::cli(log_shard, &["client", "pause", &pause.as_millis().to_string(), "ALL"]);
+    let paused_at = Instant::now();
+    // Past the window (and the blocking read that was in flight), no read is a hit.
+    tokio::time::sleep(RedisStore::MIRROR_WINDOW + Duration::from_millis(300)).await;
+    let (mut reads, mut hits) = (0, 0);
+    while paused_at.elapsed() < pause - Duration::from_millis(300) {
+        for &id in &elsewhere {
+            if paused_at.elapsed() >= pause - Duration::from_millis(300) {
+                break;
+            }
+            if let Some((status, _)) = try_get(&app, &format!("/items/{id}")).await {
+                reads += 1;
+                hits += u32::from(status.contains("; hit"));
+            }
+        }
+    }
+    eprintln!(
+        "log shard paused: {reads} answered reads, {hits} hits, {} unverified",
+        store.stats().unverified_reads
+    );
+    assert!(
+        reads > 0 && store.stats().unverified_reads > 0,
+        "reads reached the other shards"
+    );
+    assert_eq!(hits, 0, "no hit while the mirror is not proven live");
+    // Once the log answers, hits return (bounded).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, status, _) = exchange(&app, "GET", "/items/1").await;
+        if status.contains("; hit") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "hits never came back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
