@@ -32,9 +32,8 @@ use std::time::{Duration, Instant};
 use tower::ServiceExt;
 #[cfg(feature = "test-util")]
 use tower_response_cache::store::conformance;
-use tower_response_cache::store::RedisStore;
-#[cfg(feature = "test-util")]
-use tower_response_cache::{store::TieredStore, MemoryStore};
+use tower_response_cache::store::{RedisStore, TieredStore};
+use tower_response_cache::MemoryStore;
 use tower_response_cache::{CacheLayer, CacheTags, Store};
 
 /// A spread store on the cluster. The tests' instances share the machine's clock with
@@ -560,5 +559,40 @@ async fn a_stalled_purge_log_turns_hits_into_origin_calls() {
         }
         assert!(Instant::now() < deadline, "hits never came back");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Tiered stores over a spread namespace: a purge through one instance's tiered store
+/// returns once the other's memory tier no longer serves what it purged.
+#[tokio::test]
+async fn tiered_stores_over_a_spread_namespace_stay_coherent() {
+    if !redis_server::available() {
+        return;
+    }
+    let cluster = TestCluster::start(3, 0);
+    let namespace = fresh_namespace("tiered");
+    let items = Items::new(4);
+    let a = TieredStore::new(MemoryStore::new(), spread(&cluster.urls(), &namespace).await);
+    let b = TieredStore::new(MemoryStore::new(), spread(&cluster.urls(), &namespace).await);
+    let (app_a, app_b) = (instance(&items, a.clone()), instance(&items, b.clone()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(a.stats().coherent && b.stats().coherent) {
+        assert!(Instant::now() < deadline, "the feeds never came up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for id in 0..4 {
+        let path = format!("/items/{id}");
+        let (_, filled, _) = exchange(&app_a, "GET", &path).await;
+        assert!(filled.ends_with("stored"), "{filled}");
+        let (_, shared, _) = exchange(&app_b, "GET", &path).await;
+        assert!(shared.contains("; hit"), "shared through the cluster: {shared}");
+        let next = items.versions[id].fetch_add(1, SeqCst) + 1;
+        a.purge_tags([format!("item:{id}")]).await.expect("purge");
+        let (_, _, body) = exchange(&app_b, "GET", &path).await;
+        assert_eq!(
+            version(&body),
+            next,
+            "the other instance's memory tier applied the purge"
+        );
     }
 }

@@ -38,6 +38,11 @@
 //! Redis's clock plus a margin for clock skew between instances, and published on
 //! `{ns}:purge` for tiered stores. A purge is O(tags).
 //!
+//! With [`RedisStoreBuilder::spread_namespace`], entries and leases take a hash slot of their
+//! own instead (`{<hash of the cache key>}` before the prefix), reads and writes are a plain
+//! `GET` / `SET`, and purges go to a purge log mirrored in every instance
+//! ([`purge_log`](super::purge_log)), which judges what is read.
+//!
 //! A purge that cannot reach Redis is queued ([`purge_queue`](super::purge_queue)) and retried
 //! in the background until it lands, stamped with the instant it was requested; meanwhile the
 //! entries this instance reads back from Redis are judged by it.
