@@ -307,7 +307,7 @@ async fn purges_race_fills_on_two_instances_without_resurrection() {
          {within} stale answers within the stated bound"
     );
     assert!(
-        purged > 100 && reads > 500 && hits > 50,
+        purged > 50 && reads > 200 && hits > 50,
         "the race ran: {purged} purges, {reads} reads, {hits} hits"
     );
     assert_eq!(violations, 0, "no read older than a completed purge beyond the bound");
@@ -368,10 +368,11 @@ async fn purge_to_invalidated_delay_across_instances() {
     );
 }
 
-/// A request whose outcome is counted rather than asserted: `None` if it failed or hung.
+/// A request whose outcome is counted rather than asserted: `None` if it failed, or hung
+/// past the layer's own bounds (the coalescing timeout is 10 s).
 async fn try_get(app: &Router, uri: &str) -> Option<(String, String)> {
     let req = Request::builder().uri(uri).body(axum::body::Body::empty()).ok()?;
-    let res = tokio::time::timeout(Duration::from_secs(5), app.clone().oneshot(req))
+    let res = tokio::time::timeout(Duration::from_secs(15), app.clone().oneshot(req))
         .await
         .ok()?
         .ok()?;
@@ -456,7 +457,7 @@ async fn a_master_killed_under_load_fails_no_request() {
     }
     stop.store(1, SeqCst);
     for l in load {
-        tokio::time::timeout(Duration::from_secs(10), l)
+        tokio::time::timeout(Duration::from_secs(20), l)
             .await
             .expect("load ended")
             .unwrap();
