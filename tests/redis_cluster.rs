@@ -597,3 +597,70 @@ async fn tiered_stores_over_a_spread_namespace_stay_coherent() {
         );
     }
 }
+
+/// The log stays bounded: trimmed to its length at every purge, and of purges older than the
+/// longest an entry lives. An instance that has read everything keeps its hits; one that
+/// starts after the trim treats what predates the trimmed purges as misses (the floor).
+#[tokio::test]
+async fn the_purge_log_is_trimmed_by_length_and_age_without_resurrection() {
+    if !redis_server::available() {
+        return;
+    }
+    let cluster = TestCluster::start(3, 0);
+    let namespace = fresh_namespace("trim");
+    let bounded = |ttl: Duration| {
+        RedisStore::cluster_builder(cluster.urls())
+            .namespace(namespace.as_str())
+            .clock_skew_margin(Duration::ZERO)
+            .max_entry_ttl(ttl)
+            .in_flight_horizon(Duration::from_millis(500))
+            .purge_log_max_len(10)
+            .spread_namespace(true)
+            .connect()
+    };
+    let a = bounded(Duration::from_secs(60)).await.expect("connect");
+    let items = Items::new(4);
+    let app_a = instance(&items, a.clone());
+    let (_, filled, _) = exchange(&app_a, "GET", "/items/0").await;
+    assert!(filled.ends_with("stored"), "{filled}");
+    let log_shard = cluster.master_of(&format!("{{{namespace}}}:log"));
+    let log = format!("{{{namespace}}}:log");
+    for i in 0..30 {
+        a.purge_tags([format!("other:{i}")]).await.expect("purge");
+    }
+    let len: u64 = redis_server::cli(log_shard, &["xlen", &log])
+        .trim()
+        .parse()
+        .expect("XLEN");
+    assert_eq!(len, 10, "trimmed to its length");
+    // A reads on: it read every purge before they were trimmed.
+    let (_, still, _) = exchange(&app_a, "GET", "/items/0").await;
+    assert!(still.contains("; hit"), "{still}");
+    // A newcomer cannot know what was trimmed: the entry is a miss there, not a hit.
+    let b = bounded(Duration::from_secs(60)).await.expect("connect");
+    let app_b = instance(&items, b.clone());
+    let (_, newcomer, _) = exchange(&app_b, "GET", "/items/1").await;
+    assert!(newcomer.ends_with("stored"), "{newcomer}");
+    let before = items.calls.load(SeqCst);
+    let (_, old, _) = exchange(&app_b, "GET", "/items/0").await;
+    assert!(!old.contains("; hit"), "an entry older than the trimmed purges: {old}");
+    assert_eq!(items.calls.load(SeqCst), before + 1);
+    // Purges still hold on both after the trim.
+    let next = items.versions[1].fetch_add(1, SeqCst) + 1;
+    b.purge_tags(["item:1".to_owned()]).await.expect("purge");
+    tokio::time::sleep(RedisStore::MIRROR_WINDOW).await;
+    let (_, _, body) = exchange(&app_a, "GET", "/items/1").await;
+    assert_eq!(version(&body), next);
+    // By age: with entries living at most 1 s (plus the 0.5 s horizon), a purge made after
+    // that drops every older one.
+    let short = bounded(Duration::from_secs(1)).await.expect("connect");
+    short.purge_tags(["aged".to_owned()]).await.expect("purge");
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    short.purge_tags(["fresh".to_owned()]).await.expect("purge");
+    let len: u64 = redis_server::cli(log_shard, &["xlen", &log])
+        .trim()
+        .parse()
+        .expect("XLEN");
+    assert_eq!(len, 1, "only the purge younger than an entry's longest life is kept");
+    assert!(a.stats().purge_log_live && b.stats().purge_log_live);
+}

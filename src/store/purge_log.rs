@@ -14,7 +14,7 @@
 //! Each instance's mirror keeps the latest hard and soft stamp of every purged tag (by a
 //! keyed digest) and a floor, bounded in entries: past the bound, the oldest half of the
 //! stamps goes and the floor rises to the newest of them (entries older than that become
-//! misses, never hits). The log is bounded too, in entries ([`LOG_MAX_LEN`]) and in age (the
+//! misses, never hits). The log is bounded too, in entries ([`LOG_MAX_LEN`] by default) and in age (the
 //! longest an entry can live): what is trimmed raises `f`, which a mirror applies when it
 //! may not have read what was trimmed.
 //!
@@ -50,7 +50,7 @@ pub(crate) const MIRROR_WINDOW: Duration = Duration::from_millis(500);
 pub(crate) const BLOCK: Duration = Duration::from_millis(100);
 /// Log entries read per call.
 const PAGE: usize = 512;
-/// The most entries the log keeps; older ones are trimmed as purges come.
+/// The most entries the log keeps by default; older ones are trimmed as purges come.
 pub(crate) const LOG_MAX_LEN: u64 = 100_000;
 /// The most purged tags a mirror remembers; past it the oldest half goes under its floor.
 const MIRROR_MAX_TAGS: usize = 200_000;
@@ -204,6 +204,8 @@ pub(crate) struct LogKeys {
     pub(crate) log: Vec<u8>,
     pub(crate) meta: Vec<u8>,
     pub(crate) scratch: Vec<u8>,
+    /// The most entries the log keeps.
+    pub(crate) max_len: u64,
 }
 
 impl Mirror {
@@ -461,7 +463,7 @@ pub(crate) async fn append<C: ConnectionLike>(
         .key(&keys.scratch[..])
         .arg(mode)
         .arg(offset_us)
-        .arg(LOG_MAX_LEN)
+        .arg(keys.max_len.max(1))
         .arg(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX))
         .arg(channel);
     for tag in tags {

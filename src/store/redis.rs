@@ -643,6 +643,7 @@ pub struct RedisStoreBuilder {
     in_flight_horizon: Duration,
     purge_filter_bytes: usize,
     spread: bool,
+    purge_log_max_len: u64,
 }
 
 /// What a builder connects to.
@@ -1177,6 +1178,7 @@ impl RedisStoreBuilder {
             in_flight_horizon: Duration::from_secs(60),
             purge_filter_bytes: 4 << 20,
             spread: false,
+            purge_log_max_len: purge_log::LOG_MAX_LEN,
         }
     }
 
@@ -1281,6 +1283,28 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// Under [`spread_namespace`](Self::spread_namespace), the most purges the purge log keeps
+    /// (default 100,000; it also drops those older than `max_entry_ttl` + `in_flight_horizon`).
+    /// What is trimmed raises the log's floor: an instance that starts later (or falls that
+    /// far behind) treats the entries whose requests started before the trimmed purges as
+    /// misses, so a log shorter than the purges made over an entry's lifetime costs hits,
+    /// never correctness.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), tower_response_cache::StoreError> {
+    /// use tower_response_cache::store::RedisStore;
+    /// let store = RedisStore::cluster_builder(["redis://10.0.0.1:7000"])
+    ///     .spread_namespace(true)
+    ///     .purge_log_max_len(1_000_000)
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn purge_log_max_len(mut self, entries: u64) -> Self {
+        self.purge_log_max_len = entries.max(1);
+        self
+    }
+
     /// Connects. A standalone store connects lazily, so it can be built while Redis is down;
     /// a cluster store needs a node to answer now.
     ///
@@ -1357,6 +1381,7 @@ impl RedisStoreBuilder {
                 log: format!("{{{}}}:log", self.namespace).into_bytes(),
                 meta: format!("{{{}}}:logm", self.namespace).into_bytes(),
                 scratch: format!("{{{}}}:scratch", self.namespace).into_bytes(),
+                max_len: self.purge_log_max_len,
             };
             let mirror = Mirror::new();
             mirror.follow(follower, keys.clone(), self.op_timeout);
