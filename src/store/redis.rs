@@ -826,7 +826,15 @@ impl RedisStore {
             export_count!("tower_response_cache_redis_errors_total", "kind" => "refused"; 1);
             return Err(StoreError::new("redis circuit breaker open"));
         }
-        match tokio::time::timeout(inner.op_timeout, op(inner.connection.clone())).await {
+        // A probe whose call is dropped before it ends (its request cancelled) must not leave
+        // the breaker waiting for it forever: it counts as failed.
+        let mut probe = ProbeGuard {
+            breaker: &inner.breaker,
+            pending: permit == Permit::Probe,
+        };
+        let outcome = tokio::time::timeout(inner.op_timeout, op(inner.connection.clone())).await;
+        probe.pending = false;
+        match outcome {
             Ok(Ok(value)) => {
                 if counted {
                     inner.breaker.success(permit);
@@ -1532,6 +1540,20 @@ async fn recheck_policy(inner: Weak<Inner>) {
             return;
         }
         delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Settles a breaker probe that was dropped before its call ended.
+struct ProbeGuard<'b> {
+    breaker: &'b Breaker,
+    pending: bool,
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if self.pending {
+            self.breaker.failure(Permit::Probe);
+        }
     }
 }
 
