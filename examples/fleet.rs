@@ -8,7 +8,10 @@
 //! - `cold`: bursts of 4 x 64 concurrent requests (64 per instance) for a key none has, the
 //!   origin taking 50 ms: origin calls per burst, p50/p99 latency;
 //! - `stale`: a hot key whose entry is stale (inside `stale-while-revalidate`), 1,000
-//!   requests spread over the instances: background refreshes made, p50/p99, hit ratio.
+//!   requests spread over the instances: background refreshes made, p50/p99, hit ratio;
+//! - then on a Redis Cluster of 3 child masters, 4 instances each over a `RedisStore` with
+//!   `spread_namespace(true)`: the `cold` bursts, and `spread`: 10,000 requests over 1,000
+//!   keys (each key's first request fills it), with the keys each master holds.
 
 #[path = "support/redis_server.rs"]
 mod redis_server;
@@ -27,7 +30,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tower_response_cache::store::{RedisStore, TieredStore};
-use tower_response_cache::{CacheLayer, MemoryStore};
+use tower_response_cache::{CacheLayer, MemoryStore, Store};
 
 const INSTANCES: usize = 4;
 const ORIGIN: Duration = Duration::from_millis(50);
@@ -108,15 +111,23 @@ struct Fleet {
 }
 
 async fn fleet(redis: &RedisServer, namespace: &str, coalesce: bool) -> Fleet {
-    let (cold_calls, stale_calls) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let mut addrs = Vec::new();
+    let mut stores = Vec::new();
     for _ in 0..INSTANCES {
         let l2 = RedisStore::builder(redis.url())
             .namespace(namespace)
             .connect()
             .await
             .expect("redis");
-        let store = TieredStore::new(MemoryStore::new(), l2);
+        stores.push(TieredStore::new(MemoryStore::new(), l2));
+    }
+    fleet_of(stores, coalesce).await
+}
+
+/// One instance (an axum server) per store.
+async fn fleet_of<S: Store>(stores: Vec<S>, coalesce: bool) -> Fleet {
+    let (cold_calls, stale_calls) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut addrs = Vec::new();
+    for store in stores {
         let layer = CacheLayer::builder(store).fleet_coalesce(coalesce).build();
         addrs.push(serve(origin(cold_calls.clone(), stale_calls.clone()).layer(layer)).await);
     }
@@ -179,6 +190,37 @@ async fn stale(client: &HttpClient, fleet: &Fleet, requests: usize) -> String {
     )
 }
 
+/// `requests` GETs over `keys` keys, 64 at a time, spread over the instances.
+async fn spread(client: &HttpClient, fleet: &Fleet, keys: usize, requests: usize) -> String {
+    let before = fleet.cold_calls.load(SeqCst);
+    let mut latencies = Vec::new();
+    let mut hits = 0;
+    for batch in (0..requests).collect::<Vec<_>>().chunks(64) {
+        let tasks: Vec<_> = batch
+            .iter()
+            .map(|&i| {
+                let (client, addr) = (client.clone(), fleet.addrs[i % INSTANCES]);
+                // A key's requests come in different batches, so its first one fills it.
+                let path = format!("/cold/{}", 1_000_000 + (i * 7919) % keys);
+                tokio::spawn(async move { get_once(&client, addr, &path).await })
+            })
+            .collect();
+        for task in tasks {
+            let (latency, hit) = task.await.expect("request");
+            latencies.push(latency);
+            hits += usize::from(hit);
+        }
+    }
+    latencies.sort();
+    format!(
+        "{} origin calls | p50 {:.1} ms | p99 {:.1} ms | hit ratio {:.1}%",
+        fleet.cold_calls.load(SeqCst) - before,
+        percentile(&latencies, 50).as_secs_f64() * 1e3,
+        percentile(&latencies, 99).as_secs_f64() * 1e3,
+        100.0 * hits as f64 / requests as f64,
+    )
+}
+
 #[tokio::main]
 async fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
@@ -202,4 +244,32 @@ async fn main() {
         let stale = stale(&client, &fleet, stale_requests).await;
         println!("| stale hot key: {stale_requests} requests | {on} | {stale} |");
     }
+    drop(redis);
+    // One namespace over a 3-master cluster, spread over its shards.
+    let cluster = redis_server::RedisCluster::start();
+    let namespace = format!("cluster-{}", std::process::id());
+    let mut stores = Vec::new();
+    for _ in 0..INSTANCES {
+        let store = RedisStore::cluster_builder(cluster.urls())
+            .namespace(namespace.as_str())
+            .spread_namespace(true)
+            .connect()
+            .await
+            .expect("redis cluster");
+        stores.push(store);
+    }
+    let fleet = fleet_of(stores, true).await;
+    let cold = cold(&client, &fleet, bursts, per_instance).await;
+    println!("| cluster (3 masters, spread): cold, {bursts} bursts of {INSTANCES} x {per_instance} | on | {cold} |");
+    let (keys, requests) = if quick { (100, 1_000) } else { (1_000, 10_000) };
+    let spread = spread(&client, &fleet, keys, requests).await;
+    let per_master: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.cli(&["dbsize"]).trim().to_owned())
+        .collect();
+    println!(
+        "| cluster (3 masters, spread): {requests} requests over {keys} keys | on | {spread} | keys per master {} |",
+        per_master.join(" / ")
+    );
 }

@@ -479,3 +479,43 @@ async fn redis_failing_under_load_never_fails_a_request_nor_serves_purged_data()
     burst(app.clone(), books.clone()).await;
     assert_eq!(send(&app, "GET", "/books/5").await.2, "book 5 v1");
 }
+
+/// A breaker probe whose request is cancelled mid-call (its client went away) counts as
+/// failed: the breaker probes again after its cooldown instead of refusing Redis forever.
+#[tokio::test]
+async fn a_cancelled_breaker_probe_does_not_keep_the_breaker_open() {
+    if !redis_server::available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let store = RedisStore::builder(server.url())
+        .namespace(fresh_namespace())
+        .op_timeout(Duration::from_millis(200))
+        .circuit_breaker(1, Duration::from_millis(100))
+        .connect()
+        .await
+        .expect("connect");
+    let key = tower_response_cache::CacheKey::from_bytes(&b"probe"[..]);
+    store.get(&key).await.expect("Redis answers");
+    // One timeout opens the breaker.
+    server.cli(&["client", "pause", "3000", "ALL"]);
+    assert!(store.get(&key).await.is_err());
+    assert!(store.stats().breaker_open);
+    // After the cooldown, the probe is cancelled while Redis still holds it.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(tokio::time::timeout(Duration::from_millis(20), store.get(&key))
+        .await
+        .is_err());
+    server.cli(&["client", "unpause"]);
+    // Bounded: the breaker lets a new probe through and closes.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while store.get(&key).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the breaker stayed open: {:?}",
+            store.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!store.stats().breaker_open);
+}

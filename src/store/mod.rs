@@ -26,6 +26,8 @@ mod forwarding;
 mod http_sink;
 mod memory;
 #[cfg(feature = "redis")]
+mod purge_log;
+#[cfg(feature = "redis")]
 mod purge_queue;
 mod purge_stamps;
 #[cfg(feature = "redis")]

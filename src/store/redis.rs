@@ -38,12 +38,19 @@
 //! Redis's clock plus a margin for clock skew between instances, and published on
 //! `{ns}:purge` for tiered stores. A purge is O(tags).
 //!
+//! With [`RedisStoreBuilder::spread_namespace`], entries and leases take a hash slot of their
+//! own instead (`{<hash of the cache key>}` before the prefix), reads and writes are a plain
+//! `GET` / `SET`, and purges go to a purge log mirrored in every instance
+//! ([`purge_log`](super::purge_log)), which judges what is read.
+//!
 //! A purge that cannot reach Redis is queued ([`purge_queue`](super::purge_queue)) and retried
 //! in the background until it lands, stamped with the instant it was requested; meanwhile the
 //! entries this instance reads back from Redis are judged by it.
 
 use super::breaker::{Breaker, Permit};
+use super::purge_log::{self, LogKeys, Mirror};
 use super::purge_queue::{self, Next, Pending, PendingKind, PurgeQueue, Requested};
+use super::stamps::Verdict;
 use super::Entry;
 use super::{LeaseAttempt, LeaseToken, Lookup, PurgeMode, Store, StoreError};
 use crate::metrics::export_count;
@@ -458,6 +465,18 @@ struct Inner {
     /// The `maxmemory-policy` read at connect, as a [`MaxmemoryPolicy`] index.
     policy: AtomicU8,
     stamps_evictable: AtomicBool,
+    /// A spread namespace's purge log and its mirror (see [`purge_log`]).
+    spread: Option<Spread>,
+    /// Reads of a spread namespace answered while its mirror was not proven live.
+    unverified: AtomicU64,
+}
+
+/// What a spread namespace needs: the purge log's keys, its mirror, and how long it keeps
+/// purges.
+struct Spread {
+    keys: LogKeys,
+    mirror: Arc<Mirror>,
+    retention: Duration,
 }
 
 impl Inner {
@@ -593,6 +612,19 @@ pub struct RedisStoreStats {
     /// the no-resurrection guarantee: a purge-all floor or the recent-purge filter evicted
     /// forgets purges. Logged at error level when the store connects.
     pub stamps_evictable: bool,
+    /// Under [`spread_namespace`](RedisStoreBuilder::spread_namespace): whether the mirror of
+    /// the purge log is proven live now (a read of the log found it caught up less than
+    /// [`RedisStore::MIRROR_WINDOW`] ago), so that reads are judged by it. Always `false`
+    /// otherwise.
+    pub purge_log_live: bool,
+    /// Purge log entries the mirror applied.
+    pub purge_log_applied: u64,
+    /// Times the mirror found it may have missed purges (the log trimmed past its position,
+    /// or lost) and raised its floor instead: entries older than that became misses.
+    pub purge_log_resyncs: u64,
+    /// Reads of a spread namespace that found an entry while the mirror was not proven live:
+    /// answered as [`Lookup::Unverified`] (served only in place of an origin error).
+    pub unverified_reads: u64,
 }
 
 impl fmt::Debug for RedisStore {
@@ -644,6 +676,8 @@ pub struct RedisStoreBuilder {
     pending_purge_bytes: usize,
     in_flight_horizon: Duration,
     purge_filter_bytes: usize,
+    spread: bool,
+    purge_log_max_len: u64,
 }
 
 /// What a builder connects to.
@@ -721,6 +755,11 @@ impl RedisStore {
         RedisStoreBuilder::new(Target::ClusterClient(Box::new((cluster, node))))
     }
 
+    /// Under [`spread_namespace`](RedisStoreBuilder::spread_namespace), how old the proof
+    /// that the purge-log mirror is caught up may be for reads to be judged by it: a purge
+    /// completed on another instance holds on this one from this long after it returned.
+    pub const MIRROR_WINDOW: Duration = purge_log::MIRROR_WINDOW;
+
     /// Errors, timeouts, corrupt values and the breaker's state.
     pub fn stats(&self) -> RedisStoreStats {
         let c = &self.inner.counters;
@@ -739,6 +778,10 @@ impl RedisStore {
             degraded_purges: queue.degraded,
             maxmemory_policy: MaxmemoryPolicy::from_index(self.inner.policy.load(Relaxed)),
             stamps_evictable: self.inner.stamps_evictable.load(Relaxed),
+            purge_log_live: self.inner.spread.as_ref().is_some_and(|s| s.mirror.is_live()),
+            purge_log_applied: self.inner.spread.as_ref().map_or(0, |s| s.mirror.applied()),
+            purge_log_resyncs: self.inner.spread.as_ref().map_or(0, |s| s.mirror.resyncs()),
+            unverified_reads: self.inner.unverified.load(Relaxed),
         }
     }
 
@@ -767,17 +810,32 @@ impl RedisStore {
     /// The key of the fleet-wide lease on `key`'s call to the origin (in the namespace's
     /// slot, as the entry is).
     fn lease_key(&self, key: &CacheKey) -> Vec<u8> {
-        let mut k = Vec::with_capacity(self.inner.lease_prefix.len() + key.as_bytes().len());
+        let mut k = Vec::with_capacity(self.inner.lease_prefix.len() + key.as_bytes().len() + 18);
+        self.own_slot(&mut k, key);
         k.extend_from_slice(&self.inner.lease_prefix);
         k.extend_from_slice(key.as_bytes());
         k
     }
 
     fn entry_key(&self, key: &CacheKey) -> Vec<u8> {
-        let mut k = Vec::with_capacity(self.inner.entry_prefix.len() + key.as_bytes().len());
+        let mut k = Vec::with_capacity(self.inner.entry_prefix.len() + key.as_bytes().len() + 18);
+        self.own_slot(&mut k, key);
         k.extend_from_slice(&self.inner.entry_prefix);
         k.extend_from_slice(key.as_bytes());
         k
+    }
+
+    /// In a spread namespace, a key's own hash tag comes first (Redis Cluster hashes the
+    /// first `{...}` of a key): 64-bit FNV-1a of the cache key in hex, the same in every
+    /// process, so that the namespace's keys spread evenly over the slots.
+    fn own_slot(&self, k: &mut Vec<u8>, key: &CacheKey) {
+        if self.inner.spread.is_none() {
+            return;
+        }
+        let hash = key.as_bytes().iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        k.extend_from_slice(format!("{{{hash:016x}}}").as_bytes());
     }
 
     /// Runs one Redis operation under the timeout and the breaker.
@@ -802,7 +860,15 @@ impl RedisStore {
             export_count!("tower_response_cache_redis_errors_total", "kind" => "refused"; 1);
             return Err(StoreError::new("redis circuit breaker open"));
         }
-        match tokio::time::timeout(inner.op_timeout, op(inner.connection.clone())).await {
+        // A probe whose call is dropped before it ends (its request cancelled) must not leave
+        // the breaker waiting for it forever: it counts as failed.
+        let mut probe = ProbeGuard {
+            breaker: &inner.breaker,
+            pending: permit == Permit::Probe,
+        };
+        let outcome = tokio::time::timeout(inner.op_timeout, op(inner.connection.clone())).await;
+        probe.pending = false;
+        match outcome {
             Ok(Ok(value)) => {
                 if counted {
                     inner.breaker.success(permit);
@@ -836,6 +902,9 @@ impl RedisStore {
         let offset_us = i64::try_from(inner.skew_margin.as_micros())
             .unwrap_or(i64::MAX)
             .saturating_sub(age_us);
+        if let Some(spread) = &inner.spread {
+            return self.send_to_log(kind, offset_us, spread, breaking).await;
+        }
         let (floor, scratch, channel) = (
             inner.floor_key.clone(),
             inner.scratch_key.clone(),
@@ -894,6 +963,12 @@ impl RedisStore {
         if tags.is_empty() {
             return Some(0);
         }
+        if let Some(spread) = &self.inner.spread {
+            // This instance's reads are judged by it from now on.
+            spread
+                .mirror
+                .purge(tags, mode, purge_log::local_stamp(self.inner.skew_margin));
+        }
         let kind = PendingKind::Tags {
             tags: tags.to_vec(),
             mode,
@@ -903,6 +978,11 @@ impl RedisStore {
 
     /// [`Store::purge_all`], saying how many subscribers heard it.
     pub(crate) async fn purge_all_reaching(&self) -> Option<u64> {
+        if let Some(spread) = &self.inner.spread {
+            spread
+                .mirror
+                .raise_floor(purge_log::local_stamp(self.inner.skew_margin));
+        }
         self.purge_or_queue(PendingKind::All).await
     }
 
@@ -1008,6 +1088,120 @@ impl RedisStore {
         hooks.push(hook);
     }
 
+    /// A read in a spread namespace: one `GET` on the entry's own shard, judged by the
+    /// mirror of the purge log (and the purges still waiting for Redis).
+    async fn get_spread(&self, key: &CacheKey, spread: &Spread) -> Result<Lookup, StoreError> {
+        let entry_key = self.entry_key(key);
+        let data: Option<Vec<u8>> = self
+            .run(|mut conn| async move { ::redis::cmd("GET").arg(entry_key).query_async(&mut conn).await })
+            .await?;
+        let Some(entry) = data.and_then(|data| self.decode(data)) else {
+            return Ok(Lookup::Miss);
+        };
+        let response = match entry {
+            // Which headers select a variant: purges never reach these.
+            Entry::Variants(_) => return Ok(Lookup::Found(entry)),
+            Entry::Response(response) => response,
+        };
+        // Checked after the read: a fence this recent covers every purge completed more
+        // than the window before the entry was judged.
+        let live = spread.mirror.is_live();
+        // Every purge this instance knows of judges the entry, live or not: a mirror that
+        // cannot prove itself live only turns what they leave into a stand-in for errors.
+        let lookup = match spread
+            .mirror
+            .judge(purge_queue::micros(response.request_time()), response.tags())
+        {
+            Verdict::Valid => Lookup::Found(Entry::Response(response)),
+            Verdict::SoftPurged => Lookup::SoftPurged(response),
+            Verdict::Purged => Lookup::Purged,
+        };
+        Ok(match self.judge_pending(lookup) {
+            Lookup::Found(Entry::Response(response)) | Lookup::SoftPurged(response) if !live => {
+                self.inner.unverified.fetch_add(1, Relaxed);
+                Lookup::Unverified(response)
+            }
+            lookup => lookup,
+        })
+    }
+
+    /// A write in a spread namespace: a plain `SET` with its TTL, unless this instance
+    /// already knows it purged. Writes that race a purge are judged when read.
+    async fn put_spread(
+        &self,
+        key: CacheKey,
+        entry: Entry,
+        ttl: Duration,
+        spread: &Spread,
+    ) -> Result<bool, StoreError> {
+        if let Entry::Response(r) = &entry {
+            let started = purge_queue::micros(r.request_time());
+            if spread.mirror.judge(started, r.tags()) == Verdict::Purged
+                || self.inner.pending.judge(started, r.tags()) == Some(PurgeMode::Hard)
+            {
+                return Ok(false);
+            }
+        }
+        let data = entry.encode();
+        let entry_key = self.entry_key(&key);
+        let stored = self
+            .run(|mut conn| async move {
+                let set = ::redis::cmd("SET")
+                    .arg(entry_key)
+                    .arg(&data[..])
+                    .arg("PX")
+                    .arg(millis(ttl))
+                    .query_async::<()>(&mut conn)
+                    .await;
+                match set {
+                    Err(error) if error.code() == Some("OOM") => Ok(false),
+                    Err(error) => Err(error),
+                    Ok(()) => Ok(true),
+                }
+            })
+            .await?;
+        if !stored {
+            self.inner.counters.out_of_memory.fetch_add(1, Relaxed);
+            export_count!("tower_response_cache_redis_errors_total", "kind" => "out-of-memory"; 1);
+        }
+        Ok(stored)
+    }
+
+    /// Appends a purge to a spread namespace's log (published too when a tiered store's
+    /// memory tier sits over this store).
+    async fn send_to_log(
+        &self,
+        kind: &PendingKind,
+        offset_us: i64,
+        spread: &Spread,
+        breaking: Breaking,
+    ) -> Result<i64, StoreError> {
+        let (mode, tags) = match kind {
+            PendingKind::Tags { tags, mode } => (
+                match mode {
+                    PurgeMode::Hard => "h",
+                    PurgeMode::Soft => "s",
+                },
+                tags.clone(),
+            ),
+            PendingKind::All => ("*", Vec::new()),
+        };
+        let channel = if self.inner.tier_window.get().is_some() {
+            self.inner.channel.clone()
+        } else {
+            String::new()
+        };
+        let keys = spread.keys.clone();
+        let retention = spread.retention;
+        self.run_as(
+            |mut conn| async move {
+                purge_log::append(&mut conn, &keys, mode, offset_us, retention, &channel, &tags).await
+            },
+            breaking,
+        )
+        .await
+    }
+
     /// How the purges still waiting for Redis judge an entry read from it.
     fn judge_pending(&self, lookup: Lookup) -> Lookup {
         let response = match &lookup {
@@ -1052,6 +1246,8 @@ impl RedisStoreBuilder {
             pending_purge_bytes: 1 << 20,
             in_flight_horizon: Duration::from_secs(60),
             purge_filter_bytes: 4 << 20,
+            spread: false,
+            purge_log_max_len: purge_log::LOG_MAX_LEN,
         }
     }
 
@@ -1130,6 +1326,54 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// Spreads the namespace's entries over a cluster's shards (default off): each entry (and
+    /// fleet lease) gets a hash slot of its own instead of the namespace's, and purges go to
+    /// a purge log (a Redis stream in the namespace's slot) that every instance mirrors and
+    /// checks on each read, so that a hit stays one `GET`. The README's "Redis Cluster"
+    /// section states the consistency it gives: a purge holds at once on the instance that
+    /// made it, and on every other instance from [`RedisStore::MIRROR_WINDOW`] after it
+    /// returned; while an instance's mirror is not proven live, what it reads back is only
+    /// [`Lookup::Unverified`]. Needs a Tokio runtime (the mirror runs as a task). Every
+    /// instance of a namespace must agree on this setting (the layouts differ).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), tower_response_cache::StoreError> {
+    /// use tower_response_cache::store::RedisStore;
+    /// let store = RedisStore::cluster_builder(["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"])
+    ///     .namespace("shop")
+    ///     .spread_namespace(true)
+    ///     .connect()
+    ///     .await?;
+    /// assert!(store.stats().purge_log_applied == 0);
+    /// # Ok(()) }
+    /// ```
+    pub fn spread_namespace(mut self, spread: bool) -> Self {
+        self.spread = spread;
+        self
+    }
+
+    /// Under [`spread_namespace`](Self::spread_namespace), the most purges the purge log keeps
+    /// (default 100,000; it also drops those older than `max_entry_ttl` + `in_flight_horizon`).
+    /// What is trimmed raises the log's floor: an instance that starts later (or falls that
+    /// far behind) treats the entries whose requests started before the trimmed purges as
+    /// misses, so a log shorter than the purges made over an entry's lifetime costs hits,
+    /// never correctness.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), tower_response_cache::StoreError> {
+    /// use tower_response_cache::store::RedisStore;
+    /// let store = RedisStore::cluster_builder(["redis://10.0.0.1:7000"])
+    ///     .spread_namespace(true)
+    ///     .purge_log_max_len(1_000_000)
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn purge_log_max_len(mut self, entries: u64) -> Self {
+        self.purge_log_max_len = entries.max(1);
+        self
+    }
+
     /// Connects. A standalone store connects lazily, so it can be built while Redis is down;
     /// a cluster store needs a node to answer now.
     ///
@@ -1140,16 +1384,19 @@ impl RedisStoreBuilder {
     ///
     /// See the [example](RedisStoreBuilder#example).
     pub async fn connect(self) -> Result<RedisStore, StoreError> {
-        let standalone = |client: &::redis::Client| {
+        // The mirror's blocking reads of the purge log wait up to `BLOCK` for a reply.
+        let follower_timeout = self.op_timeout + purge_log::BLOCK;
+        let standalone_with = |client: &::redis::Client, response_timeout: Duration| {
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(self.connect_timeout))
-                .set_response_timeout(Some(self.op_timeout))
+                .set_response_timeout(Some(response_timeout))
                 .set_number_of_retries(1)
                 .set_max_delay(Duration::from_millis(500));
             ConnectionManager::new_lazy_with_config(client.clone(), config)
                 .map(Connection::Standalone)
                 .map_err(|e| StoreError::with_source("cannot create a Redis connection", e))
         };
+        let standalone = |client: &::redis::Client| standalone_with(client, self.op_timeout);
         let cluster = |client: ::redis::cluster::ClusterClient| async move {
             client
                 .get_async_connection()
@@ -1157,7 +1404,9 @@ impl RedisStoreBuilder {
                 .map(Connection::Cluster)
                 .map_err(|e| StoreError::with_source("cannot connect to Redis Cluster", e))
         };
-        let (pubsub_client, connection) = match &self.target {
+        let spread = self.spread;
+        // A spread namespace's mirror follows the purge log over a connection of its own.
+        let (pubsub_client, connection, follower) = match &self.target {
             Target::Urls {
                 nodes,
                 cluster: is_cluster,
@@ -1165,21 +1414,52 @@ impl RedisStoreBuilder {
                 let first = nodes.first().ok_or_else(|| StoreError::new("no Redis node given"))?;
                 let client = ::redis::Client::open(first.as_str())
                     .map_err(|e| StoreError::with_source("invalid Redis URL", e))?;
-                let connection = if *is_cluster {
-                    let client = ::redis::cluster::ClusterClient::builder(nodes.iter().map(String::as_str))
+                let cluster_client = |timeout: Duration| {
+                    ::redis::cluster::ClusterClient::builder(nodes.iter().map(String::as_str))
                         .connection_timeout(self.connect_timeout)
-                        .response_timeout(self.op_timeout)
+                        .response_timeout(timeout)
                         .build()
-                        .map_err(|e| StoreError::with_source("invalid Redis Cluster nodes", e))?;
-                    cluster(client).await?
-                } else {
-                    standalone(&client)?
+                        .map_err(|e| StoreError::with_source("invalid Redis Cluster nodes", e))
                 };
-                (client, connection)
+                let (connection, follower) = if *is_cluster {
+                    let follower = match spread {
+                        true => Some(cluster(cluster_client(follower_timeout)?).await?),
+                        false => None,
+                    };
+                    (cluster(cluster_client(self.op_timeout)?).await?, follower)
+                } else {
+                    let follower = spread.then(|| standalone_with(&client, follower_timeout)).transpose()?;
+                    (standalone(&client)?, follower)
+                };
+                (client, connection, follower)
             }
-            Target::Client(client) => (client.as_ref().clone(), standalone(client)?),
-            Target::ClusterClient(clients) => (clients.1.clone(), cluster(clients.0.clone()).await?),
+            Target::Client(client) => {
+                let follower = spread.then(|| standalone_with(client, follower_timeout)).transpose()?;
+                (client.as_ref().clone(), standalone(client)?, follower)
+            }
+            Target::ClusterClient(clients) => {
+                let follower = match spread {
+                    true => Some(cluster(clients.0.clone()).await?),
+                    false => None,
+                };
+                (clients.1.clone(), cluster(clients.0.clone()).await?, follower)
+            }
         };
+        let spread = follower.map(|follower| {
+            let keys = LogKeys {
+                log: format!("{{{}}}:log", self.namespace).into_bytes(),
+                meta: format!("{{{}}}:logm", self.namespace).into_bytes(),
+                scratch: format!("{{{}}}:scratch", self.namespace).into_bytes(),
+                max_len: self.purge_log_max_len,
+            };
+            let mirror = Mirror::new();
+            mirror.follow(follower, keys.clone(), self.op_timeout);
+            Spread {
+                keys,
+                mirror,
+                retention: self.max_entry_ttl + self.in_flight_horizon,
+            }
+        });
         let ns = format!("{{{}}}:", self.namespace);
         let filter_width_us = (micros_of(self.in_flight_horizon) / 2).clamp(1, u64::from(u32::MAX - 1));
         let per_sketch = (self.purge_filter_bytes as u64 / FILTER_SLOTS / 4).clamp(1 << 10, 1 << 27);
@@ -1209,6 +1489,8 @@ impl RedisStoreBuilder {
                 settling_replays: Default::default(),
                 policy: AtomicU8::new(MaxmemoryPolicy::Unknown.index()),
                 stamps_evictable: AtomicBool::new(false),
+                spread,
+                unverified: AtomicU64::new(0),
             }),
         };
         // Best effort: without it, the first write after connecting sets the floor instead.
@@ -1216,6 +1498,12 @@ impl RedisStoreBuilder {
         let _ = store
             .run(|mut conn| async move { FLOOR_INIT.key(floor).invoke_async::<i64>(&mut conn).await })
             .await;
+        if let Some(spread) = &store.inner.spread {
+            // Reads right after connecting are judged, not unverified, if the log answers.
+            if !spread.mirror.wait_live(self.connect_timeout).await {
+                tracing::warn!("purge log not read yet: reads are unverified until it is");
+            }
+        }
         if store.check_policy().await == PolicyCheck::Unreachable {
             tokio::spawn(recheck_policy(Arc::downgrade(&store.inner)));
         }
@@ -1318,6 +1606,20 @@ async fn recheck_policy(inner: Weak<Inner>) {
     }
 }
 
+/// Settles a breaker probe that was dropped before its call ended.
+struct ProbeGuard<'b> {
+    breaker: &'b Breaker,
+    pending: bool,
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if self.pending {
+            self.breaker.failure(Permit::Probe);
+        }
+    }
+}
+
 /// The first and the longest wait between two attempts to land a queued purge.
 const RETRY_MIN: Duration = Duration::from_millis(20);
 const RETRY_MAX: Duration = Duration::from_millis(100);
@@ -1387,6 +1689,9 @@ impl Store for RedisStore {
     }
 
     async fn get(&self, key: &CacheKey) -> Result<Lookup, StoreError> {
+        if let Some(spread) = &self.inner.spread {
+            return self.get_spread(key, spread).await;
+        }
         let entry_key = self.entry_key(key);
         let floor = self.inner.floor_key.clone();
         let record_prefix = self.inner.record_prefix.clone();
@@ -1429,6 +1734,9 @@ impl Store for RedisStore {
         let ttl = ttl.min(self.inner.max_entry_ttl);
         if ttl.is_zero() {
             return Ok(false);
+        }
+        if let Some(spread) = &self.inner.spread {
+            return self.put_spread(key, entry, ttl, spread).await;
         }
         if let Entry::Response(r) = &entry {
             // A purge still waiting for Redis would refuse it there.
