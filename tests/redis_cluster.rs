@@ -612,6 +612,43 @@ async fn tiered_stores_over_a_spread_namespace_stay_coherent() {
     }
 }
 
+/// A fleet that mixes plain spread stores (a worker purging) and tiered ones (the web
+/// instances): a plain store's purge publishes nothing, yet a memory tier stops serving what
+/// it purged within the window, its copies judged by the purge log's mirror.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_spread_stores_purge_reaches_the_memory_tiers() {
+    if !redis_server::available() {
+        return;
+    }
+    let cluster = TestCluster::start(3, 0);
+    let namespace = fresh_namespace("mixed");
+    let items = Items::new(4);
+    let worker = spread(&cluster.urls(), &namespace).await;
+    let web = TieredStore::new(MemoryStore::new(), spread(&cluster.urls(), &namespace).await);
+    let app = instance(&items, web.clone());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !web.stats().coherent || !web.l2().stats().purge_log_live {
+        assert!(Instant::now() < deadline, "the feed and the mirror never came up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for id in 0..4 {
+        let path = format!("/items/{id}");
+        exchange(&app, "GET", &path).await;
+        let (_, status, _) = exchange(&app, "GET", &path).await;
+        assert!(status.contains("; hit"), "from the memory tier: {status}");
+        let next = items.versions[id].fetch_add(1, SeqCst) + 1;
+        worker.purge_tags([format!("item:{id}")]).await.expect("purge");
+        // The bound the README states: reads starting this long after the purge returned.
+        tokio::time::sleep(RedisStore::MIRROR_WINDOW).await;
+        let (_, _, body) = exchange(&app, "GET", &path).await;
+        assert_eq!(
+            version(&body),
+            next,
+            "the memory tier stopped serving the purged version"
+        );
+    }
+}
+
 /// The log stays bounded: trimmed to its length at every purge, and of purges older than the
 /// longest an entry lives. An instance that has read everything keeps its hits; one that
 /// starts after the trim treats what predates the trimmed purges as misses (the floor).

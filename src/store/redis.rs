@@ -51,7 +51,7 @@ use super::breaker::{Breaker, Permit};
 use super::purge_log::{self, LogKeys, Mirror};
 use super::purge_queue::{self, Next, Pending, PendingKind, PurgeQueue, Requested};
 use super::stamps::Verdict;
-use super::Entry;
+use super::{CachedResponse, Entry};
 use super::{LeaseAttempt, LeaseToken, Lookup, PurgeMode, Store, StoreError};
 use crate::metrics::export_count;
 use crate::store::stamps::{micros, micros_of};
@@ -1103,6 +1103,19 @@ impl RedisStore {
             Entry::Variants(_) => return Ok(Lookup::Found(entry)),
             Entry::Response(response) => response,
         };
+        Ok(self.judge_spread(spread, response))
+    }
+
+    /// How a spread namespace's mirror (and the purges still waiting for Redis) judge a copy
+    /// of an entry kept elsewhere, a tiered store's memory tier: `None` when the namespace is
+    /// not spread. Purges made through plain stores reach the memory tier this way.
+    pub(crate) fn judge_copy(&self, response: Arc<CachedResponse>) -> Option<Lookup> {
+        let spread = self.inner.spread.as_ref()?;
+        Some(self.judge_spread(spread, response))
+    }
+
+    /// Judges an entry just read from a spread namespace.
+    fn judge_spread(&self, spread: &Spread, response: Arc<CachedResponse>) -> Lookup {
         // Checked after the read: a fence this recent covers every purge completed more
         // than the window before the entry was judged.
         let live = spread.mirror.is_live();
@@ -1116,13 +1129,13 @@ impl RedisStore {
             Verdict::SoftPurged => Lookup::SoftPurged(response),
             Verdict::Purged => Lookup::Purged,
         };
-        Ok(match self.judge_pending(lookup) {
+        match self.judge_pending(lookup) {
             Lookup::Found(Entry::Response(response)) | Lookup::SoftPurged(response) if !live => {
                 self.inner.unverified.fetch_add(1, Relaxed);
                 Lookup::Unverified(response)
             }
             lookup => lookup,
-        })
+        }
     }
 
     /// A write in a spread namespace: a plain `SET` with its TTL, unless this instance

@@ -145,6 +145,25 @@ fn l1_ttl(entry: &Entry) -> Duration {
     }
 }
 
+impl TieredStore {
+    /// What the memory tier may answer on its own: its copy, while the feed is live. Over a
+    /// spread namespace the copy is judged by Redis's purge log mirror too (purges made
+    /// through plain stores publish nothing), and one it cannot vouch for goes to Redis.
+    fn answer_locally(&self, live: bool, local: &Lookup) -> Option<Lookup> {
+        let response = match local {
+            Lookup::Found(Entry::Response(r)) | Lookup::SoftPurged(r) if live => r.clone(),
+            Lookup::Found(Entry::Variants(_)) if live => return Some(local.clone()),
+            _ => return None,
+        };
+        match self.l2.judge_copy(response) {
+            None => Some(local.clone()),
+            Some(Lookup::Found(_)) => Some(local.clone()),
+            Some(judged @ (Lookup::SoftPurged(_) | Lookup::Purged)) => Some(judged),
+            Some(_) => None,
+        }
+    }
+}
+
 impl Store for TieredStore {
     fn handle_id(&self) -> Option<usize> {
         Some(Arc::as_ptr(&self.feed) as usize)
@@ -165,8 +184,11 @@ impl Store for TieredStore {
     async fn get(&self, key: &CacheKey) -> Result<Lookup, StoreError> {
         let local = self.l1.get(key).await?;
         let ticket = self.feed.ticket();
-        if ticket.is_some() && matches!(local, Lookup::Found(_) | Lookup::SoftPurged(_)) {
-            return Ok(local);
+        if let Some(answer) = self.answer_locally(ticket.is_some(), &local) {
+            if matches!(answer, Lookup::Purged) {
+                self.l1.remove(key).await?;
+            }
+            return Ok(answer);
         }
         match self.l2.get(key).await {
             Ok(Lookup::Found(entry)) => {
@@ -217,8 +239,7 @@ impl Store for TieredStore {
     /// and the layer awaits `get`.
     fn get_now(&self, key: &CacheKey) -> Option<Lookup> {
         let local = self.l1.get_now(key)?;
-        let ticket = self.feed.ticket();
-        (ticket.is_some() && matches!(local, Lookup::Found(_) | Lookup::SoftPurged(_))).then_some(local)
+        self.answer_locally(self.feed.ticket().is_some(), &local)
     }
 
     async fn put(&self, key: CacheKey, entry: Entry, ttl: Duration) -> Result<bool, StoreError> {
