@@ -510,3 +510,32 @@ async fn a_queued_tiered_purge_is_passed_on_again_once_every_memory_tier_applied
         "passed on again only once settled everywhere"
     );
 }
+
+/// Over a spread namespace other instances honour a purge from `MIRROR_WINDOW` after it
+/// returned: the CDN is told only then, so that what it fetches again is never the purged
+/// version from an instance yet to apply it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_a_spread_namespace_the_cdn_is_told_once_every_instance_honours_the_purge() {
+    if !redis_server::available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let store = RedisStore::builder(server.url())
+        .namespace(fresh_namespace())
+        .spread_namespace(true)
+        .connect()
+        .await
+        .expect("connect");
+    let (sink, mut events) = recording_sink();
+    let forwarding = PurgeForwarding::new(store, sink);
+    // Timed from the call, which the purge's return can only follow.
+    let called = Instant::now();
+    forwarding.purge_tags(["books"]).await.unwrap();
+    let event = next_event(&mut events).await;
+    assert_eq!(event.tags, ["books"]);
+    assert!(
+        called.elapsed() >= RedisStore::MIRROR_WINDOW,
+        "told {:?} after the purge was called",
+        called.elapsed()
+    );
+}

@@ -240,8 +240,11 @@ pub struct PurgeForwardingStats {
 /// ```
 pub struct PurgeForwarding<S> {
     inner: S,
-    queue: mpsc::Sender<PurgeEvent>,
+    queue: mpsc::Sender<Queued>,
     counters: Arc<Counters>,
+    /// How long after a purge returns other instances may still serve what it purged (a
+    /// spread Redis namespace's window): the sink is told only then.
+    settle: Duration,
     /// Names this forwarding store (and its clones) to the stores inside it.
     id: u64,
 }
@@ -252,6 +255,7 @@ impl<S: Clone> Clone for PurgeForwarding<S> {
             inner: self.inner.clone(),
             queue: self.queue.clone(),
             counters: self.counters.clone(),
+            settle: self.settle,
             id: self.id,
         }
     }
@@ -309,18 +313,29 @@ impl<S> PurgeForwarding<S> {
     }
 
     fn forward(&self, event: PurgeEvent) {
-        enqueue(&self.queue, &self.counters, event);
+        enqueue(&self.queue, &self.counters, event, self.settle);
     }
 }
 
-fn enqueue(queue: &mpsc::Sender<PurgeEvent>, counters: &Counters, event: PurgeEvent) {
-    match queue.try_send(event) {
+/// A purge waiting for the sink, and when it may be delivered.
+#[derive(Debug)]
+struct Queued {
+    event: PurgeEvent,
+    due: tokio::time::Instant,
+}
+
+fn enqueue(queue: &mpsc::Sender<Queued>, counters: &Counters, event: PurgeEvent, settle: Duration) {
+    let queued = Queued {
+        event,
+        due: tokio::time::Instant::now() + settle,
+    };
+    match queue.try_send(queued) {
         Ok(()) => {}
-        Err(mpsc::error::TrySendError::Full(event)) => {
+        Err(mpsc::error::TrySendError::Full(Queued { event, .. })) => {
             counters.dropped.fetch_add(1, Relaxed);
             tracing::warn!(?event, "purge not forwarded: the forwarding queue is full");
         }
-        Err(mpsc::error::TrySendError::Closed(event)) => {
+        Err(mpsc::error::TrySendError::Closed(Queued { event, .. })) => {
             counters.dropped.fetch_add(1, Relaxed);
             // The task ends only with its runtime, or when the sink panicked.
             tracing::error!(?event, "purge not forwarded: the forwarding task has ended");
@@ -332,8 +347,14 @@ fn enqueue(queue: &mpsc::Sender<PurgeEvent>, counters: &Counters, event: PurgeEv
 /// that the Redis store behind `store` (a `RedisStore`, a `TieredStore`, either in a
 /// `BoxStore` or an `Arc`) queued and then landed. A purge-all the queue made of purges past
 /// its bound is not passed on again: the purges it replaced were, when they were made.
+/// Returns how long after a purge returns the sink may be told of it.
 #[cfg(feature = "redis")]
-fn replay_landed<S: Store>(store: &S, forwarder: u64, queue: &mpsc::Sender<PurgeEvent>, counters: &Arc<Counters>) {
+fn attach_redis<S: Store>(
+    store: &S,
+    forwarder: u64,
+    queue: &mpsc::Sender<Queued>,
+    counters: &Arc<Counters>,
+) -> Duration {
     use super::purge_queue::PendingKind;
     use super::{BoxStore, RedisStore, TieredStore};
     use std::any::Any;
@@ -355,7 +376,10 @@ fn replay_landed<S: Store>(store: &S, forwarder: u64, queue: &mpsc::Sender<Purge
     let redis = redis_of(any)
         .or_else(|| any.downcast_ref::<Arc<RedisStore>>().map(|a| &**a))
         .or_else(|| any.downcast_ref::<Arc<TieredStore>>().map(|a| a.l2()));
-    let Some(redis) = redis else { return };
+    let Some(redis) = redis else {
+        return Duration::ZERO;
+    };
+    let settle = redis.purge_settle();
     let (queue, counters) = (queue.downgrade(), Arc::downgrade(counters));
     let landed = move |kind: Option<&PendingKind>| {
         // The forwarding store is gone with its queue: nothing to pass on.
@@ -369,13 +393,14 @@ fn replay_landed<S: Store>(store: &S, forwarder: u64, queue: &mpsc::Sender<Purge
             }
             Some(PendingKind::All) => PurgeEvent::all(PurgeOrigin::Replayed),
         };
-        enqueue(&queue, &counters, event);
+        enqueue(&queue, &counters, event, settle);
         true
     };
     redis.on_landed(super::redis::LandedHook {
         forwarder,
         landed: Box::new(landed),
     });
+    settle
 }
 
 /// Configures a [`PurgeForwarding`] store; made by [`PurgeForwarding::builder`].
@@ -468,9 +493,12 @@ impl<S: Store, K: PurgeSink> PurgeForwardingBuilder<S, K> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         let id = NEXT_ID.fetch_add(1, Relaxed);
         #[cfg(feature = "redis")]
-        replay_landed(&self.store, id, &queue, &counters);
+        let settle = attach_redis(&self.store, id, &queue, &counters);
+        #[cfg(not(feature = "redis"))]
+        let settle = Duration::ZERO;
         PurgeForwarding {
             id,
+            settle,
             inner: self.store,
             queue,
             counters,
@@ -487,8 +515,9 @@ struct Retry {
 }
 
 /// Delivers queued purges one at a time, in order; ends once every store clone is gone.
-async fn drain<K: PurgeSink>(sink: K, mut events: mpsc::Receiver<PurgeEvent>, retry: Retry, counters: Arc<Counters>) {
-    while let Some(event) = events.recv().await {
+async fn drain<K: PurgeSink>(sink: K, mut events: mpsc::Receiver<Queued>, retry: Retry, counters: Arc<Counters>) {
+    while let Some(Queued { event, due }) = events.recv().await {
+        tokio::time::sleep_until(due).await;
         let mut wait = retry.backoff;
         for attempt in 1..=retry.attempts {
             let error = match tokio::time::timeout(retry.timeout, sink.deliver(event.clone())).await {

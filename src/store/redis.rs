@@ -1081,6 +1081,16 @@ impl RedisStore {
         Ok(())
     }
 
+    /// How long after a purge returns other instances may still serve what it purged: a
+    /// spread namespace's mirror window, zero otherwise.
+    pub(crate) fn purge_settle(&self) -> Duration {
+        if self.inner.spread.is_some() {
+            Self::MIRROR_WINDOW
+        } else {
+            Duration::ZERO
+        }
+    }
+
     /// Tells `hook` of the queued purges made through its forwarder, once they land.
     pub(crate) fn on_landed(&self, hook: LandedHook) {
         let mut hooks = lock(&self.inner.on_landed);
