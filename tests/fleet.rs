@@ -49,6 +49,8 @@ async fn fleet(
     let mut apps = Vec::new();
     for _ in 0..INSTANCES {
         let store = RedisStore::builder(server.url())
+            // A loaded machine (1,000 tasks on 2 cores) must not time out the leases and puts.
+            .op_timeout(Duration::from_secs(2))
             .namespace(namespace)
             .connect()
             .await
@@ -218,6 +220,8 @@ async fn a_stale_hot_key_is_refreshed_once_per_fleet() {
         let mut apps = Vec::new();
         for _ in 0..INSTANCES {
             let store = RedisStore::builder(server.url())
+                // A loaded machine (1,000 tasks on 2 cores) must not time out the leases and puts.
+                .op_timeout(Duration::from_secs(2))
                 .namespace(&namespace)
                 .connect()
                 .await
@@ -296,6 +300,8 @@ async fn refreshed_ahead(server: &RedisServer, tiered: bool, on: bool) -> usize 
     let mut apps = Vec::new();
     for _ in 0..INSTANCES {
         let store = RedisStore::builder(server.url())
+            // A loaded machine (1,000 tasks on 2 cores) must not time out the leases and puts.
+            .op_timeout(Duration::from_secs(2))
             .namespace(&namespace)
             .connect()
             .await
@@ -360,6 +366,8 @@ async fn a_tiered_instance_refreshes_ahead_what_it_stored() {
     }
     let server = RedisServer::start();
     let redis = RedisStore::builder(server.url())
+        // A loaded machine (1,000 tasks on 2 cores) must not time out the leases and puts.
+        .op_timeout(Duration::from_secs(2))
         .namespace(exchange::fresh_namespace("self-ahead"))
         .connect()
         .await
@@ -398,6 +406,8 @@ async fn reading_past_the_memory_tier_keeps_its_copy_when_redis_has_none() {
     }
     let server = RedisServer::start();
     let redis = RedisStore::builder(server.url())
+        // A loaded machine (1,000 tasks on 2 cores) must not time out the leases and puts.
+        .op_timeout(Duration::from_secs(2))
         .namespace(exchange::fresh_namespace("latest"))
         .connect()
         .await

@@ -23,6 +23,10 @@ impl TestCluster {
     /// every replica is in sync with its master).
     pub fn start(masters: usize, replicas: usize) -> TestCluster {
         let pid = std::process::id();
+        // With replicas, fail over within about a second of a master's death; without, no
+        // failover can happen, and a longer timeout keeps a node slowed by a loaded machine
+        // from being marked failed (which would take the cluster down).
+        let node_timeout = if replicas > 0 { "1000" } else { "5000" };
         let nodes: Vec<RedisServer> = (0..masters * (1 + replicas))
             .map(|i| {
                 let conf = format!("nodes-{pid}-{i}.conf");
@@ -31,9 +35,8 @@ impl TestCluster {
                     "yes",
                     "--cluster-config-file",
                     &conf,
-                    // Fail over within about a second of a master's death.
                     "--cluster-node-timeout",
-                    "1000",
+                    node_timeout,
                     "--maxmemory-policy",
                     "noeviction",
                 ])
