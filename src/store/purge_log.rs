@@ -170,6 +170,8 @@ struct Table {
 pub(crate) struct Mirror {
     table: Mutex<Table>,
     keys: (RandomState, RandomState),
+    /// How long before now a stamp can still judge an entry (`max_entry_ttl` + `in_flight_horizon`).
+    retention_us: u64,
     origin: Instant,
     /// When the newest call that found the mirror caught up was sent (ns since `origin`, plus
     /// one); 0 while none has.
@@ -210,7 +212,7 @@ pub(crate) struct LogKeys {
 
 impl Mirror {
     /// An empty mirror, not live until its first read of the log.
-    pub(crate) fn new() -> Arc<Mirror> {
+    pub(crate) fn new(retention: Duration) -> Arc<Mirror> {
         Arc::new(Mirror {
             table: Mutex::new(Table {
                 stamps: HashMap::new(),
@@ -218,6 +220,7 @@ impl Mirror {
                 position: None,
             }),
             keys: (RandomState::new(), RandomState::new()),
+            retention_us: u64::try_from(retention.as_micros()).unwrap_or(u64::MAX),
             origin: Instant::now(),
             fence: AtomicU64::new(0),
             applied: AtomicU64::new(0),
@@ -242,6 +245,8 @@ impl Mirror {
     }
 
     fn digest(&self, tag: &str) -> u128 {
+        // As the log writes it: a long tag is known by its digest there.
+        let tag = log_tag(tag);
         let half = |keys: &RandomState| {
             let mut h = keys.build_hasher();
             h.write(tag.as_bytes());
@@ -300,6 +305,12 @@ impl Mirror {
                 PurgeMode::Soft => &mut stamps.1,
             };
             *stamp = (*stamp).max(at);
+        }
+        if table.stamps.len() > MIRROR_MAX_TAGS {
+            // Stamps older than any entry that can still be read judge nothing: dropped
+            // first, so that the bound costs misses only to a flood of recent purges.
+            let horizon = super::purge_queue::micros(super::request_clock()).saturating_sub(self.retention_us);
+            table.stamps.retain(|_, (hard, soft)| (*hard).max(*soft) > horizon);
         }
         if table.stamps.len() > MIRROR_MAX_TAGS {
             forget_oldest_half(&mut table);
@@ -414,6 +425,26 @@ impl Mirror {
     }
 }
 
+/// Longest tag the log holds as it is; longer ones are held as a digest, so that an entry of
+/// the log is bounded in bytes whatever the tags' length (a path tag's, say, which a client
+/// chooses). Digests are no longer than this, so a tag read back from the log maps to itself.
+const LOG_TAG_MAX: usize = 80;
+
+/// A tag as the log holds it.
+pub(crate) fn log_tag(tag: &str) -> std::borrow::Cow<'_, str> {
+    use sha2::{Digest, Sha256};
+    if tag.len() <= LOG_TAG_MAX {
+        return std::borrow::Cow::Borrowed(tag);
+    }
+    let digest = Sha256::digest(tag.as_bytes());
+    let mut text = String::with_capacity(65);
+    text.push('~');
+    for byte in digest {
+        text.push_str(&format!("{byte:02x}"));
+    }
+    std::borrow::Cow::Owned(text)
+}
+
 fn forget_oldest_half(table: &mut Table) {
     let mut newest: Vec<u64> = table.stamps.values().map(|&(h, s)| h.max(s)).collect();
     let middle = newest.len() / 2;
@@ -467,7 +498,7 @@ pub(crate) async fn append<C: ConnectionLike>(
         .arg(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX))
         .arg(channel);
     for tag in tags {
-        invocation.arg(tag.as_str());
+        invocation.arg(log_tag(tag).as_ref());
     }
     let (_stamp, heard): (String, i64) = invocation.invoke_async(conn).await?;
     Ok(heard)
@@ -557,7 +588,7 @@ mod tests {
 
     #[test]
     fn a_purge_judges_entries_that_started_at_or_before_it() {
-        let mirror = Mirror::new();
+        let mirror = Mirror::new(Duration::from_secs(86_400));
         let tags = vec!["a".to_owned()];
         mirror.purge(&tags, PurgeMode::Hard, 100);
         assert_eq!(mirror.judge(100, &tags), Verdict::Purged);
@@ -571,16 +602,54 @@ mod tests {
 
     #[test]
     fn forgetting_stamps_raises_the_floor_past_them() {
-        let mirror = Mirror::new();
+        let mirror = Mirror::new(Duration::from_secs(86_400));
+        // Recent purges (within the retention): the bound forgets the older half of them.
+        let now = super::super::purge_queue::micros(super::super::request_clock());
         for i in 0..=MIRROR_MAX_TAGS as u64 {
-            mirror.purge(&[format!("t{i}")], PurgeMode::Hard, i + 1);
+            mirror.purge(&[format!("t{i}")], PurgeMode::Hard, now + i);
         }
         let table = mirror.lock();
         assert!(table.stamps.len() <= MIRROR_MAX_TAGS / 2 + 1);
         let floor = table.floor;
         drop(table);
+        assert!(floor > now, "the floor rose");
         // Whatever was forgotten is judged by the floor: still purged.
-        assert_eq!(mirror.judge(1, &["t0".to_owned()]), Verdict::Purged);
+        assert_eq!(mirror.judge(now, &["t0".to_owned()]), Verdict::Purged);
         assert_eq!(mirror.judge(floor, &["anything".to_owned()]), Verdict::Purged);
+    }
+
+    #[test]
+    fn stamps_older_than_any_readable_entry_go_before_the_floor_rises() {
+        // A retention of one hour: stamps two hours old judge nothing that can still be read.
+        let mirror = Mirror::new(Duration::from_secs(3_600));
+        let now = super::super::purge_queue::micros(super::super::request_clock());
+        let old = now - 7_200_000_000;
+        for i in 0..MIRROR_MAX_TAGS as u64 {
+            mirror.purge(&[format!("old{i}")], PurgeMode::Hard, old + i);
+        }
+        mirror.purge(&["new".to_owned()], PurgeMode::Hard, now);
+        let table = mirror.lock();
+        assert_eq!(
+            (table.stamps.len(), table.floor),
+            (1, 0),
+            "no floor raised, no entry flushed"
+        );
+        drop(table);
+        assert_eq!(mirror.judge(now - 1_000_000, &["unrelated".to_owned()]), Verdict::Valid);
+        assert_eq!(mirror.judge(now, &["new".to_owned()]), Verdict::Purged);
+    }
+
+    #[test]
+    fn a_long_tag_is_held_by_its_digest_and_judges_as_itself() {
+        let long = format!("path:/{}", "x".repeat(10_000));
+        let held = log_tag(&long).into_owned();
+        assert_eq!(held.len(), 65);
+        assert_eq!(log_tag(&held), held, "read back from the log, it maps to itself");
+        assert_eq!(log_tag("short"), "short");
+        let mirror = Mirror::new(Duration::from_secs(86_400));
+        // Another instance's purge, as applied from the log's text.
+        mirror.purge(std::slice::from_ref(&held), PurgeMode::Hard, 100);
+        assert_eq!(mirror.judge(100, &[long]), Verdict::Purged);
+        assert_eq!(mirror.judge(100, &["path:/other".to_owned()]), Verdict::Valid);
     }
 }

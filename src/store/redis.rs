@@ -1475,7 +1475,7 @@ impl RedisStoreBuilder {
                 scratch: format!("{{{}}}:scratch", self.namespace).into_bytes(),
                 max_len: self.purge_log_max_len,
             };
-            let mirror = Mirror::new();
+            let mirror = Mirror::new(self.max_entry_ttl + self.in_flight_horizon);
             mirror.follow(follower, keys.clone(), self.op_timeout);
             Spread {
                 keys,
