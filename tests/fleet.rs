@@ -365,13 +365,7 @@ async fn a_tiered_instance_refreshes_ahead_what_it_stored() {
         return;
     }
     let server = RedisServer::start();
-    let redis = RedisStore::builder(server.url())
-        // A loaded machine (1,000 tasks on 2 cores) must not time out the leases and puts.
-        .op_timeout(Duration::from_secs(2))
-        .namespace(exchange::fresh_namespace("self-ahead"))
-        .connect()
-        .await
-        .expect("connect");
+    let redis = store_on(&server, "self-ahead").await;
     let calls = Arc::new(AtomicUsize::new(0));
     let origin_calls = calls.clone();
     let layer = CacheLayer::builder(TieredStore::new(MemoryStore::new(), redis))
@@ -405,13 +399,7 @@ async fn reading_past_the_memory_tier_keeps_its_copy_when_redis_has_none() {
         return;
     }
     let server = RedisServer::start();
-    let redis = RedisStore::builder(server.url())
-        // A loaded machine (1,000 tasks on 2 cores) must not time out the leases and puts.
-        .op_timeout(Duration::from_secs(2))
-        .namespace(exchange::fresh_namespace("latest"))
-        .connect()
-        .await
-        .expect("connect");
+    let redis = store_on(&server, "latest").await;
     let store = TieredStore::new(MemoryStore::new(), redis);
     let layer = CacheLayer::new(store.clone());
     let app = Router::new()
@@ -427,4 +415,15 @@ async fn reading_past_the_memory_tier_keeps_its_copy_when_redis_has_none() {
         "the copy answers"
     );
     assert!(matches!(store.get(&key).await, Ok(Lookup::Found(_))), "and stays");
+}
+
+/// A store on `server` in a namespace of its own.
+async fn store_on(server: &RedisServer, prefix: &str) -> RedisStore {
+    RedisStore::builder(server.url())
+        // A loaded machine (1,000 tasks on 2 cores) must not time out the leases and puts.
+        .op_timeout(Duration::from_secs(2))
+        .namespace(exchange::fresh_namespace(prefix))
+        .connect()
+        .await
+        .expect("connect")
 }
