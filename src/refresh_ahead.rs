@@ -215,14 +215,14 @@ mod tests {
         let ahead = Ahead::new(RefreshAhead::new().min_reads(3));
         let entry = response("x", &[], Duration::from_secs(100));
         // At the very end of the window, where a counted entry is due with certainty.
-        let now = entry.response_time + Duration::from_millis(99_999);
+        let now = entry.response_time + Duration::from_micros(99_999_999);
         assert!(!ahead.due(&key("/a"), &entry, now));
         assert!(!ahead.due(&key("/a"), &entry, now));
         assert!(ahead.due(&key("/a"), &entry, now), "the third read is due");
         // Another key (or a refreshed entry of the same key) counts from zero.
         assert!(!ahead.due(&key("/b"), &entry, now));
         let refreshed = response("x", &[], Duration::from_secs(100));
-        let now = refreshed.response_time + Duration::from_millis(99_999);
+        let now = refreshed.response_time + Duration::from_micros(99_999_999);
         assert!(!ahead.due(&key("/a"), &refreshed, now));
     }
 
@@ -230,7 +230,7 @@ mod tests {
     fn an_entry_is_due_once() {
         let ahead = Ahead::new(RefreshAhead::new().min_reads(1));
         let entry = response("x", &[], Duration::from_secs(100));
-        let now = entry.response_time + Duration::from_millis(99_999);
+        let now = entry.response_time + Duration::from_micros(99_999_999);
         assert!(ahead.due(&key("/a"), &entry, now));
         assert!(
             (0..1000).all(|_| !ahead.due(&key("/a"), &entry, now)),
@@ -247,7 +247,11 @@ mod tests {
         entry.initial_age = Duration::from_secs(90);
         let at = |ms| entry.response_time + Duration::from_millis(ms);
         assert!((0..1000).all(|_| !ahead.due(&key("/a"), &entry, at(8_500))));
-        assert!(ahead.due(&key("/a"), &entry, at(9_999)));
+        assert!(ahead.due(
+            &key("/a"),
+            &entry,
+            entry.response_time + Duration::from_micros(9_999_999)
+        ));
         entry.initial_age = Duration::from_secs(100);
         assert!(!ahead.due(&key("/c"), &entry, entry.response_time));
     }

@@ -177,18 +177,14 @@ async fn a_hit_is_one_get_on_the_shard_that_holds_it() {
     let items = Items::new(4);
     let app = instance(&items, store.clone());
     let masters = cluster.masters();
-    // Hits need a mirror proven live.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !store.stats().purge_log_live {
-        assert!(Instant::now() < deadline, "the mirror never came up");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
     for id in 0..4 {
         let (_, first, _) = exchange(&app, "GET", &format!("/items/{id}")).await;
         assert!(first.ends_with("stored"), "{first}");
         for &port in &masters {
             redis_server::cli(port, &["config", "resetstat"]);
         }
+        // A hit needs a mirror proven live.
+        mirror_live(&store).await;
         let (_, second, _) = exchange(&app, "GET", &format!("/items/{id}")).await;
         assert!(second.contains("; hit"), "{second}");
         let calls = request_calls(&masters);
@@ -643,6 +639,7 @@ async fn a_plain_spread_stores_purge_reaches_the_memory_tiers() {
     for id in 0..4 {
         let path = format!("/items/{id}");
         exchange(&app, "GET", &path).await;
+        mirror_live(web.l2()).await;
         let (_, status, _) = exchange(&app, "GET", &path).await;
         assert!(status.contains("; hit"), "from the memory tier: {status}");
         let next = items.versions[id].fetch_add(1, SeqCst) + 1;
@@ -723,4 +720,13 @@ async fn the_purge_log_is_trimmed_by_length_and_age_without_resurrection() {
         .expect("XLEN");
     assert_eq!(len, 1, "only the purge younger than an entry's longest life is kept");
     assert!(a.stats().purge_log_live && b.stats().purge_log_live);
+}
+
+/// Waits (at most 10 s) until the store's mirror of the purge log is proven live.
+async fn mirror_live(store: &RedisStore) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !store.stats().purge_log_live {
+        assert!(Instant::now() < deadline, "the mirror never came up");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }

@@ -789,6 +789,12 @@ impl RedisStore {
         self.inner.skew_margin
     }
 
+    /// The longest an entry is kept in Redis (copies elsewhere keep it no longer: a spread
+    /// namespace's mirror forgets purges past it).
+    pub(crate) fn max_entry_ttl(&self) -> Duration {
+        self.inner.max_entry_ttl
+    }
+
     pub(crate) fn pubsub_client(&self) -> &::redis::Client {
         &self.inner.pubsub_client
     }
@@ -1045,7 +1051,8 @@ impl RedisStore {
                         tokio::time::sleep(window).await;
                         let Some(inner) = weak.upgrade() else { return };
                         inner.pending.settled(count);
-                        inner.tell_landed(std::mem::take(&mut *lock(&inner.settling_replays)));
+                        let settled = std::mem::take(&mut *lock(&inner.settling_replays));
+                        inner.tell_landed(settled);
                         Duration::ZERO
                     }
                     Next::Done => return,
@@ -1475,12 +1482,12 @@ impl RedisStoreBuilder {
                 scratch: format!("{{{}}}:scratch", self.namespace).into_bytes(),
                 max_len: self.purge_log_max_len,
             };
-            let mirror = Mirror::new(self.max_entry_ttl + self.in_flight_horizon);
+            let mirror = Mirror::new(self.max_entry_ttl.saturating_add(self.in_flight_horizon));
             mirror.follow(follower, keys.clone(), self.op_timeout);
             Spread {
                 keys,
                 mirror,
-                retention: self.max_entry_ttl + self.in_flight_horizon,
+                retention: self.max_entry_ttl.saturating_add(self.in_flight_horizon),
             }
         });
         let ns = format!("{{{}}}:", self.namespace);

@@ -124,8 +124,9 @@ impl TieredStore {
     /// have been missed since the entry was judged).
     async fn keep(&self, key: &CacheKey, entry: Entry, ttl: Duration, ticket: Ticket) -> Result<(), StoreError> {
         // A copy Redis judged valid just now: L1 checks it against the purges it learned
-        // recently, not against the age of its request.
-        self.l1.put_copy(key.clone(), entry, ttl);
+        // recently, not against the age of its request. It lives no longer than Redis would
+        // keep it, past which a spread namespace's mirror forgets purges.
+        self.l1.put_copy(key.clone(), entry, ttl.min(self.l2.max_entry_ttl()));
         // Checked after the write: a loss before it voids the ticket, a loss after it empties L1.
         if !self.feed.holds(ticket) {
             self.l1.remove(key).await?;
@@ -218,9 +219,9 @@ impl Store for TieredStore {
     }
 
     /// What Redis holds, copied over this instance's memory tier: another instance may have
-    /// replaced the entry there since it was copied. When Redis has nothing (evicted, a put
-    /// that failed) or fails, the memory tier's copy stays and answers as [`get`](Store::get)
-    /// would.
+    /// replaced the entry there since it was copied, or purged it. When Redis has nothing
+    /// (evicted, a put that failed) or fails, the memory tier's copy stays and answers as
+    /// [`get`](Store::get) would.
     async fn get_latest(&self, key: &CacheKey) -> Result<Lookup, StoreError> {
         let ticket = self.feed.ticket();
         match self.l2.get(key).await {
@@ -229,6 +230,11 @@ impl Store for TieredStore {
                     self.keep(key, entry.clone(), l1_ttl(&entry), ticket).await?;
                 }
                 Ok(Lookup::Found(entry))
+            }
+            // Purged there, and this instance may not have heard yet: its copy goes too.
+            Ok(answer @ (Lookup::Purged | Lookup::SoftPurged(_))) => {
+                self.l1.remove(key).await?;
+                Ok(answer)
             }
             _ => self.get(key).await,
         }
