@@ -405,6 +405,7 @@ async fn reading_past_the_memory_tier_keeps_its_copy_when_redis_has_none() {
     let app = Router::new()
         .route("/page", get(|| async { ([("cache-control", "max-age=60")], "page") }))
         .layer(layer.clone());
+    feed_live(&store).await;
     exchange(&app, "GET", "/page").await;
     let (parts, ()) = axum::http::Request::get("/page").body(()).unwrap().into_parts();
     let key = layer.cache_key(&parts);
@@ -426,4 +427,46 @@ async fn store_on(server: &RedisServer, prefix: &str) -> RedisStore {
         .connect()
         .await
         .expect("connect")
+}
+
+/// A memory tier keeps its copy no longer than Redis keeps the entry (`max_entry_ttl`),
+/// whatever the response's own lifetime: a spread namespace's mirror forgets purges older
+/// than that, so a longer-lived copy could outlive the purge that invalidated it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_tier_keeps_its_copy_no_longer_than_redis_keeps_the_entry() {
+    if !redis_server::available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let redis = RedisStore::builder(server.url())
+        .namespace(exchange::fresh_namespace("l1-ttl"))
+        .max_entry_ttl(Duration::from_secs(1))
+        .connect()
+        .await
+        .expect("connect");
+    let store = TieredStore::new(MemoryStore::new(), redis);
+    let layer = CacheLayer::new(store.clone());
+    let app = Router::new()
+        .route("/page", get(|| async { ([("cache-control", "max-age=3600")], "page") }))
+        .layer(layer.clone());
+    feed_live(&store).await;
+    exchange(&app, "GET", "/page").await;
+    let (parts, ()) = axum::http::Request::get("/page").body(()).unwrap().into_parts();
+    let key = layer.cache_key(&parts);
+    assert!(matches!(store.l1().get(&key).await, Ok(Lookup::Found(_))), "copied");
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    assert!(
+        matches!(store.l1().get(&key).await, Ok(Lookup::Miss)),
+        "gone with the entry's time in Redis"
+    );
+}
+
+/// Waits (at most 10 s) until a tiered store's invalidation feed is live: its memory tier
+/// takes copies only then.
+async fn feed_live(store: &TieredStore) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !store.stats().coherent {
+        assert!(Instant::now() < deadline, "the feed never came up");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
