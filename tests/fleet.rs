@@ -48,13 +48,7 @@ async fn fleet(
 ) -> Vec<Router> {
     let mut apps = Vec::new();
     for _ in 0..INSTANCES {
-        let store = RedisStore::builder(server.url())
-            // A loaded machine (1,000 tasks on 2 cores) must not time out the leases and puts.
-            .op_timeout(Duration::from_secs(2))
-            .namespace(namespace)
-            .connect()
-            .await
-            .expect("connect");
+        let store = store_in(server, namespace).await;
         apps.push(instance(store, calls.clone(), delay, on));
     }
     apps
@@ -219,13 +213,7 @@ async fn a_stale_hot_key_is_refreshed_once_per_fleet() {
         let calls = Arc::new(AtomicUsize::new(0));
         let mut apps = Vec::new();
         for _ in 0..INSTANCES {
-            let store = RedisStore::builder(server.url())
-                // A loaded machine (1,000 tasks on 2 cores) must not time out the leases and puts.
-                .op_timeout(Duration::from_secs(2))
-                .namespace(&namespace)
-                .connect()
-                .await
-                .expect("connect");
+            let store = store_in(&server, &namespace).await;
             let calls = calls.clone();
             let app = Router::new()
                 .route(
@@ -299,13 +287,7 @@ async fn refreshed_ahead(server: &RedisServer, tiered: bool, on: bool) -> usize 
     let calls = Arc::new(AtomicUsize::new(0));
     let mut apps = Vec::new();
     for _ in 0..INSTANCES {
-        let store = RedisStore::builder(server.url())
-            // A loaded machine (1,000 tasks on 2 cores) must not time out the leases and puts.
-            .op_timeout(Duration::from_secs(2))
-            .namespace(&namespace)
-            .connect()
-            .await
-            .expect("connect");
+        let store = store_in(server, &namespace).await;
         let calls = calls.clone();
         let origin = get(move || {
             let calls = calls.clone();
@@ -365,7 +347,7 @@ async fn a_tiered_instance_refreshes_ahead_what_it_stored() {
         return;
     }
     let server = RedisServer::start();
-    let redis = store_on(&server, "self-ahead").await;
+    let redis = store_in(&server, &exchange::fresh_namespace("self-ahead")).await;
     let calls = Arc::new(AtomicUsize::new(0));
     let origin_calls = calls.clone();
     let layer = CacheLayer::builder(TieredStore::new(MemoryStore::new(), redis))
@@ -399,7 +381,7 @@ async fn reading_past_the_memory_tier_keeps_its_copy_when_redis_has_none() {
         return;
     }
     let server = RedisServer::start();
-    let redis = store_on(&server, "latest").await;
+    let redis = store_in(&server, &exchange::fresh_namespace("latest")).await;
     let store = TieredStore::new(MemoryStore::new(), redis);
     let layer = CacheLayer::new(store.clone());
     let app = Router::new()
@@ -418,12 +400,12 @@ async fn reading_past_the_memory_tier_keeps_its_copy_when_redis_has_none() {
     assert!(matches!(store.get(&key).await, Ok(Lookup::Found(_))), "and stays");
 }
 
-/// A store on `server` in a namespace of its own.
-async fn store_on(server: &RedisServer, prefix: &str) -> RedisStore {
+/// A store on `server` in `namespace`.
+async fn store_in(server: &RedisServer, namespace: &str) -> RedisStore {
     RedisStore::builder(server.url())
         // A loaded machine (1,000 tasks on 2 cores) must not time out the leases and puts.
         .op_timeout(Duration::from_secs(2))
-        .namespace(exchange::fresh_namespace(prefix))
+        .namespace(namespace)
         .connect()
         .await
         .expect("connect")

@@ -1126,9 +1126,9 @@ impl RedisStore {
     /// How a spread namespace's mirror (and the purges still waiting for Redis) judge a copy
     /// of an entry kept elsewhere, a tiered store's memory tier: `None` when the namespace is
     /// not spread. Purges made through plain stores reach the memory tier this way.
-    pub(crate) fn judge_copy(&self, response: Arc<CachedResponse>) -> Option<Lookup> {
+    pub(crate) fn judge_copy(&self, response: &Arc<CachedResponse>) -> Option<Lookup> {
         let spread = self.inner.spread.as_ref()?;
-        Some(self.judge_spread(spread, response))
+        Some(self.judge_spread(spread, response.clone()))
     }
 
     /// Judges an entry just read from a spread namespace.

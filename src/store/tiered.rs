@@ -149,18 +149,18 @@ fn l1_ttl(entry: &Entry) -> Duration {
 impl TieredStore {
     /// What the memory tier may answer on its own: its copy, while the feed is live. Over a
     /// spread namespace the copy is judged by Redis's purge log mirror too (purges made
-    /// through plain stores publish nothing), and one it cannot vouch for goes to Redis.
-    fn answer_locally(&self, live: bool, local: &Lookup) -> Option<Lookup> {
-        let response = match local {
-            Lookup::Found(Entry::Response(r)) | Lookup::SoftPurged(r) if live => r.clone(),
-            Lookup::Found(Entry::Variants(_)) if live => return Some(local.clone()),
-            _ => return None,
+    /// through plain stores publish nothing). `local` comes back as the error when the
+    /// memory tier may not answer alone, and the read goes to Redis.
+    fn answer_locally(&self, live: bool, local: Lookup) -> Result<Lookup, Lookup> {
+        let response = match &local {
+            Lookup::Found(Entry::Response(r)) | Lookup::SoftPurged(r) if live => r,
+            Lookup::Found(Entry::Variants(_)) if live => return Ok(local),
+            _ => return Err(local),
         };
         match self.l2.judge_copy(response) {
-            None => Some(local.clone()),
-            Some(Lookup::Found(_)) => Some(local.clone()),
-            Some(judged @ (Lookup::SoftPurged(_) | Lookup::Purged)) => Some(judged),
-            Some(_) => None,
+            None | Some(Lookup::Found(_)) => Ok(local),
+            Some(judged @ (Lookup::SoftPurged(_) | Lookup::Purged)) => Ok(judged),
+            Some(_) => Err(local),
         }
     }
 }
@@ -185,12 +185,15 @@ impl Store for TieredStore {
     async fn get(&self, key: &CacheKey) -> Result<Lookup, StoreError> {
         let local = self.l1.get(key).await?;
         let ticket = self.feed.ticket();
-        if let Some(answer) = self.answer_locally(ticket.is_some(), &local) {
-            if matches!(answer, Lookup::Purged) {
-                self.l1.remove(key).await?;
+        let local = match self.answer_locally(ticket.is_some(), local) {
+            Ok(answer) => {
+                if matches!(answer, Lookup::Purged) {
+                    self.l1.remove(key).await?;
+                }
+                return Ok(answer);
             }
-            return Ok(answer);
-        }
+            Err(local) => local,
+        };
         match self.l2.get(key).await {
             Ok(Lookup::Found(entry)) => {
                 if let Some(ticket) = ticket {
@@ -245,7 +248,7 @@ impl Store for TieredStore {
     /// and the layer awaits `get`.
     fn get_now(&self, key: &CacheKey) -> Option<Lookup> {
         let local = self.l1.get_now(key)?;
-        self.answer_locally(self.feed.ticket().is_some(), &local)
+        self.answer_locally(self.feed.ticket().is_some(), local).ok()
     }
 
     async fn put(&self, key: CacheKey, entry: Entry, ttl: Duration) -> Result<bool, StoreError> {
