@@ -8,7 +8,12 @@
 //! answers only while such an `s` is less than [`COHERENCE_WINDOW`] old: a stalled link (open
 //! but silent) stops it answering within that window. A subscription silent for [`SILENCE`]
 //! is replaced; a new one empties the tier's entries, since messages may have been missed.
+//!
+//! Over a spread namespace there is no subscription and nothing is published: the purge
+//! log's mirror, which judges every read of the namespace, judges the memory tier's copies
+//! too, and its fence (a read of the log found caught up) is the proof of liveness.
 
+use super::purge_log::Mirror;
 use super::{request_clock, MemoryStore, PurgeMode, RedisStore};
 use futures_util::StreamExt;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
@@ -46,6 +51,8 @@ pub(crate) struct Feed {
     heartbeats: AtomicU64,
     stalls: AtomicU64,
     tasks: OnceLock<[JoinHandle<()>; 2]>,
+    /// Over a spread namespace: the purge log's mirror, the feed in place of pub/sub.
+    mirror: Option<Arc<Mirror>>,
 }
 
 /// Proof that the feed was live when an operation on Redis started: the memory tier may keep
@@ -79,6 +86,7 @@ impl Drop for Feed {
 impl Feed {
     /// Subscribes `l1` to `l2`'s purges and starts the heartbeats. Needs a Tokio runtime.
     pub(crate) fn start(l1: MemoryStore, l2: RedisStore) -> Arc<Feed> {
+        let mirror = l2.spread_mirror();
         let feed = Arc::new(Feed {
             origin: Instant::now(),
             epoch: AtomicU64::new(0),
@@ -89,7 +97,11 @@ impl Feed {
             heartbeats: AtomicU64::new(0),
             stalls: AtomicU64::new(0),
             tasks: OnceLock::new(),
+            mirror,
         });
+        if feed.mirror.is_some() {
+            return feed;
+        }
         let beat_channel = format!("{}:hb:{}", l2.channel(), instance_id());
         let beat_now = Arc::new(Notify::new());
         let subscription = tokio::spawn(subscribe(
@@ -110,6 +122,13 @@ impl Feed {
 
     /// A ticket if the feed is proven live now (the memory tier may answer).
     pub(crate) fn ticket(&self) -> Option<Ticket> {
+        if let Some(mirror) = &self.mirror {
+            // Every copy is judged by the mirror when read: none can miss a purge it applied.
+            return mirror.is_live().then_some(Ticket {
+                epoch: 0,
+                subscribed_at: 0,
+            });
+        }
         let epoch = self.epoch.load(SeqCst);
         let fence = self.fence.load(SeqCst);
         let window = COHERENCE_WINDOW.as_nanos() as u64;
@@ -125,6 +144,16 @@ impl Feed {
     }
 
     pub(crate) fn counts(&self) -> FeedCounts {
+        if let Some(mirror) = &self.mirror {
+            return FeedCounts {
+                subscribed: mirror.is_live(),
+                coherent: mirror.is_live(),
+                subscriptions: mirror.resyncs(),
+                messages: mirror.applied(),
+                heartbeats: 0,
+                stalls: 0,
+            };
+        }
         FeedCounts {
             subscribed: self.fence.load(SeqCst) != 0,
             coherent: self.ticket().is_some(),

@@ -57,12 +57,12 @@ const MIRROR_MAX_TAGS: usize = 200_000;
 const RETRY_MIN: Duration = Duration::from_millis(20);
 const RETRY_MAX: Duration = Duration::from_millis(500);
 
-/// Appends a purge to the log, trims it, and publishes it for tiered stores.
+/// Appends a purge to the log and trims it. Nothing is published: every instance, tiered or
+/// not, learns of it by following the log.
 ///
 /// `KEYS[1]` log, `KEYS[2]` log meta, `KEYS[3]` scratch; `ARGV[1]` `h`, `s` or `*`,
 /// `ARGV[2]` stamp offset (µs: the skew margin less the purge's age), `ARGV[3]` most entries,
-/// `ARGV[4]` longest age (ms), `ARGV[5]` channel to publish on (empty: none), `ARGV[6..]`
-/// tags. Returns `{stamp, subscribers that heard it}`.
+/// `ARGV[4]` longest age (ms), `ARGV[5..]` tags. Returns the stamp.
 ///
 /// Its first write is a `DEL` of a key that never holds a value, so that the purge lands
 /// even when Redis is out of memory under `noeviction` (as the store's own purge script).
@@ -81,7 +81,7 @@ end
 local m = math.max(tonumber(meta[2] or '0') or 0, offset, 0)
 redis.call('HSET', KEYS[2], 'm', string.format('%.0f', m))
 local tags = {}
-for i = 6, #ARGV do tags[#tags + 1] = ARGV[i] end
+for i = 5, #ARGV do tags[#tags + 1] = ARGV[i] end
 local text = table.concat(tags, '\n')
 redis.call('XADD', KEYS[1], '*', 'm', ARGV[1], 's', stamp, 't', text)
 -- Trimming: entries below a threshold ID go, and the floor rises past every stamp they had
@@ -104,13 +104,7 @@ local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
 if first and tonumber(string.match(first[1], '^(%d+)')) < cut then
   raise(cut, string.format('%.0f', cut) .. '-0')
 end
-local heard = 0
-if ARGV[5] ~= '' then
-  local message = ARGV[1]
-  if ARGV[1] ~= '*' then message = message .. '\n' .. text else message = '*' end
-  heard = redis.call('PUBLISH', ARGV[5], message)
-end
-return {stamp, heard}
+return stamp
 ",
     )
 });
@@ -485,9 +479,8 @@ pub(crate) async fn append<C: ConnectionLike>(
     mode: &str,
     offset_us: i64,
     retention: Duration,
-    channel: &str,
     tags: &[String],
-) -> ::redis::RedisResult<i64> {
+) -> ::redis::RedisResult<()> {
     let mut invocation = LOG_PURGE.key(&keys.log[..]);
     invocation
         .key(&keys.meta[..])
@@ -495,13 +488,12 @@ pub(crate) async fn append<C: ConnectionLike>(
         .arg(mode)
         .arg(offset_us)
         .arg(keys.max_len.max(1))
-        .arg(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX))
-        .arg(channel);
+        .arg(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX));
     for tag in tags {
         invocation.arg(log_tag(tag).as_ref());
     }
-    let (_stamp, heard): (String, i64) = invocation.invoke_async(conn).await?;
-    Ok(heard)
+    let _stamp: String = invocation.invoke_async(conn).await?;
+    Ok(())
 }
 
 /// Follows the log: a blocking read to wait, then pages of [`LOG_READ`] until caught up.

@@ -795,6 +795,11 @@ impl RedisStore {
         self.inner.max_entry_ttl
     }
 
+    /// A spread namespace's purge log mirror.
+    pub(crate) fn spread_mirror(&self) -> Option<Arc<Mirror>> {
+        self.inner.spread.as_ref().map(|s| s.mirror.clone())
+    }
+
     pub(crate) fn pubsub_client(&self) -> &::redis::Client {
         &self.inner.pubsub_client
     }
@@ -1069,7 +1074,10 @@ impl RedisStore {
     async fn retry(&self, pending: &Pending) -> Result<(), StoreError> {
         let age = pending.requested.elapsed();
         let heard = self.send_purge(&pending.kind, age, Breaking::Past).await?;
-        let settling = self.inner.tier_window.get().is_some() && (heard > 0 || self.is_cluster());
+        // Over a spread namespace no one hears it: other instances read it from the log
+        // within the mirror window, which a forwarder's replay waits for itself.
+        let settling =
+            self.inner.tier_window.get().is_some() && self.inner.spread.is_none() && (heard > 0 || self.is_cluster());
         if settling {
             self.inner.pending.landed_settling(pending);
         } else {
@@ -1197,8 +1205,8 @@ impl RedisStore {
         Ok(stored)
     }
 
-    /// Appends a purge to a spread namespace's log (published too when a tiered store's
-    /// memory tier sits over this store).
+    /// Appends a purge to a spread namespace's log. No one hears it at once: every instance
+    /// learns of it by following the log, so it returns 0 subscribers.
     async fn send_to_log(
         &self,
         kind: &PendingKind,
@@ -1216,20 +1224,14 @@ impl RedisStore {
             ),
             PendingKind::All => ("*", Vec::new()),
         };
-        let channel = if self.inner.tier_window.get().is_some() {
-            self.inner.channel.clone()
-        } else {
-            String::new()
-        };
         let keys = spread.keys.clone();
         let retention = spread.retention;
         self.run_as(
-            |mut conn| async move {
-                purge_log::append(&mut conn, &keys, mode, offset_us, retention, &channel, &tags).await
-            },
+            |mut conn| async move { purge_log::append(&mut conn, &keys, mode, offset_us, retention, &tags).await },
             breaking,
         )
-        .await
+        .await?;
+        Ok(0)
     }
 
     /// How the purges still waiting for Redis judge an entry read from it.

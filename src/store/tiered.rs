@@ -2,9 +2,11 @@
 //! `RedisStore` (L2), kept coherent through Redis pub/sub.
 //!
 //! Reads try L1, then L2 (filling L1); writes go to both. A purge on any instance stamps the
-//! tags in Redis and is published; every instance applies it to its L1. L1 answers only while
-//! its invalidation feed is proven live ([`feed`](super::feed): heartbeats sent through Redis
-//! came back within the last second); otherwise reads go to L2, whose stamps decide, and when
+//! tags in Redis and is published; every instance applies it to its L1 (over a spread
+//! namespace nothing is published: each instance's purge log mirror judges its L1 copies). L1
+//! answers only while its invalidation feed is proven live ([`feed`](super::feed): heartbeats
+//! sent through Redis came back, or the mirror read the log caught up, within the coherence
+//! window); otherwise reads go to L2, whose stamps decide, and when
 //! Redis cannot answer either, an L1 entry is offered only as a stand-in for an origin error
 //! ([`Lookup::Unverified`]).
 
@@ -35,6 +37,13 @@ pub struct TieredStore {
 }
 
 /// A snapshot of a [`TieredStore`]'s synchronisation.
+///
+/// Over a spread namespace ([`RedisStoreBuilder::spread_namespace`]) the memory tier follows
+/// the purge log's mirror instead of a subscription: `subscribed` and `coherent` say whether
+/// the mirror is live, `subscriptions` counts its resyncs, `messages` the log entries it
+/// applied, and there are no heartbeats or stalls.
+///
+/// [`RedisStoreBuilder::spread_namespace`]: super::RedisStoreBuilder::spread_namespace
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TieredStoreStats {
@@ -110,6 +119,9 @@ impl TieredStore {
     async fn wait_for_other_tiers(&self, heard: Option<u64>) {
         let others = match heard {
             None => false,
+            // Over a spread namespace no one hears it: other instances read it from the log
+            // and honour it from the mirror window after it returned, as with a plain store.
+            Some(_) if self.l2.purge_settle() > Duration::ZERO => false,
             // A cluster node counts only its own subscribers.
             Some(_) if self.l2.is_cluster() => true,
             // The one subscriber is this store's own only while its feed is proven live.
@@ -288,7 +300,9 @@ impl Store for TieredStore {
     /// Applied to L1 at once (stamped with Redis's clock-skew margin, as Redis does); a purge
     /// that cannot reach Redis is queued by it and retried until it lands. Once it has landed
     /// it returns after [`Self::COHERENCE_WINDOW`]: by then every other instance has applied
-    /// it or stopped trusting its memory tier, so no instance serves what it purged.
+    /// it or stopped trusting its memory tier, so no instance serves what it purged. Over a
+    /// spread namespace it returns once it is in the purge log, and other instances honour it
+    /// from [`RedisStore::MIRROR_WINDOW`] after, as with a plain spread store.
     async fn purge(&self, tags: &[String], mode: PurgeMode) -> Result<(), StoreError> {
         self.l1.purge_ahead(tags, mode, self.l2.skew_margin());
         let heard = self.l2.purge_reaching(tags, mode).await;
