@@ -309,6 +309,34 @@ mod tests {
     use super::entity_tags;
 
     #[test]
+    fn a_date_if_range_matches_only_a_strong_last_modified() {
+        use super::if_range_matches;
+        use http::header::{HeaderMap, DATE, ETAG, LAST_MODIFIED};
+        let modified = "Sun, 06 Nov 1994 08:49:37 GMT";
+        let stored = |date: Option<&'static str>| {
+            let mut headers = HeaderMap::new();
+            headers.insert(LAST_MODIFIED, modified.parse().unwrap());
+            headers.insert(ETAG, "\"e\"".parse().unwrap());
+            if let Some(date) = date {
+                headers.insert(DATE, date.parse().unwrap());
+            }
+            headers
+        };
+        let date = modified.as_bytes();
+        assert!(if_range_matches(date, &stored(Some("Sun, 06 Nov 1994 08:49:38 GMT"))));
+        assert!(if_range_matches(date, &stored(Some("Mon, 07 Nov 1994 08:49:37 GMT"))));
+        // Date less than a second after Last-Modified, before it, or absent: weak.
+        for weak in [Some(modified), Some("Sun, 06 Nov 1994 08:49:36 GMT"), None] {
+            assert!(!if_range_matches(date, &stored(weak)), "Date: {weak:?}");
+        }
+        // Strong, but another date.
+        let later = stored(Some("Mon, 07 Nov 1994 08:49:37 GMT"));
+        assert!(!if_range_matches(b"Sun, 06 Nov 1994 08:49:38 GMT", &later));
+        // An entity tag needs no Date.
+        assert!(if_range_matches(b"\"e\"", &stored(None)));
+    }
+
+    #[test]
     fn entity_tags_may_hold_commas() {
         let tags: Vec<&[u8]> = entity_tags(br#"W/"a,b" , "c",,"d""#).collect();
         assert_eq!(tags, [&br#"W/"a,b""#[..], br#""c""#, br#""d""#]);
