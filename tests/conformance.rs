@@ -518,6 +518,7 @@ struct Scripted {
     cdn: Option<String>,
     /// `App-Cache-Control`, a second targeted field some tests configure.
     app: Option<String>,
+    cookie: Option<String>,
 }
 
 /// A request header that makes the scripted origin answer with this status instead (the
@@ -548,6 +549,7 @@ async fn scripted(
         ("vary", s.vary),
         ("cdn-cache-control", s.cdn),
         ("app-cache-control", s.app),
+        ("set-cookie", s.cookie),
     ] {
         if let Some(value) = value {
             headers.insert(name, value.parse().unwrap());
@@ -688,6 +690,62 @@ async fn rfc_9111_sections_3_and_4_2_2_which_statuses_are_stored() {
             second_is_hit(&app, &format!("/s?status={status}&cc=max-age%3D60"), &[]).await,
             "{status} with max-age"
         );
+    }
+}
+
+#[tokio::test]
+async fn rfc_9111_sections_4_2_1_and_4_2_4_which_lifetime_counts_and_what_forbids_stale() {
+    let app = scripted_app();
+    // s-maxage > max-age > Expires.
+    assert!(second_is_hit(&app, &format!("/s?cc={}", q("max-age=0, s-maxage=60")), &[]).await);
+    assert!(!second_is_hit(&app, &format!("/s?cc={}", q("max-age=60, s-maxage=0")), &[]).await);
+    let expires = q("Thu, 01 Jan 2099 00:00:00 GMT");
+    assert!(!second_is_hit(&app, &format!("/s?cc=max-age%3D0&expires={expires}"), &[]).await);
+    // Expires − Date, not Expires − now: an origin whose clock is an hour fast.
+    let (date, hour_later) = (date_from_now(3600), date_from_now(7200));
+    let dated = format!("/s?expires={}&date={}", q(&hour_later), q(&date));
+    send(&app, common::get(&dated)).await;
+    let hit = send(&app, common::get(&dated)).await;
+    common::assert_hit(&hit);
+    assert!((3500..=3600).contains(&common::ttl(&hit)), "{}", cache_status(&hit));
+    // Stale on arrival, with a stale-if-error window: each of these forbids using it.
+    for forbids in ["must-revalidate", "proxy-revalidate", "no-cache", "s-maxage=60"] {
+        let cc = format!("max-age=60, {forbids}, stale-if-error=600");
+        let (status, cache_status) = after_a_failure(&app, &format!("/s?cc={}&age=61", q(&cc))).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{forbids}: {cache_status}");
+    }
+    let (status, cache_status) = after_a_failure(&app, &format!("/s?cc={}&age=61", q("max-age=60, stale-if-error=600"))).await;
+    assert_eq!(status, StatusCode::OK, "{cache_status}");
+}
+
+#[tokio::test]
+async fn deliberate_deviations_of_the_reverse_proxy_configuration() {
+    let app = scripted_app();
+    // A response with Set-Cookie is never stored, even `public`.
+    let cookie = format!("/s?cc={}&cookie=id%3D1", q("public, max-age=60"));
+    assert!(!second_is_hit(&app, &cookie, &[]).await);
+    // A request with credentials shares a response only when it is `public`, `s-maxage` or
+    // `must-revalidate` and fresh by the origin's word.
+    let bob = [("authorization", "Bearer bob")];
+    for (cc, shared) in [
+        ("max-age=60", false),
+        ("public, max-age=60", true),
+        ("s-maxage=60", true),
+        ("must-revalidate, max-age=60", true),
+    ] {
+        let uri = format!("/s?cc={}", q(cc));
+        send(&app, common::get_with(&uri, &[("authorization", "Bearer alice")])).await;
+        let second = send(&app, common::get_with(&uri, &bob)).await;
+        assert_eq!(cache_status(&second).contains("; hit"), shared, "{cc}: {}", cache_status(&second));
+    }
+    let heuristic = format!("/s?cc=public&lm={}", q("Thu, 01 Jan 2015 00:00:00 GMT"));
+    send(&app, common::get_with(&heuristic, &[("cookie", "a=1")])).await;
+    let second = send(&app, common::get_with(&heuristic, &[("cookie", "b=2")])).await;
+    assert!(!cache_status(&second).contains("; hit"), "heuristic freshness is not the origin's word");
+    // `no-cache="field"` and `private="field"` are read as their unqualified forms.
+    for qualified in ["max-age=60, no-cache=\"set-cookie\"", "max-age=60, private=\"x-user\""] {
+        let uri = format!("/s?cc={}", q(qualified));
+        assert!(!second_is_hit(&app, &uri, &[]).await, "{qualified}");
     }
 }
 
