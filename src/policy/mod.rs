@@ -624,6 +624,27 @@ mod tests {
     }
 
     #[test]
+    fn the_time_the_origin_took_counts_in_the_initial_age() {
+        // RFC 9111 §4.2.3: corrected initial age = Age + (response time - request time).
+        let (parts, ()) = Response::builder()
+            .header("cache-control", "max-age=60")
+            .header("age", "5")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let facts = facts();
+        let answered = facts.request_time + Duration::from_secs(10);
+        let f = storable(&config(), &facts, &parts, &CacheDecision::default(), answered).unwrap();
+        assert_eq!(f.initial_age, Duration::from_secs(15));
+        // Longer than the lifetime: stale on arrival, and nothing keeps it.
+        let late = facts.request_time + Duration::from_secs(60);
+        assert_eq!(
+            storable(&config(), &facts, &parts, &CacheDecision::default(), late),
+            Err(BypassReason::NotFresh)
+        );
+    }
+
+    #[test]
     fn s_maxage_forbids_serving_stale() {
         for cc in [
             &b"s-maxage=1, stale-while-revalidate=60"[..],

@@ -11,7 +11,7 @@ use http::header::{
     HeaderMap, HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_RANGE, DATE, ETAG, EXPIRES,
     IF_RANGE, LAST_MODIFIED, RANGE, VARY,
 };
-use http::{response, Extensions, Response, StatusCode};
+use http::{response, Extensions, HeaderName, Response, StatusCode};
 use http_body::Body;
 use std::time::Duration;
 
@@ -186,7 +186,7 @@ impl ByteRange {
 }
 
 /// `If-Range` (RFC 9110 §13.1.5): an entity tag matches by strong comparison; a date only
-/// the stored `Last-Modified`, exactly.
+/// the stored `Last-Modified`, exactly, and only when that is a strong validator.
 fn if_range_matches(if_range: &[u8], stored: &HeaderMap) -> bool {
     let if_range = if_range.trim_ascii();
     if if_range.starts_with(b"\"") || if_range.starts_with(b"W/") {
@@ -194,9 +194,17 @@ fn if_range_matches(if_range: &[u8], stored: &HeaderMap) -> bool {
         let etag = stored.get(ETAG).map(|v| v.as_bytes().trim_ascii());
         return if_range.starts_with(b"\"") && etag.is_some_and(|etag| etag.starts_with(b"\"") && etag == if_range);
     }
-    let date = policy::http_date(if_range);
-    let modified = stored.get(LAST_MODIFIED).and_then(|v| policy::http_date(v.as_bytes()));
-    date.is_some() && date == modified
+    let Some(date) = policy::http_date(if_range) else {
+        return false;
+    };
+    let header_date = |name: HeaderName| stored.get(name).and_then(|v| policy::http_date(v.as_bytes()));
+    let (Some(modified), Some(sent)) = (header_date(LAST_MODIFIED), header_date(DATE)) else {
+        return false;
+    };
+    // RFC 9110 §8.8.2.2: for a cache, `Last-Modified` is strong when the stored `Date` is at
+    // least one second after it (both are the origin's, taken as one clock's).
+    let strong = sent.duration_since(modified).is_ok_and(|d| d >= Duration::from_secs(1));
+    strong && date == modified
 }
 
 /// Whether the client's `If-None-Match` / `If-Modified-Since` match the entry (RFC 9110
@@ -204,13 +212,14 @@ fn if_range_matches(if_range: &[u8], stored: &HeaderMap) -> bool {
 /// judged against `Last-Modified`, or `Date` when the entry has none.
 fn not_modified(lookout: &Lookout, headers: &HeaderMap) -> bool {
     if let Some(condition) = &lookout.if_none_match {
-        let Some(etag) = headers.get(ETAG).and_then(|v| entity_tags(v.as_bytes()).next()) else {
-            return false;
-        };
-        // `*` is a list of its own; a malformed list matches nothing.
+        // `*` matches any stored representation, with or without an `ETag` (RFC 9110
+        // §13.1.2); a malformed list matches nothing.
         if condition.as_bytes().trim_ascii() == b"*" {
             return true;
         }
+        let Some(etag) = headers.get(ETAG).and_then(|v| entity_tags(v.as_bytes()).next()) else {
+            return false;
+        };
         return entity_tags(condition.as_bytes()).any(|candidate| weak_tag(candidate) == weak_tag(etag));
     }
     let Some(since) = lookout
@@ -298,6 +307,34 @@ pub(super) fn finish<St, B>(
 #[cfg(test)]
 mod tests {
     use super::entity_tags;
+
+    #[test]
+    fn a_date_if_range_matches_only_a_strong_last_modified() {
+        use super::if_range_matches;
+        use http::header::{HeaderMap, DATE, ETAG, LAST_MODIFIED};
+        let modified = "Sun, 06 Nov 1994 08:49:37 GMT";
+        let stored = |date: Option<&'static str>| {
+            let mut headers = HeaderMap::new();
+            headers.insert(LAST_MODIFIED, modified.parse().unwrap());
+            headers.insert(ETAG, "\"e\"".parse().unwrap());
+            if let Some(date) = date {
+                headers.insert(DATE, date.parse().unwrap());
+            }
+            headers
+        };
+        let date = modified.as_bytes();
+        assert!(if_range_matches(date, &stored(Some("Sun, 06 Nov 1994 08:49:38 GMT"))));
+        assert!(if_range_matches(date, &stored(Some("Mon, 07 Nov 1994 08:49:37 GMT"))));
+        // Date less than a second after Last-Modified, before it, or absent: weak.
+        for weak in [Some(modified), Some("Sun, 06 Nov 1994 08:49:36 GMT"), None] {
+            assert!(!if_range_matches(date, &stored(weak)), "Date: {weak:?}");
+        }
+        // Strong, but another date.
+        let later = stored(Some("Mon, 07 Nov 1994 08:49:37 GMT"));
+        assert!(!if_range_matches(b"Sun, 06 Nov 1994 08:49:38 GMT", &later));
+        // An entity tag needs no Date.
+        assert!(if_range_matches(b"\"e\"", &stored(None)));
+    }
 
     #[test]
     fn entity_tags_may_hold_commas() {
