@@ -258,8 +258,8 @@ async fn a_head_sent_by_warming_or_revalidating_never_stores_a_bodyless_entry() 
     assert_eq!(get.body, PAGE);
     assert!(get.cache_status().contains("stored"), "{}", get.cache_status());
 
-    // The entry is stale with a validator: a HEAD from warming, then one from a client, each
-    // goes to the origin in its place (the HEAD route answers 200, headers only).
+    // The entry is stale with a validator: a HEAD from warming, then one from a client, is
+    // forwarded (the HEAD route answers 200, headers only) and stores nothing.
     let report = layer.warm(routes.clone(), [head_request("61")], 1).await;
     assert_eq!((report.stored, report.already_fresh), (0, 0), "{report:?}");
     let head = fetch(&client, addr, "HEAD", "/page", &[("x-age", "61")]).await;
@@ -461,9 +461,9 @@ enum Then {
     Hang,
 }
 
-/// An origin whose calls do what `script` says, in order (the last one repeats); a call
-/// that is not the first of its burst's waits, before acting, until `waiters` requests wait on
-/// it, so that the whole burst depends on its outcome.
+/// An origin whose calls do what `script` says, in order (the last one repeats). Each call
+/// waits, before acting, until `waiters` requests wait on it, so that a whole burst depends on
+/// its outcome; only a first call that answers `StalePage` (a lone fill) does not.
 #[derive(Clone)]
 struct ErringOrigin {
     origin: Origin,
