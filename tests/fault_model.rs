@@ -2,7 +2,8 @@
 //! bump an item's version and purge its tag; readers on two instances record what they got.
 //! Once a purge has completed, no instance may serve an older version (no stale-if-error
 //! window is configured, so there is no exception). Faults: the link of one instance to
-//! Redis black-holed, Redis frozen (`SIGSTOP`), Redis killed (`SIGKILL`) and restarted empty.
+//! Redis black-holed or reset, Redis frozen (`SIGSTOP`), Redis killed (`SIGKILL`) and
+//! restarted empty; each Redis and tiered scenario's seeded schedule has every kind.
 //!
 //! "Completed" is when the mutation's response arrived and, if the purging store had to queue
 //! the purge (Redis unreachable), when its queue has emptied: a purge made during a partition
@@ -199,9 +200,11 @@ async fn run(
     tally
 }
 
-fn report(scenario: &str, tally: &Tally) {
+fn report(scenario: &str, tally: &Tally, faults: [usize; 4]) {
+    let faults: Vec<String> = FAULTS.iter().zip(faults).map(|(f, n)| format!("{f:?} x{n}")).collect();
     eprintln!(
-        "{scenario}: {} reads, {} purges ({} queued), {} reads older than a returned purge while its store still had purges queued, {} violations {:?}",
+        "{scenario}: faults [{}]; {} reads, {} purges ({} queued), {} reads older than a returned purge while its store still had purges queued, {} violations {:?}",
+        faults.join(", "),
         tally.reads.load(SeqCst),
         tally.purges.load(SeqCst),
         tally.queued_purges.load(SeqCst),
@@ -216,44 +219,102 @@ fn report(scenario: &str, tally: &Tally) {
     assert_eq!(tally.violations.load(SeqCst), 0, "{scenario}: purged data served");
 }
 
-/// The faults, one after another, each for a short while.
-async fn faults(server: &mut RedisServer, proxy: &Proxy, seed: u64) {
+/// The kinds of fault a schedule is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// The link of the instance behind the proxy stops forwarding.
+    BlackHole,
+    /// The link of the instance behind the proxy closes every connection with a RST.
+    Reset,
+    /// Redis is frozen (`SIGSTOP`), then thawed (`SIGCONT`).
+    Stop,
+    /// Redis is killed (`SIGKILL`) and restarted empty.
+    Kill,
+}
+
+const FAULTS: [Fault; 4] = [Fault::BlackHole, Fault::Reset, Fault::Stop, Fault::Kill];
+
+/// A seeded schedule in which every kind of fault occurs: all four in a shuffled order, then
+/// two more drawn at random.
+fn schedule(seed: u64) -> Vec<Fault> {
     let mut rng = Rng(seed);
+    let mut faults = FAULTS.to_vec();
+    for i in (1..faults.len()).rev() {
+        faults.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    for _ in 0..2 {
+        faults.push(FAULTS[rng.below(FAULTS.len() as u64) as usize]);
+    }
+    faults
+}
+
+/// Waits (at most 5 s, else the test fails) until `done`: a link fault lasts until the
+/// instance's traffic has met it.
+async fn took_effect(what: &str, done: impl Fn() -> bool) {
+    let met = async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), met)
+        .await
+        .unwrap_or_else(|_| panic!("no traffic met {what}"));
+}
+
+fn signal(server: &RedisServer, signal: &str) {
+    let pid = server.pid().expect("running").to_string();
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+/// The faults of `schedule(seed)`, one after another, each for 300 to 600 ms with 400 ms
+/// of health between them; returns how many of each kind took effect.
+async fn faults(server: &mut RedisServer, proxy: &Proxy, seed: u64) -> [usize; 4] {
+    let mut rng = Rng(seed ^ 0x5851_f42d);
     let pause = |ms: u64| tokio::time::sleep(Duration::from_millis(ms));
+    let mut done = [0; 4];
     pause(400).await;
-    for round in 0..6 {
+    for (round, fault) in schedule(seed).into_iter().enumerate() {
         let hold = 300 + rng.below(300);
-        let fault = (round + rng.below(3)) % 3;
-        eprintln!(
-            "fault {round}: {} for {hold} ms",
-            ["black-holed link", "SIGSTOP", "SIGKILL and restart"][fault as usize]
-        );
+        eprintln!("fault {round}: {fault:?} for {hold} ms");
         match fault {
-            0 => {
+            Fault::BlackHole => {
+                let dropped = proxy.dropped();
                 proxy.black_hole();
                 pause(hold).await;
+                // Held until the instance has sent something into it.
+                took_effect("the black hole", || proxy.dropped() > dropped).await;
                 proxy.heal();
             }
-            1 => {
-                let pid = server.pid().expect("running").to_string();
-                std::process::Command::new("kill")
-                    .args(["-STOP", &pid])
-                    .status()
-                    .unwrap();
+            Fault::Reset => {
+                let resets = proxy.resets();
+                proxy.reset();
                 pause(hold).await;
-                std::process::Command::new("kill")
-                    .args(["-CONT", &pid])
-                    .status()
-                    .unwrap();
+                // Held until a connection of the instance's was reset.
+                took_effect("the reset", || proxy.resets() > resets).await;
+                proxy.heal();
             }
-            _ => {
+            Fault::Stop => {
+                signal(server, "-STOP");
+                pause(hold).await;
+                signal(server, "-CONT");
+            }
+            Fault::Kill => {
+                let pid = server.pid();
                 server.kill();
                 pause(hold).await;
                 server.restart();
+                assert_ne!(server.pid(), pid, "a new process");
             }
         }
+        done[FAULTS.iter().position(|f| *f == fault).unwrap()] += 1;
         pause(400).await;
     }
+    assert!(done.iter().all(|&n| n > 0), "every kind of fault occurred: {done:?}");
+    done
 }
 
 async fn redis(url: String, namespace: &str) -> RedisStore {
@@ -278,7 +339,7 @@ async fn memory_store_under_racing_purges() {
         7,
     )
     .await;
-    report("memory", &tally);
+    report("memory (seed 7)", &tally, [0; 4]);
     assert_eq!(tally.before_landing.load(SeqCst), 0);
 }
 
@@ -305,8 +366,12 @@ async fn redis_stores_under_faults() {
         }),
     ];
     let apps = vec![instance(&origin, a), instance(&origin, b)];
-    let tally = run(apps, pendings, faults(&mut server, &proxy, 11), 11).await;
-    report("redis", &tally);
+    let done = Arc::new(Mutex::new([0; 4]));
+    let faults = async {
+        *done.lock().unwrap() = faults(&mut server, &proxy, 11).await;
+    };
+    let tally = run(apps, pendings, faults, 11).await;
+    report("redis (seed 11)", &tally, *done.lock().unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -330,6 +395,10 @@ async fn tiered_stores_under_faults() {
         }),
     ];
     let apps = vec![instance(&origin, a), instance(&origin, b)];
-    let tally = run(apps, pendings, faults(&mut server, &proxy, 23), 23).await;
-    report("tiered", &tally);
+    let done = Arc::new(Mutex::new([0; 4]));
+    let faults = async {
+        *done.lock().unwrap() = faults(&mut server, &proxy, 23).await;
+    };
+    let tally = run(apps, pendings, faults, 23).await;
+    report("tiered (seed 23)", &tally, *done.lock().unwrap());
 }

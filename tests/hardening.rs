@@ -200,6 +200,81 @@ async fn a_head_refresh_never_poisons_the_get_entry_of_an_explicit_head_route() 
     head_then_get_stays_whole(app, &origin, &layer).await;
 }
 
+/// A page with a validator whose HEAD route answers headers only (and never 304): stale on
+/// arrival when `x-age: 61` is sent, else fresh; no stale-while-revalidate window.
+fn page_with_head_route(origin: &Origin) -> Router {
+    async fn page(State(origin): State<Origin>, headers: HeaderMap) -> ([(&'static str, String); 3], &'static str) {
+        origin.enter();
+        origin.leave();
+        let age = headers.get("x-age").map_or("0", |v| v.to_str().unwrap()).to_string();
+        (
+            [
+                ("cache-control", "max-age=60".into()),
+                ("etag", "\"p\"".into()),
+                ("age", age),
+            ],
+            PAGE,
+        )
+    }
+    async fn head(State(origin): State<Origin>, headers: HeaderMap) -> ([(&'static str, String); 4], ()) {
+        let ([cc, etag, age], body) = page(State(origin), headers).await;
+        ([cc, etag, age, ("content-length", body.len().to_string())], ())
+    }
+    Router::new()
+        .route("/page", get(page).head(head))
+        .with_state(origin.clone())
+}
+
+fn head_request(age: &str) -> http::Request<axum::body::Body> {
+    http::Request::head("/page")
+        .header("x-age", age)
+        .body(axum::body::Body::empty())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_sent_by_warming_or_revalidating_never_stores_a_bodyless_entry() {
+    use tower_response_cache::KeepWarm;
+    let origin = Origin::default();
+    let layer = CacheLayer::new(MemoryStore::new());
+    let routes = page_with_head_route(&origin);
+    let (addr, server) = serve(routes.clone().layer(layer.clone())).await;
+    let client = client();
+
+    // Warming with a HEAD, once and on a schedule, on a cold key.
+    let report = layer.warm(routes.clone(), [head_request("0")], 1).await;
+    assert_eq!((report.stored, report.not_stored), (0, 1), "{report:?}");
+    let mut warming = layer.keep_warm(
+        routes.clone(),
+        || [head_request("0")],
+        KeepWarm::every(Duration::from_secs(3600)),
+    );
+    let round = tokio::time::timeout(WAIT, warming.next_round()).await.unwrap().unwrap();
+    assert_eq!((round.report.stored, round.report.not_stored), (0, 1), "{round:?}");
+    warming.stop().await;
+    assert_eq!(layer.stats().stores, 0);
+    let get = fetch(&client, addr, "GET", "/page", &[("x-age", "61")]).await;
+    get.assert_complete();
+    assert_eq!(get.body, PAGE);
+    assert!(get.cache_status().contains("stored"), "{}", get.cache_status());
+
+    // The entry is stale with a validator: a HEAD from warming, then one from a client, is
+    // forwarded (the HEAD route answers 200, headers only) and stores nothing.
+    let report = layer.warm(routes.clone(), [head_request("61")], 1).await;
+    assert_eq!((report.stored, report.already_fresh), (0, 0), "{report:?}");
+    let head = fetch(&client, addr, "HEAD", "/page", &[("x-age", "61")]).await;
+    assert!(head.cache_status().contains("fwd=stale"), "{}", head.cache_status());
+    assert!(!head.cache_status().contains("stored"), "{}", head.cache_status());
+    assert_eq!(layer.stats().stores, 1, "only the GET's entry");
+    let get = fetch(&client, addr, "GET", "/page", &[]).await;
+    get.assert_complete();
+    assert_eq!(get.body, PAGE, "{}", get.cache_status());
+    let hit = fetch(&client, addr, "GET", "/page", &[]).await;
+    assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
+    assert_eq!(hit.body, PAGE);
+    server.abort();
+}
+
 // --- 2. Credentialed responses are shared only on the origin's freshness -----------------
 
 async fn who(State(origin): State<Origin>, headers: HeaderMap) -> ([(&'static str, &'static str); 1], String) {
@@ -356,6 +431,178 @@ async fn a_burst_against_a_failing_origin_makes_one_call_and_so_does_the_next() 
         .cache_status()
         .contains("hit"));
     server.abort();
+}
+
+/// The cache in front of a service that can fail with an error (not a response): the error
+/// reaches its own client as a 500 from `HandleErrorLayer`, outside the cache.
+fn erring_app(layer: &CacheLayer<MemoryStore>, inner: ErringOrigin) -> Router {
+    use axum::error_handling::HandleErrorLayer;
+    let service = tower::ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(|error: std::io::Error| async move {
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("leader: {error}"))
+        }))
+        .layer(layer.clone())
+        .service(inner);
+    Router::new().route_service("/{*path}", service)
+}
+
+/// What an [`ErringOrigin`] call does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Then {
+    /// Answers the page, `max-age=60`.
+    Page,
+    /// Answers the page stale on arrival, inside a 600 s stale-if-error window.
+    StalePage,
+    /// Answers a 503.
+    Unavailable,
+    /// Fails with an error.
+    Fail,
+    /// Never answers.
+    Hang,
+}
+
+/// An origin whose calls do what `script` says, in order (the last one repeats). Each call
+/// waits, before acting, until `waiters` requests wait on it, so that a whole burst depends on
+/// its outcome; only a first call that answers `StalePage` (a lone fill) does not.
+#[derive(Clone)]
+struct ErringOrigin {
+    origin: Origin,
+    script: Arc<Vec<Then>>,
+    layer: CacheLayer<MemoryStore>,
+    waiters: u64,
+}
+
+impl tower::Service<axum::extract::Request> for ErringOrigin {
+    type Response = axum::response::Response;
+    type Error = std::io::Error;
+    type Future = futures_util::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _request: axum::extract::Request) -> Self::Future {
+        use axum::response::IntoResponse;
+        let this = self.clone();
+        Box::pin(async move {
+            let call = this.origin.enter();
+            let then = this.script[(call - 1).min(this.script.len() - 1)];
+            if call > 1 || this.script[0] != Then::StalePage {
+                until("the burst to wait", || this.layer.stats().waiting == this.waiters).await;
+            }
+            this.origin.leave();
+            match then {
+                Then::Page => Ok(([("cache-control", "max-age=60")], PAGE).into_response()),
+                Then::StalePage => Ok((
+                    [("cache-control", "max-age=60, stale-if-error=600"), ("age", "61")],
+                    PAGE,
+                )
+                    .into_response()),
+                Then::Unavailable => Ok((StatusCode::SERVICE_UNAVAILABLE, "try again").into_response()),
+                Then::Fail => Err(std::io::Error::other("connection refused")),
+                Then::Hang => std::future::pending().await,
+            }
+        })
+    }
+}
+
+fn erring(script: &[Then], layer: &CacheLayer<MemoryStore>) -> (Origin, Router) {
+    let origin = Origin::default();
+    let inner = ErringOrigin {
+        origin: origin.clone(),
+        script: Arc::new(script.to_vec()),
+        layer: layer.clone(),
+        waiters: BURST as u64 - 1,
+    };
+    (origin, erring_app(layer, inner))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_against_an_erring_origin_makes_one_call_and_so_does_the_next() {
+    let layer = CacheLayer::new(MemoryStore::new());
+    let (origin, app) = erring(&[Then::Fail, Then::Page], &layer);
+    let (addr, server) = serve(app).await;
+    let client = client();
+
+    let first = burst(&client, addr).await;
+    assert_eq!(origin.calls(), 1, "the error was shared, not retried by every waiter");
+    let leader: Vec<_> = first
+        .iter()
+        .filter(|s| s.status == StatusCode::INTERNAL_SERVER_ERROR)
+        .collect();
+    assert_eq!(leader.len(), 1, "the leader's client got its own error");
+    assert_eq!(leader[0].body, "leader: connection refused");
+    for seen in first.iter().filter(|s| s.status != StatusCode::INTERNAL_SERVER_ERROR) {
+        assert_eq!(seen.status, StatusCode::BAD_GATEWAY, "{seen:?}");
+        assert!(seen.cache_status().contains("collapsed"), "{}", seen.cache_status());
+    }
+    assert_eq!(layer.stats().failures_shared, BURST as u64 - 1);
+
+    // Healthy again: a new leader, one call, every request answered and the page stored.
+    let second = burst(&client, addr).await;
+    assert_eq!(origin.calls(), 2);
+    for seen in &second {
+        assert_eq!((seen.status, &seen.body[..]), (StatusCode::OK, PAGE.as_bytes()));
+    }
+    assert!(fetch(&client, addr, "GET", "/flaky", &[])
+        .await
+        .cache_status()
+        .contains("hit"));
+    server.abort();
+}
+
+/// A stale entry inside its stale-if-error window; the leader of the next burst fails as
+/// `then`: every request of the burst gets the stale entry, for one origin call.
+async fn stale_if_error_burst(then: Then, layer: CacheLayer<MemoryStore>) {
+    let (origin, app) = erring(&[Then::StalePage, then], &layer);
+    let (addr, server) = serve(app).await;
+    let client = client();
+    let first = fetch(&client, addr, "GET", "/flaky", &[]).await;
+    assert!(first.cache_status().contains("stored"), "{}", first.cache_status());
+
+    let seen = burst(&client, addr).await;
+    assert_eq!(origin.calls(), 2, "{then:?}: one call for the whole burst");
+    for seen in &seen {
+        assert_eq!(
+            (seen.status, &seen.body[..]),
+            (StatusCode::OK, PAGE.as_bytes()),
+            "{then:?}: {}",
+            seen.cache_status()
+        );
+        assert!(
+            seen.cache_status().contains("fwd=stale"),
+            "{then:?}: {}",
+            seen.cache_status()
+        );
+    }
+    let collapsed = seen.iter().filter(|s| s.cache_status().contains("collapsed")).count();
+    assert_eq!(
+        collapsed,
+        BURST - 1,
+        "{then:?}: the waiters got it from the leader's settlement"
+    );
+    assert_eq!(layer.stats().errors_absorbed, 1, "{then:?}");
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_share_the_stale_entry_when_the_leader_gets_a_5xx() {
+    stale_if_error_burst(Then::Unavailable, CacheLayer::new(MemoryStore::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_share_the_stale_entry_when_the_leader_gets_an_error() {
+    stale_if_error_burst(Then::Fail, CacheLayer::new(MemoryStore::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_share_the_stale_entry_when_the_leader_times_out() {
+    // Longer than the burst takes to gather behind the leader; the origin holds its answer
+    // until it has, then never answers.
+    let layer = CacheLayer::builder(MemoryStore::new())
+        .origin_timeout(Duration::from_secs(2))
+        .build();
+    stale_if_error_burst(Then::Hang, layer).await;
 }
 
 // --- 8. A hung origin call does not stall the key ---------------------------------------
@@ -526,6 +773,53 @@ async fn a_waiter_that_takes_over_counts_age_from_its_own_origin_call() {
         .await
         .cache_status()
         .contains("hit"));
+    server.abort();
+}
+
+/// The first call hangs until its client goes away; the next answers `max-age=60`.
+async fn slow_then_lasting(State(origin): State<Origin>) -> ([(&'static str, &'static str); 1], &'static str) {
+    if origin.enter() == 1 {
+        std::future::pending::<()>().await;
+    }
+    origin.leave();
+    ([("cache-control", "max-age=60")], PAGE)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_that_takes_over_is_judged_by_purges_since_its_arrival() {
+    let origin = Origin::default();
+    let layer = CacheLayer::new(MemoryStore::new());
+    let app = Router::new()
+        .route("/arrival", get(slow_then_lasting))
+        .with_state(origin.clone())
+        .layer(layer.clone());
+    let (addr, server) = serve(app).await;
+    let client = client();
+    let leader = {
+        let client = client.clone();
+        tokio::spawn(async move { fetch(&client, addr, "GET", "/arrival", &[]).await })
+    };
+    until("the leader", || origin.calls() == 1).await;
+    let waiter = {
+        let client = client.clone();
+        tokio::spawn(async move { fetch(&client, addr, "GET", "/arrival", &[]).await })
+    };
+    until("the waiter", || layer.stats().waiting == 1).await;
+    // After the waiter arrived, before it sends its own origin call: the purge may have been
+    // for a change the answer it will get does not show yet.
+    layer.store().purge_tags(["path:/arrival"]).await.unwrap();
+    leader.abort();
+    let waiter = waiter.await.unwrap();
+    assert_eq!(waiter.body, PAGE);
+    assert_eq!(origin.calls(), 2, "the waiter took over");
+    assert!(
+        !waiter.cache_status().contains("stored"),
+        "an answer to a request older than a purge was stored: {}",
+        waiter.cache_status()
+    );
+    let next = fetch(&client, addr, "GET", "/arrival", &[]).await;
+    assert!(!next.cache_status().contains("hit"), "{}", next.cache_status());
+    assert_eq!(origin.calls(), 3);
     server.abort();
 }
 

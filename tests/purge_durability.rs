@@ -304,3 +304,44 @@ async fn redis_purges_complete_after_the_client_leaves_even_when_scripts_reload(
     assert!(lost.left > N / 2, "most clients left mid-purge: {lost:?}");
     assert_eq!(store.completed(), store.started());
 }
+
+/// Sends `POST path` and waits for its response; returns the purges the store had started and
+/// completed when the response arrived.
+async fn post_and_stay<St>(addr: SocketAddr, path: &str, store: &Watched<St>) -> (usize, usize) {
+    let mut connection = Connection::open(addr).await;
+    let response = within(connection.sender.send_request(request(Method::POST, path)))
+        .await
+        .expect("answered");
+    let seen = (store.started(), store.completed());
+    assert!(response.status().is_success(), "{}", response.status());
+    connection.close().await;
+    seen
+}
+
+/// A client that stays gets the response to its mutation only once the purge it made has
+/// completed (the store's purge takes 200 ms): whatever it reads next is not the old page.
+async fn the_response_waits_for_the_purge(app: Router, books: &Books, store: &Watched<MemoryStore>, path: &str) {
+    let (addr, server) = serve(app).await;
+    read_book(addr, 3).await;
+    assert_eq!(read_book(addr, 3).await, (books.page(3), true), "stored");
+    let (started, completed) = post_and_stay(addr, path, store).await;
+    assert!(started >= 1, "the mutation purged");
+    assert_eq!(completed, started, "the response arrived before its purge completed");
+    assert_eq!(read_book(addr, 3).await, (books.page(3), false));
+    server.abort();
+}
+
+#[tokio::test]
+async fn invalidate_layer_answers_a_client_that_stays_once_its_purge_completed() {
+    let books = Books::new();
+    let store = Watched::new(MemoryStore::new(), Duration::from_millis(200));
+    the_response_waits_for_the_purge(stacked(&books, &store), &books, &store, &reviews(3)).await;
+}
+
+#[tokio::test]
+async fn rfc9111_target_answers_a_client_that_stays_once_its_purge_completed() {
+    let books = Books::new();
+    let store = Watched::new(MemoryStore::new(), Duration::from_millis(200));
+    let app = routes(&books).layer(CacheLayer::new(store.clone()));
+    the_response_waits_for_the_purge(app, &books, &store, "/books/3").await;
+}

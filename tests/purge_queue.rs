@@ -241,6 +241,94 @@ async fn a_degraded_queue_invalidates_unpurged_entries_too() {
     );
 }
 
+/// A shelf of pages sharing the tag `shelf`, one version for all; the first read of
+/// `/shelf/old` takes the version, then waits for the test's release.
+#[derive(Clone, Default)]
+struct Shelf {
+    version: Arc<AtomicU64>,
+    held: Arc<std::sync::atomic::AtomicBool>,
+    entered: Arc<tokio::sync::Notify>,
+    release: Arc<tokio::sync::Notify>,
+}
+
+async fn shelf_page(State(shelf): State<Shelf>, Path(name): Path<String>) -> (Extension<CacheTags>, String) {
+    let version = shelf.version.load(SeqCst);
+    if name == "old" && !shelf.held.swap(true, SeqCst) {
+        shelf.entered.notify_one();
+        tokio::time::timeout(Duration::from_secs(10), shelf.release.notified())
+            .await
+            .expect("released");
+    }
+    (Extension(CacheTags::new(["shelf"])), format!("v{version}"))
+}
+
+fn shelf_instance<St: Store>(shelf: &Shelf, store: St) -> Router {
+    Router::new()
+        .route("/shelf/{name}", get(shelf_page))
+        .with_state(shelf.clone())
+        .layer(CacheLayer::new(store))
+}
+
+/// A purge queued while A's link is cut is stamped with the instant it was requested: an
+/// entry whose request came before it, stored in Redis (by B) after it, is not served once
+/// it lands; one whose request came after it is (it is not judged by the landing instant).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_purge_judges_entries_stored_before_it_lands_by_its_request_instant() {
+    if !redis_server::available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let proxy = Proxy::start(([127, 0, 0, 1], server.port).into()).await;
+    let namespace = fresh_namespace();
+    let store_a = redis(proxy.url(), &namespace, 1 << 20).await;
+    let store_b = redis(server.url(), &namespace, 1 << 20).await;
+    let shelf = Shelf::default();
+    let (a, b) = (shelf_instance(&shelf, store_a.clone()), shelf_instance(&shelf, store_b));
+
+    // B's read of the old page has taken v0 from the origin before the purge is requested.
+    let old = {
+        let b = b.clone();
+        tokio::spawn(async move { send(&b, "GET", "/shelf/old").await })
+    };
+    tokio::time::timeout(Duration::from_secs(10), shelf.entered.notified())
+        .await
+        .expect("the read reached the origin");
+    proxy.black_hole();
+    shelf.version.store(1, SeqCst);
+    store_a.purge_tags(["shelf"]).await.expect("queued, not failed");
+    assert_eq!(store_a.stats().pending_purges, 1, "queued");
+    // Stored after the purge was requested, before it lands.
+    shelf.release.notify_one();
+    let (status, cache_status, version) = old.await.unwrap();
+    assert_eq!((status, version), (StatusCode::OK, Some(0)));
+    assert!(cache_status.contains("stored"), "{cache_status}");
+    // Requested after the purge: the new version, stored.
+    let (_, cache_status, version) = send(&b, "GET", "/shelf/new").await;
+    assert_eq!(version, Some(1));
+    assert!(cache_status.contains("stored"), "{cache_status}");
+    // Until it lands, B (which has not heard of it) serves the old page from Redis.
+    let (_, cache_status, version) = send(&b, "GET", "/shelf/old").await;
+    assert_eq!(version, Some(0));
+    assert!(cache_status.contains("; hit"), "{cache_status}");
+
+    proxy.heal();
+    until("the purge landed", Duration::from_secs(10), || {
+        store_a.stats().pending_purges == 0
+    })
+    .await;
+    for app in [&b, &a] {
+        let (_, cache_status, version) = send(app, "GET", "/shelf/old").await;
+        assert_eq!(version, Some(1), "an entry older than the purge served: {cache_status}");
+    }
+    let (_, cache_status, version) = send(&b, "GET", "/shelf/new").await;
+    assert_eq!(version, Some(1));
+    assert!(
+        cache_status.contains("; hit"),
+        "an entry newer than the purge's request was judged by its landing: {cache_status}"
+    );
+    eprintln!("queued purge judged by its request instant; {:?}", store_a.stats());
+}
+
 /// Two tiered instances on `url_a` and `url_b` (one namespace), their feeds live, every book
 /// read once on each.
 async fn warm_tiered_pair(

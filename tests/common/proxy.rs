@@ -1,6 +1,7 @@
 //! A loopback TCP proxy the tests put between a client and a server, and switch to
 //! black-hole a link (connections stay open, nothing is forwarded, as after a NAT device
-//! dropped the flow) and heal it again, or to delay what it forwards (a slow link).
+//! dropped the flow) or reset it (every connection closed with a TCP RST, as a restarted
+//! middlebox answers) and heal it again, or to delay what it forwards (a slow link).
 //!
 //! Include with `#[path = "common/proxy.rs"] mod proxy;`.
 
@@ -19,6 +20,8 @@ use tokio::sync::watch;
 enum Mode {
     Forward,
     BlackHole,
+    /// Open connections are reset and new ones reset on arrival.
+    Reset,
 }
 
 /// The proxy; it stops accepting when dropped.
@@ -27,7 +30,15 @@ pub struct Proxy {
     mode: watch::Sender<Mode>,
     /// Added to every forwarded chunk, in µs.
     delay: Arc<AtomicU64>,
+    /// What the faults did: chunks dropped, connections reset.
+    counts: Arc<Counts>,
     accept: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct Counts {
+    dropped: AtomicU64,
+    resets: AtomicU64,
 }
 
 impl Drop for Proxy {
@@ -45,10 +56,17 @@ impl Proxy {
         let modes = mode.clone();
         let delay = Arc::new(AtomicU64::new(0));
         let delays = delay.clone();
+        let counts = Arc::new(Counts::default());
+        let counted = counts.clone();
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let modes = modes.subscribe();
                 let delay = delays.clone();
+                let counts = counted.clone();
+                if *modes.borrow() == Mode::Reset {
+                    reset(&client, &counts);
+                    continue;
+                }
                 tokio::spawn(async move {
                     let Ok(Ok(server)) =
                         tokio::time::timeout(std::time::Duration::from_secs(2), TcpStream::connect(upstream)).await
@@ -66,8 +84,9 @@ impl Proxy {
                         modes.clone(),
                         dead.clone(),
                         delay.clone(),
+                        counts.clone(),
                     ));
-                    tokio::spawn(pump(server_read, client_write, modes, dead, delay));
+                    tokio::spawn(pump(server_read, client_write, modes, dead, delay, counts));
                 });
             }
         });
@@ -75,6 +94,7 @@ impl Proxy {
             addr,
             mode,
             delay,
+            counts,
             accept,
         }
     }
@@ -86,6 +106,23 @@ impl Proxy {
     /// Every connection, open or new, stops forwarding: bytes are read and dropped.
     pub fn black_hole(&self) {
         self.mode.send_replace(Mode::BlackHole);
+    }
+
+    /// Every connection, open or new, is closed with a TCP RST (both sides) until [`heal`].
+    ///
+    /// [`heal`]: Self::heal
+    pub fn reset(&self) {
+        self.mode.send_replace(Mode::Reset);
+    }
+
+    /// Chunks a black hole has dropped so far.
+    pub fn dropped(&self) -> u64 {
+        self.counts.dropped.load(SeqCst)
+    }
+
+    /// Sockets reset so far (each connection has two).
+    pub fn resets(&self) -> u64 {
+        self.counts.resets.load(SeqCst)
     }
 
     /// Forwards again. A connection that lost bytes is closed (as a NAT device answers a flow
@@ -101,14 +138,23 @@ impl Proxy {
     }
 }
 
+/// Makes the socket send a RST rather than a FIN once it is dropped.
+fn reset(socket: &TcpStream, counts: &Counts) {
+    if socket.set_zero_linger().is_ok() {
+        counts.resets.fetch_add(1, SeqCst);
+    }
+}
+
 /// Copies one direction, through a delay line. Once a connection has dropped bytes it never
-/// forwards again.
+/// forwards again. In `Reset` mode it resets the socket it reads from and ends (the other
+/// direction's pump resets the other socket).
 async fn pump(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
     mut mode: watch::Receiver<Mode>,
     dead: Arc<AtomicBool>,
     delay: Arc<AtomicU64>,
+    counts: Arc<Counts>,
 ) {
     let (line, mut arrivals) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
     // Ends once the reader below has ended and what it read has been written.
@@ -128,8 +174,14 @@ async fn pump(
                     Ok(0) | Err(_) => return,
                     Ok(n) => n,
                 };
-                if *mode.borrow() == Mode::BlackHole || dead.load(SeqCst) {
+                let current = *mode.borrow();
+                if current == Mode::Reset {
+                    reset(from.as_ref(), &counts);
+                    return;
+                }
+                if current == Mode::BlackHole || dead.load(SeqCst) {
                     dead.store(true, SeqCst);
+                    counts.dropped.fetch_add(1, SeqCst);
                     continue;
                 }
                 let due = tokio::time::Instant::now() + Duration::from_micros(delay.load(SeqCst));
@@ -139,6 +191,10 @@ async fn pump(
             }
             changed = mode.changed() => {
                 if changed.is_err() || (*mode.borrow() == Mode::Forward && dead.load(SeqCst)) {
+                    return;
+                }
+                if *mode.borrow() == Mode::Reset {
+                    reset(from.as_ref(), &counts);
                     return;
                 }
             }
