@@ -175,6 +175,18 @@ async fn conditional_requests_follow_rfc_9110_section_13() {
         StatusCode::OK,
         "a tag is not split at its comma"
     );
+    // A list sent as several field lines is the same list (RFC 9110 §5.3).
+    assert_eq!(
+        conditional(
+            "/t",
+            vec![
+                ("if-none-match", r#""other""#.to_string()),
+                ("if-none-match", r#""v1,2""#.to_string())
+            ]
+        )
+        .await,
+        StatusCode::NOT_MODIFIED
+    );
     // `*` matches any stored representation, one without an entity tag too (§13.1.2).
     assert_eq!(conditional("/t", inm("*")).await, StatusCode::NOT_MODIFIED);
     assert_eq!(conditional("/lm", inm("*")).await, StatusCode::NOT_MODIFIED);
@@ -452,6 +464,15 @@ async fn ranges_are_cut_from_a_stored_complete_response() {
     // A conditional that matches answers 304 before any range.
     let both = range(&[("range", "bytes=0-3"), ("if-none-match", "\"d1\"")]).await;
     assert_eq!(both.status(), StatusCode::NOT_MODIFIED);
+    // Range handling is defined for GET only (§14.2): a HEAD's Range is ignored.
+    let head = send(
+        &app,
+        common::request(http::Method::HEAD, "/digits", &[("range", "bytes=0-3")]),
+    )
+    .await;
+    assert_eq!(head.status(), StatusCode::OK, "{}", cache_status(&head));
+    assert!(head.headers().get("content-range").is_none());
+    assert!(cache_status(&head).contains("; hit"), "{}", cache_status(&head));
     assert_eq!(calls.load(SeqCst), 2, "every range after the fill came from the cache");
 }
 

@@ -313,7 +313,6 @@ async fn faults(server: &mut RedisServer, proxy: &Proxy, seed: u64) -> [usize; 4
         done[FAULTS.iter().position(|f| *f == fault).unwrap()] += 1;
         pause(400).await;
     }
-    assert!(done.iter().all(|&n| n > 0), "every kind of fault occurred: {done:?}");
     done
 }
 

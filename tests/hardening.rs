@@ -600,7 +600,7 @@ async fn waiters_share_the_stale_entry_when_the_leader_times_out() {
     // Longer than the burst takes to gather behind the leader; the origin holds its answer
     // until it has, then never answers.
     let layer = CacheLayer::builder(MemoryStore::new())
-        .origin_timeout(Duration::from_secs(2))
+        .origin_timeout(Duration::from_secs(3))
         .build();
     stale_if_error_burst(Then::Hang, layer).await;
 }

@@ -612,15 +612,22 @@ async fn tiered_stores_over_a_spread_namespace_stay_coherent() {
         assert!(filled.ends_with("stored"), "{filled}");
         let (_, shared, _) = exchange(&app_b, "GET", &path).await;
         assert!(shared.contains("; hit"), "shared through the cluster: {shared}");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !b.stats().coherent {
-            assert!(Instant::now() < deadline, "b's mirror never came back");
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        // b's memory tier answers alone while its mirror is live (a lapse under load sends
+        // the read to Redis: tried again).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(Instant::now() < deadline, "b's memory tier never answered alone");
+            if !b.stats().coherent {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+            let gets = get_calls(&masters);
+            let (_, local, _) = exchange(&app_b, "GET", &path).await;
+            assert!(local.contains("; hit"), "{local}");
+            if get_calls(&masters) == gets {
+                break;
+            }
         }
-        let gets = get_calls(&masters);
-        let (_, local, _) = exchange(&app_b, "GET", &path).await;
-        assert!(local.contains("; hit"), "{local}");
-        assert_eq!(get_calls(&masters), gets, "b's memory tier answered alone");
         let next = items.versions[id].fetch_add(1, SeqCst) + 1;
         a.purge_tags([format!("item:{id}")]).await.expect("purge");
         tokio::time::sleep(RedisStore::MIRROR_WINDOW).await;

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tower_response_cache::store::{RedisStore, TieredStore};
-use tower_response_cache::{CacheLayer, CacheTags, Invalidate, InvalidateLayer, MemoryStore};
+use tower_response_cache::{CacheLayer, CacheTags, Invalidate, InvalidateLayer, MemoryStore, Store};
 
 fn fresh_namespace() -> String {
     exchange::fresh_namespace("coherence")
@@ -356,4 +356,60 @@ async fn an_unverified_memory_tier_entry_only_stands_in_for_origin_errors() {
     assert_eq!(status, StatusCode::OK, "stale-if-error: {cache_status}");
     assert_eq!(version, Some(0));
     assert!(cache_status.contains("stale-if-error"), "{cache_status}");
+}
+
+/// Over a spread namespace a purge reaches other memory tiers only through their purge log
+/// mirrors: a copy the mirror knows purged stands in for nothing, even once the mirror and
+/// Redis are out of reach (it would otherwise be served on an origin error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_a_spread_namespace_a_copy_known_purged_never_stands_in_for_an_error() {
+    if !redis_server::available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let proxy = Proxy::start(([127, 0, 0, 1], server.port).into()).await;
+    let namespace = fresh_namespace();
+    let spread = |url: String| {
+        let namespace = namespace.clone();
+        async move {
+            let l2 = RedisStore::builder(url)
+                .namespace(namespace)
+                .clock_skew_margin(Duration::ZERO)
+                .spread_namespace(true)
+                .connect()
+                .await
+                .expect("connect");
+            TieredStore::new(MemoryStore::new(), l2)
+        }
+    };
+    let store_a = spread(server.url()).await;
+    let store_b = spread(proxy.url()).await;
+    until("mirrors live", Duration::from_secs(10), || {
+        store_a.stats().coherent && store_b.stats().coherent
+    })
+    .await;
+    let books = Books::default();
+    let app_b = instance(&books, store_b.clone());
+    assert_eq!(send(&app_b, "GET", "/books/0").await.2, Some(0));
+    assert_eq!(store_b.l1().stats().entries, 1);
+
+    let applied = store_b.stats().messages;
+    books.versions[0].store(1, SeqCst);
+    store_a.purge_tags(["book:0".to_owned()]).await.expect("purge");
+    until("B's mirror applied the purge", Duration::from_secs(5), || {
+        store_b.stats().messages > applied
+    })
+    .await;
+    proxy.black_hole();
+    until("B's mirror no longer live", Duration::from_secs(5), || {
+        !store_b.stats().coherent
+    })
+    .await;
+    books.failing.store(true, SeqCst);
+    let (status, cache_status, version) = send(&app_b, "GET", "/books/0").await;
+    assert_eq!(
+        (status, version),
+        (StatusCode::SERVICE_UNAVAILABLE, None),
+        "the purged copy was served: {cache_status}"
+    );
 }

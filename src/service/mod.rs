@@ -23,7 +23,7 @@ use crate::tags::detached;
 use crate::CacheBody;
 use call::OptedIn;
 use forward::{forward, gateway_timeout, invalidate_target, Attempt};
-use http::header::{AUTHORIZATION, CACHE_CONTROL, COOKIE, IF_MODIFIED_SINCE, IF_NONE_MATCH, RANGE};
+use http::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, COOKIE, IF_MODIFIED_SINCE, IF_NONE_MATCH, RANGE};
 use http::{request, Method, Request, Response};
 use http_body::Body;
 use lookup::{lookup, lookup_latest, lookup_now, Found, Lookout, Stale};
@@ -203,6 +203,22 @@ fn begin<St: Store, B: Body>(
     }
 }
 
+/// A list-valued field as one value: its field lines joined with commas (RFC 9110 §5.3).
+/// A single line is shared as it is.
+fn field_list(headers: &http::HeaderMap, name: &http::HeaderName) -> Option<HeaderValue> {
+    let mut lines = headers.get_all(name).iter();
+    let first = lines.next()?;
+    let Some(second) = lines.next() else {
+        return Some(first.clone());
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for line in std::iter::once(second).chain(lines) {
+        joined.extend_from_slice(b", ");
+        joined.extend_from_slice(line.as_bytes());
+    }
+    HeaderValue::from_bytes(&joined).ok()
+}
+
 /// The request as the lookup and the rest of the flow see it.
 fn lookout_for(
     config: &crate::layer::Config,
@@ -214,7 +230,7 @@ fn lookout_for(
     let identity: Option<Arc<str>> = config.identity(parts).map(Into::into);
     let mut primary = config.key.primary(parts);
     let mut conditional = (
-        parts.headers.get(IF_NONE_MATCH).cloned(),
+        field_list(&parts.headers, &IF_NONE_MATCH),
         parts.headers.get(IF_MODIFIED_SINCE).cloned(),
     );
     if let Some(call) = &call {
@@ -333,7 +349,8 @@ where
             other => other,
         };
     }
-    if parts.headers.contains_key(RANGE) {
+    // Range handling is defined for GET only (RFC 9110 §14.2): a HEAD's Range is ignored.
+    if parts.headers.contains_key(RANGE) && !lookout.head {
         // A range is cut from a fresh complete response; anything else goes to the origin
         // untouched, and its 206 is never stored.
         let Found::Fresh(entry) = found else {

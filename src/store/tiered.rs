@@ -52,7 +52,8 @@ pub struct TieredStoreStats {
     /// Whether the memory tier answers now: a heartbeat sent less than
     /// [`TieredStore::COHERENCE_WINDOW`] ago came back over the subscription.
     pub coherent: bool,
-    /// Times the subscription was (re)established; each emptied L1.
+    /// Times the subscription was (re)established; each emptied L1. (Over a spread
+    /// namespace: the mirror's resyncs, which raise its floor and empty nothing.)
     pub subscriptions: u64,
     /// Invalidation messages applied to L1.
     pub messages: u64,
@@ -221,10 +222,17 @@ impl Store for TieredStore {
                 Ok(other)
             }
             // Redis failed and the feed is not proven live: a purge made elsewhere may be
-            // unseen, so an L1 response may only stand in for an origin error.
+            // unseen, so an L1 response may only stand in for an origin error, and not even
+            // that if a purge this instance knows of (a spread namespace's mirror) forbids it.
             Err(error) => match local {
                 Lookup::Found(Entry::Response(response)) | Lookup::SoftPurged(response) => {
-                    Ok(Lookup::Unverified(response))
+                    match self.l2.judge_copy(&response) {
+                        Some(Lookup::Purged) => {
+                            self.l1.remove(key).await?;
+                            Ok(Lookup::Purged)
+                        }
+                        _ => Ok(Lookup::Unverified(response)),
+                    }
                 }
                 // Which headers select a variant; purges never reach these.
                 Lookup::Found(variants @ Entry::Variants(_)) => Ok(Lookup::Found(variants)),
