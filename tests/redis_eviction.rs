@@ -4,24 +4,26 @@
 //! Under `noeviction` and every `volatile-*` policy no purged entry is served, neither one
 //! stored before the purge nor a slow response whose request started before it and that is
 //! written after the pressure. Under `allkeys-lru` the store reports the policy as unsafe;
-//! what it then serves is printed, for contrast, not asserted.
+//! what it then serves is printed, for contrast, not asserted. Requests go over loopback HTTP.
 #![cfg(feature = "redis")]
 
 #[path = "../examples/support/redis_server.rs"]
 mod redis_server;
 
+#[path = "common/exchange.rs"]
+mod exchange;
+use exchange::Served;
+
 use axum::extract::{Path, State};
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Extension, Router};
 use futures_util::StreamExt;
-use http_body_util::BodyExt;
 use redis_server::RedisServer;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tower::ServiceExt;
 use tower_response_cache::store::{MaxmemoryPolicy, RedisStore};
 use tower_response_cache::{CacheLayer, CacheTags, Invalidate, InvalidateLayer};
 
@@ -77,23 +79,13 @@ async fn filler(Path(j): Path<usize>) -> (Extension<CacheTags>, String) {
     )
 }
 
-async fn send(app: &Router, method: &str, uri: String) -> (StatusCode, String) {
-    let req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .body(axum::body::Body::empty())
-        .unwrap();
-    let res = tokio::time::timeout(Duration::from_secs(30), app.clone().oneshot(req))
-        .await
-        .expect("bounded")
-        .unwrap();
-    let status = res.status();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8(body.to_vec()).unwrap())
+async fn send(app: &Served, method: &str, uri: String) -> (StatusCode, String) {
+    let (status, _, body) = app.exchange_within(method, &uri, Duration::from_secs(30)).await;
+    (status, body)
 }
 
 /// Sends `uris` with 16 in flight; returns the answers in order.
-async fn send_all(app: &Router, method: &'static str, uris: Vec<String>) -> Vec<(StatusCode, String)> {
+async fn send_all(app: &Served, method: &'static str, uris: Vec<String>) -> Vec<(StatusCode, String)> {
     futures_util::stream::iter(uris)
         .map(|uri| send(app, method, uri))
         .buffered(16)
@@ -146,13 +138,15 @@ async fn scenario(policy: &str, expected: MaxmemoryPolicy) -> Option<Outcome> {
         waiting: Arc::new(AtomicUsize::new(0)),
         gate,
     };
-    let app = Router::new()
-        .route("/items/{i}", get(item).post(update_item))
-        .route("/slow/{i}", get(slow).post(update_slow))
-        .route("/filler/{j}", get(filler))
-        .with_state(catalogue.clone())
-        .layer(InvalidateLayer::new(store.clone()))
-        .layer(CacheLayer::new(store.clone()));
+    let app = exchange::serve(
+        Router::new()
+            .route("/items/{i}", get(item).post(update_item))
+            .route("/slow/{i}", get(slow).post(update_slow))
+            .route("/filler/{j}", get(filler))
+            .with_state(catalogue.clone())
+            .layer(InvalidateLayer::new(store.clone()))
+            .layer(CacheLayer::new(store.clone())),
+    );
 
     // Fill.
     send_all(&app, "GET", (0..ITEMS).map(|i| format!("/items/{i}")).collect()).await;
@@ -281,17 +275,13 @@ async fn a_redis_that_refuses_config_get_is_used_all_the_same() {
         .expect("connect despite CONFIG GET refused");
     assert_eq!(store.stats().maxmemory_policy, MaxmemoryPolicy::Unknown);
     assert!(!store.stats().stamps_evictable);
-    let app = Router::new()
-        .route("/x", get(|| async { "x" }))
-        .layer(CacheLayer::new(store.clone()));
+    let app = exchange::serve(
+        Router::new()
+            .route("/x", get(|| async { "x" }))
+            .layer(CacheLayer::new(store.clone())),
+    );
     send(&app, "GET", "/x".into()).await;
-    let res = app
-        .clone()
-        .oneshot(Request::get("/x").body(axum::body::Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let status = res.headers()["cache-status"].to_str().unwrap().to_string();
-    assert!(status.contains("; hit"), "{status}");
+    exchange::until_hit(&app, "/x").await;
 }
 
 #[tokio::test]
