@@ -306,3 +306,46 @@ async fn the_policy_is_read_once_redis_answers() {
     assert_eq!(store.stats().maxmemory_policy, MaxmemoryPolicy::AllKeysLfu);
     assert!(store.stats().stamps_evictable);
 }
+
+/// Counts the crate's error-level events on the thread it is the default subscriber of.
+struct ErrorEvents(Arc<AtomicUsize>);
+
+impl tracing::Subscriber for ErrorEvents {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let meta = event.metadata();
+        if *meta.level() == tracing::Level::ERROR && meta.target().starts_with("tower_response_cache") {
+            self.0.fetch_add(1, SeqCst);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// An `allkeys-*` policy is logged at error level when the store connects; a `volatile-*`
+/// one is not.
+#[tokio::test]
+async fn an_unsafe_policy_is_logged_at_error_level_on_connect() {
+    if !redis_server::available() {
+        return;
+    }
+    for (policy, errors) in [("allkeys-lru", 1), ("volatile-lru", 0)] {
+        let count = Arc::new(AtomicUsize::new(0));
+        let _default = tracing::subscriber::set_default(ErrorEvents(count.clone()));
+        let server = RedisServer::start_with(&["--maxmemory-policy", policy]);
+        let store = RedisStore::builder(server.url())
+            .namespace("logged")
+            .connect()
+            .await
+            .expect("connect");
+        assert_eq!(store.stats().stamps_evictable, errors == 1, "{policy}");
+        assert_eq!(count.load(SeqCst), errors, "error-level events under {policy}");
+    }
+}
