@@ -398,6 +398,20 @@ async fn burst(client: &Client<HttpConnector, Empty<Bytes>>, addr: SocketAddr) -
     seen
 }
 
+/// A burst after a failed one, the origin healthy: one new call (the second), every request
+/// answered with the page, which is then stored.
+async fn healthy_burst(client: &Client<HttpConnector, Empty<Bytes>>, addr: SocketAddr, origin: &Origin) {
+    let second = burst(client, addr).await;
+    assert_eq!(origin.calls(), 2);
+    for seen in &second {
+        assert_eq!((seen.status, &seen.body[..]), (StatusCode::OK, PAGE.as_bytes()));
+    }
+    assert!(fetch(client, addr, "GET", "/flaky", &[])
+        .await
+        .cache_status()
+        .contains("hit"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_against_a_failing_origin_makes_one_call_and_so_does_the_next() {
     let origin = Origin::default();
@@ -421,15 +435,7 @@ async fn a_burst_against_a_failing_origin_makes_one_call_and_so_does_the_next() 
     assert_eq!(layer.stats().failures_shared, BURST as u64 - 1);
 
     // The origin is healthy again: the key was not marked uncacheable, so one call again.
-    let second = burst(&client, addr).await;
-    assert_eq!(origin.calls(), 2);
-    for seen in &second {
-        assert_eq!((seen.status, &seen.body[..]), (StatusCode::OK, PAGE.as_bytes()));
-    }
-    assert!(fetch(&client, addr, "GET", "/flaky", &[])
-        .await
-        .cache_status()
-        .contains("hit"));
+    healthy_burst(&client, addr, &origin).await;
     server.abort();
 }
 
@@ -539,15 +545,7 @@ async fn a_burst_against_an_erring_origin_makes_one_call_and_so_does_the_next() 
     assert_eq!(layer.stats().failures_shared, BURST as u64 - 1);
 
     // Healthy again: a new leader, one call, every request answered and the page stored.
-    let second = burst(&client, addr).await;
-    assert_eq!(origin.calls(), 2);
-    for seen in &second {
-        assert_eq!((seen.status, &seen.body[..]), (StatusCode::OK, PAGE.as_bytes()));
-    }
-    assert!(fetch(&client, addr, "GET", "/flaky", &[])
-        .await
-        .cache_status()
-        .contains("hit"));
+    healthy_burst(&client, addr, &origin).await;
     server.abort();
 }
 
