@@ -281,7 +281,8 @@ async fn a_redis_that_refuses_config_get_is_used_all_the_same() {
             .layer(CacheLayer::new(store.clone())),
     );
     send(&app, "GET", "/x".into()).await;
-    exchange::until_hit(&app, "/x").await;
+    let (_, status, _) = exchange::exchange(&app, "GET", "/x").await;
+    assert!(status.contains("; hit"), "{status}");
 }
 
 #[tokio::test]

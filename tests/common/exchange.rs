@@ -59,20 +59,6 @@ impl Exchange for Router {
     }
 }
 
-/// Sends `GET uri` until it is a hit (failing the test past 5 s); returns its `Cache-Status`
-/// and body. Over HTTP the client can have the whole body before the layer has stored it.
-pub async fn until_hit(app: &impl Exchange, uri: &str) -> (String, String) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let (_, cache_status, body) = app.exchange("GET", uri).await;
-        if cache_status.contains("; hit") {
-            return (cache_status, body);
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never a hit: {cache_status}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 /// A `Router` served by `axum::serve` on a free loopback port, and a hyper client for it;
 /// the server stops when the last clone drops.
 #[derive(Clone)]
@@ -115,9 +101,12 @@ impl Exchange for Served {
 impl Served {
     /// [`exchange`], failing the test past `within`.
     pub async fn exchange_within(&self, method: &str, uri: &str, within: Duration) -> (StatusCode, String, String) {
+        // One host for every instance, as behind a load balancer: the cache keys by it, so
+        // instances on different ports share their entries through the store.
         let req = Request::builder()
             .method(method)
             .uri(format!("http://{}{uri}", self.addr))
+            .header(http::header::HOST, "app.test")
             .body(Empty::new())
             .unwrap();
         let exchange = async {
