@@ -731,94 +731,100 @@ async fn hangs_after_first(State(origin): State<Origin>) -> ([(&'static str, &'s
 
 // --- 9. Waiting is not counted as age ----------------------------------------------------
 
-/// The first call hangs until its client goes away; the next answers `max-age=1`.
-async fn slow_then_fresh(State(origin): State<Origin>) -> ([(&'static str, &'static str); 1], &'static str) {
+/// The first call hangs until its client goes away; the next answers with the route's
+/// `Cache-Control`.
+async fn hangs_until_abandoned(
+    State((origin, cache_control)): State<(Origin, &'static str)>,
+) -> ([(&'static str, &'static str); 1], &'static str) {
     if origin.enter() == 1 {
         std::future::pending::<()>().await;
     }
     origin.leave();
-    ([("cache-control", "max-age=1")], PAGE)
+    ([("cache-control", cache_control)], PAGE)
+}
+
+/// A leader whose call hangs and a waiter behind it on `path`, both over loopback.
+struct Takeover {
+    origin: Origin,
+    layer: CacheLayer<MemoryStore>,
+    client: Client<HttpConnector, Empty<Bytes>>,
+    addr: SocketAddr,
+    server: JoinHandle<()>,
+    leader: JoinHandle<Seen>,
+    waiter: JoinHandle<Seen>,
+}
+
+impl Takeover {
+    /// Returns once the waiter waits on the hung leader.
+    async fn start(path: &'static str, cache_control: &'static str) -> Takeover {
+        let origin = Origin::default();
+        let layer = CacheLayer::new(MemoryStore::new());
+        let app = Router::new()
+            .route(path, get(hangs_until_abandoned))
+            .with_state((origin.clone(), cache_control))
+            .layer(layer.clone());
+        let (addr, server) = serve(app).await;
+        let client = client();
+        let spawn = |client: &Client<HttpConnector, Empty<Bytes>>| {
+            let client = client.clone();
+            tokio::spawn(async move { fetch(&client, addr, "GET", path, &[]).await })
+        };
+        let leader = spawn(&client);
+        until("the leader", || origin.calls() == 1).await;
+        let waiter = spawn(&client);
+        until("the waiter", || layer.stats().waiting == 1).await;
+        Takeover {
+            origin,
+            layer,
+            client,
+            addr,
+            server,
+            leader,
+            waiter,
+        }
+    }
+
+    /// The leader's client leaves: the waiter takes over. Returns what it got.
+    async fn abandon_leader(&mut self) -> Seen {
+        self.leader.abort();
+        (&mut self.waiter).await.unwrap()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_that_takes_over_counts_age_from_its_own_origin_call() {
-    let origin = Origin::default();
-    let layer = CacheLayer::new(MemoryStore::new());
-    let app = Router::new()
-        .route("/slow", get(slow_then_fresh))
-        .with_state(origin.clone())
-        .layer(layer.clone());
-    let (addr, server) = serve(app).await;
-    let client = client();
-    let leader = {
-        let client = client.clone();
-        tokio::spawn(async move { fetch(&client, addr, "GET", "/slow", &[]).await })
-    };
-    until("the leader", || origin.calls() == 1).await;
-    let waiter = {
-        let client = client.clone();
-        tokio::spawn(async move { fetch(&client, addr, "GET", "/slow", &[]).await })
-    };
-    until("the waiter", || layer.stats().waiting == 1).await;
+    let mut t = Takeover::start("/slow", "max-age=1").await;
     // Waiting longer than the answer's max-age...
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    // ...then the leader's client leaves: the waiter takes over and gets a fresh answer.
-    leader.abort();
-    let waiter = waiter.await.unwrap();
+    // ...then the waiter takes over and gets a fresh answer.
+    let waiter = t.abandon_leader().await;
     assert_eq!(waiter.body, PAGE);
     assert!(waiter.cache_status().contains("stored"), "{}", waiter.cache_status());
-    assert!(fetch(&client, addr, "GET", "/slow", &[])
+    assert!(fetch(&t.client, t.addr, "GET", "/slow", &[])
         .await
         .cache_status()
         .contains("hit"));
-    server.abort();
-}
-
-/// The first call hangs until its client goes away; the next answers `max-age=60`.
-async fn slow_then_lasting(State(origin): State<Origin>) -> ([(&'static str, &'static str); 1], &'static str) {
-    if origin.enter() == 1 {
-        std::future::pending::<()>().await;
-    }
-    origin.leave();
-    ([("cache-control", "max-age=60")], PAGE)
+    t.server.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_that_takes_over_is_judged_by_purges_since_its_arrival() {
-    let origin = Origin::default();
-    let layer = CacheLayer::new(MemoryStore::new());
-    let app = Router::new()
-        .route("/arrival", get(slow_then_lasting))
-        .with_state(origin.clone())
-        .layer(layer.clone());
-    let (addr, server) = serve(app).await;
-    let client = client();
-    let leader = {
-        let client = client.clone();
-        tokio::spawn(async move { fetch(&client, addr, "GET", "/arrival", &[]).await })
-    };
-    until("the leader", || origin.calls() == 1).await;
-    let waiter = {
-        let client = client.clone();
-        tokio::spawn(async move { fetch(&client, addr, "GET", "/arrival", &[]).await })
-    };
-    until("the waiter", || layer.stats().waiting == 1).await;
+    let mut t = Takeover::start("/arrival", "max-age=60").await;
     // After the waiter arrived, before it sends its own origin call: the purge may have been
     // for a change the answer it will get does not show yet.
-    layer.store().purge_tags(["path:/arrival"]).await.unwrap();
-    leader.abort();
-    let waiter = waiter.await.unwrap();
+    t.layer.store().purge_tags(["path:/arrival"]).await.unwrap();
+    let waiter = t.abandon_leader().await;
     assert_eq!(waiter.body, PAGE);
-    assert_eq!(origin.calls(), 2, "the waiter took over");
+    assert_eq!(t.origin.calls(), 2, "the waiter took over");
     assert!(
         !waiter.cache_status().contains("stored"),
         "an answer to a request older than a purge was stored: {}",
         waiter.cache_status()
     );
-    let next = fetch(&client, addr, "GET", "/arrival", &[]).await;
+    let next = fetch(&t.client, t.addr, "GET", "/arrival", &[]).await;
     assert!(!next.cache_status().contains("hit"), "{}", next.cache_status());
-    assert_eq!(origin.calls(), 3);
-    server.abort();
+    assert_eq!(t.origin.calls(), 3);
+    t.server.abort();
 }
 
 // --- 12. Per-user pages are not served one after another --------------------------------
