@@ -767,3 +767,132 @@ async fn mirror_live(store: &RedisStore) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// A tiered store over a cluster namespace that is not spread: purges and heartbeats go over
+/// sharded pub/sub on the node owning the namespace's slot.
+async fn sharded_tiered(urls: &[String], namespace: &str) -> TieredStore {
+    let l2 = RedisStore::cluster_builder(urls.to_vec())
+        .namespace(namespace)
+        .clock_skew_margin(Duration::ZERO)
+        .connect()
+        .await
+        .expect("connect to the cluster");
+    TieredStore::new(MemoryStore::new(), l2)
+}
+
+async fn wait_coherent(stores: &[&TieredStore], within: Duration) {
+    let deadline = Instant::now() + within;
+    while !stores.iter().all(|s| s.stats().coherent) {
+        assert!(Instant::now() < deadline, "the feeds never came up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Fills `path` through `a`, then reads it through `b` until `b`'s memory tier answers alone
+/// (no `GET` on any master).
+async fn hit_from_b_memory(app_a: &Router, app_b: &Router, b: &TieredStore, masters: &[u16], path: &str) {
+    exchange(app_a, "GET", path).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(Instant::now() < deadline, "b's memory tier never answered alone");
+        if !b.stats().coherent {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        }
+        let gets = get_calls(masters);
+        let (_, status, _) = exchange(app_b, "GET", path).await;
+        assert!(status.contains("; hit"), "{status}");
+        if get_calls(masters) == gets {
+            return;
+        }
+    }
+}
+
+/// Purges reach the other instance's memory tier by the time the purge returns, and the
+/// cluster broadcasts nothing: no `PUBLISH` on any master, and `SPUBLISH` only on the master
+/// that owns the namespace's slot. Fails when purges are published with `PUBLISH`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiered_stores_over_a_cluster_namespace_use_sharded_pubsub() {
+    if !redis_server::available() {
+        return;
+    }
+    let cluster = TestCluster::start(3, 0);
+    let namespace = fresh_namespace("sharded");
+    let items = Items::new(4);
+    let a = sharded_tiered(&cluster.urls(), &namespace).await;
+    let b = sharded_tiered(&cluster.urls(), &namespace).await;
+    let (app_a, app_b) = (instance(&items, a.clone()), instance(&items, b.clone()));
+    wait_coherent(&[&a, &b], Duration::from_secs(10)).await;
+    let masters = cluster.masters();
+    for &port in &masters {
+        redis_server::cli(port, &["config", "resetstat"]);
+    }
+    for id in 0..4 {
+        let path = format!("/items/{id}");
+        hit_from_b_memory(&app_a, &app_b, &b, &masters, &path).await;
+        let next = items.versions[id].fetch_add(1, SeqCst) + 1;
+        a.purge_tags([format!("item:{id}")]).await.expect("purge");
+        // No wait: a tiered purge returns once the other memory tiers have applied it.
+        let (_, _, body) = exchange(&app_b, "GET", &path).await;
+        assert_eq!(version(&body), next, "the other memory tier honours the purge at once");
+    }
+    let owner = cluster.master_of(&format!("{{{namespace}}}:purge"));
+    let calls = request_calls(&masters);
+    let published: Vec<_> = calls.iter().filter(|(_, c, _)| c == "publish").collect();
+    assert!(published.is_empty(), "nothing broadcast: {published:?}");
+    let sharded: Vec<_> = calls.iter().filter(|(_, c, _)| c == "spublish").collect();
+    assert!(
+        !sharded.is_empty() && sharded.iter().all(|(port, _, _)| *port == owner),
+        "published on the slot's master ({owner}) alone: {sharded:?}"
+    );
+    assert!(b.stats().messages >= 4, "b heard the purges: {:?}", b.stats());
+}
+
+/// The master owning the namespace's slot dies: the memory tiers stop answering until their
+/// sharded subscriptions are up again on the promoted replica, then purges reach them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharded_subscription_follows_a_failover() {
+    if !redis_server::available() {
+        return;
+    }
+    let mut cluster = TestCluster::start(3, 1);
+    let namespace = fresh_namespace("sharded-failover");
+    let items = Items::new(2);
+    let a = sharded_tiered(&cluster.urls(), &namespace).await;
+    let b = sharded_tiered(&cluster.urls(), &namespace).await;
+    let (app_a, app_b) = (instance(&items, a.clone()), instance(&items, b.clone()));
+    wait_coherent(&[&a, &b], Duration::from_secs(10)).await;
+    let subscriptions = b.stats().subscriptions;
+    let victim = cluster.master_of(&format!("{{{namespace}}}:purge"));
+    cluster.kill(victim);
+    // Within the coherence window the tier stops answering (its heartbeats stop).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while b.stats().coherent {
+        assert!(
+            Instant::now() < deadline,
+            "b's tier kept answering with its slot's master dead"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cluster = tokio::task::spawn_blocking(move || {
+        cluster.wait("a replica promoted in place of the killed master", |c| {
+            c.masters().len() == 3
+        });
+        cluster
+    })
+    .await
+    .expect("the failover wait ended");
+    wait_coherent(&[&a, &b], Duration::from_secs(30)).await;
+    assert!(
+        b.stats().subscriptions > subscriptions,
+        "b subscribed again: {:?}",
+        b.stats()
+    );
+    let masters = cluster.masters();
+    hit_from_b_memory(&app_a, &app_b, &b, &masters, "/items/1").await;
+    let next = items.versions[1].fetch_add(1, SeqCst) + 1;
+    a.purge_tags(["item:1".to_owned()]).await.expect("purge");
+    let (_, _, body) = exchange(&app_b, "GET", "/items/1").await;
+    assert_eq!(version(&body), next, "purges reach the memory tier after the failover");
+    drop(cluster);
+}

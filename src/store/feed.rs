@@ -9,6 +9,10 @@
 //! but silent) stops it answering within that window. A subscription silent for [`SILENCE`]
 //! is replaced; a new one empties the tier's entries, since messages may have been missed.
 //!
+//! On a Redis Cluster, purges and heartbeats go over sharded pub/sub (`SPUBLISH`) by default,
+//! both on the node that owns the namespace's slot, so the same order holds and the cluster
+//! forwards nothing to its other nodes.
+//!
 //! Over a spread namespace there is no subscription and nothing is published: the purge
 //! log's mirror, which judges every read of the namespace, judges the memory tier's copies
 //! too, and its fence (a read of the log found caught up) is the proof of liveness.
@@ -104,13 +108,11 @@ impl Feed {
         }
         let beat_channel = format!("{}:hb:{}", l2.channel(), instance_id());
         let beat_now = Arc::new(Notify::new());
-        let subscription = tokio::spawn(subscribe(
-            l1,
-            l2.clone(),
-            Arc::downgrade(&feed),
-            beat_channel.clone(),
-            beat_now.clone(),
-        ));
+        let (weak, channel, now) = (Arc::downgrade(&feed), beat_channel.clone(), beat_now.clone());
+        let subscription = match l2.sharded_nodes() {
+            Some(_) => tokio::spawn(subscribe_sharded(l1, l2.clone(), weak, channel, now)),
+            None => tokio::spawn(subscribe(l1, l2.clone(), weak, channel, now)),
+        };
         let heartbeats = tokio::spawn(heartbeats(l2, Arc::downgrade(&feed), beat_channel, beat_now));
         let _ = feed.tasks.set([subscription, heartbeats]);
         feed
@@ -171,6 +173,17 @@ impl Feed {
         self.subscribed_at.store(u64::MAX, SeqCst);
     }
 
+    /// A subscription came up: messages may have been missed while there was none, so the
+    /// tier's entries go (its stamps stay). Entries refilled from now on were judged by Redis
+    /// after the subscription began, so later purges reach them.
+    fn came_up(&self, l1: &MemoryStore) {
+        l1.clear();
+        self.subscribed_at
+            .store(super::purge_queue::micros(request_clock()), SeqCst);
+        self.subscriptions.fetch_add(1, SeqCst);
+        self.epoch.fetch_add(1, SeqCst);
+    }
+
     /// One of this store's heartbeats came back.
     fn heartbeat(&self, payload: &[u8]) {
         let sent = std::str::from_utf8(payload).ok().and_then(|s| s.parse::<u64>().ok());
@@ -214,17 +227,9 @@ async fn subscribe(l1: MemoryStore, l2: RedisStore, feed: Weak<Feed>, beat_chann
         };
         if let Ok(Ok(pubsub)) = tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
             backoff = RECONNECT_MIN;
-            // Messages may have been missed while unsubscribed: drop the tier's entries (its
-            // stamps stay). Entries refilled from now on were judged by Redis after this
-            // subscription began, so later purges reach them.
-            l1.clear();
-            {
-                let Some(state) = feed.upgrade() else { return };
-                state
-                    .subscribed_at
-                    .store(super::purge_queue::micros(request_clock()), SeqCst);
-                state.subscriptions.fetch_add(1, SeqCst);
-                state.epoch.fetch_add(1, SeqCst);
+            match feed.upgrade() {
+                Some(state) => state.came_up(&l1),
+                None => return,
             }
             beat_now.notify_one();
             let mut messages = pubsub.into_on_message();
@@ -248,6 +253,100 @@ async fn subscribe(l1: MemoryStore, l2: RedisStore, feed: Weak<Feed>, beat_chann
                     state.messages.fetch_add(1, SeqCst);
                 }
             }
+        }
+        let Some(state) = feed.upgrade() else { return };
+        state.lost();
+        drop(state);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(RECONNECT_MAX);
+    }
+}
+
+/// [`subscribe`] over sharded pub/sub on a cluster: a cluster connection subscribes on the
+/// node that owns the namespace's slot (where purges and heartbeats are published with
+/// `SPUBLISH`) and follows the slot through failovers, telling of every disconnection and
+/// resubscription. The tier is trusted only once both channels are subscribed again.
+async fn subscribe_sharded(
+    l1: MemoryStore,
+    l2: RedisStore,
+    feed: Weak<Feed>,
+    beat_channel: String,
+    beat_now: Arc<Notify>,
+) {
+    use ::redis::{PushKind, Value};
+    let mut backoff = RECONNECT_MIN;
+    let bytes = |value: Option<&Value>| match value {
+        Some(Value::BulkString(bytes)) => Some(bytes.clone()),
+        _ => None,
+    };
+    loop {
+        let (sender, mut pushes) = tokio::sync::mpsc::unbounded_channel();
+        let connect = async {
+            let nodes = l2.sharded_nodes().unwrap_or_default().to_vec();
+            let client = ::redis::cluster::ClusterClient::builder(nodes)
+                .use_protocol(::redis::ProtocolVersion::RESP3)
+                .push_sender(sender)
+                .connection_timeout(CONNECT_TIMEOUT)
+                .response_timeout(CONNECT_TIMEOUT)
+                .build()?;
+            let mut connection = client.get_async_connection().await?;
+            connection.ssubscribe(&[l2.channel(), beat_channel.as_str()]).await?;
+            Ok::<_, ::redis::RedisError>(connection)
+        };
+        if let Ok(Ok(connection)) = tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+            backoff = RECONNECT_MIN;
+            // Which of the purge and heartbeat channels are subscribed in this subscription.
+            let mut subscribed = [false; 2];
+            loop {
+                let push = match tokio::time::timeout(SILENCE, pushes.recv()).await {
+                    Ok(Some(push)) => push,
+                    Ok(None) => break,
+                    Err(_) => {
+                        if let Some(state) = feed.upgrade() {
+                            state.stalls.fetch_add(1, SeqCst);
+                        }
+                        tracing::warn!("Redis invalidation feed silent: resubscribing");
+                        break;
+                    }
+                };
+                let Some(state) = feed.upgrade() else { return };
+                let channel = bytes(push.data.first());
+                let purges = channel.as_deref() == Some(l2.channel().as_bytes());
+                let beats = channel.as_deref() == Some(beat_channel.as_bytes());
+                match push.kind {
+                    PushKind::SSubscribe if purges || beats => {
+                        // A resubscription: messages may have been missed before it.
+                        state.lost();
+                        if subscribed == [true, true] {
+                            subscribed = [false, false];
+                        }
+                        subscribed[usize::from(beats)] = true;
+                        if subscribed == [true, true] {
+                            state.came_up(&l1);
+                            beat_now.notify_one();
+                        }
+                    }
+                    PushKind::SMessage if purges => {
+                        if let Some(payload) = bytes(push.data.get(1)) {
+                            apply(&l1, l2.skew_margin(), &payload);
+                            state.messages.fetch_add(1, SeqCst);
+                        }
+                    }
+                    PushKind::SMessage if beats && subscribed == [true, true] => {
+                        if let Some(payload) = bytes(push.data.get(1)) {
+                            state.heartbeat(&payload);
+                        }
+                    }
+                    // The link broke, or the slot moved away from the node: until both
+                    // channels are subscribed again, the tier does not answer.
+                    PushKind::Disconnection | PushKind::SUnsubscribe => {
+                        state.lost();
+                        subscribed = [false, false];
+                    }
+                    _ => {}
+                }
+            }
+            drop(connection);
         }
         let Some(state) = feed.upgrade() else { return };
         state.lost();

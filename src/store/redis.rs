@@ -59,7 +59,7 @@ use crate::CacheKey;
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster_async::ClusterConnection;
 use ::redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-use ::redis::{Cmd, Pipeline, RedisFuture, Script, Value};
+use ::redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Script, Value};
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
@@ -223,8 +223,9 @@ return 1
 ///
 /// `KEYS[1]` filter state, `KEYS[2]` scratch key; `ARGV[1]` `h` or `s`, `ARGV[2]` clock-skew
 /// margin (µs), `ARGV[3]` record key prefix, `ARGV[4]` filter sketch key prefix, `ARGV[5]`
-/// channel, `ARGV[6]` cells per sketch, `ARGV[7]` interval per sketch (µs), `ARGV[8..]`
-/// tags. Returns the stamp.
+/// channel, `ARGV[6]` cells per sketch, `ARGV[7]` interval per sketch (µs), `ARGV[8]` the
+/// publishing command (`PUBLISH`, or `SPUBLISH` on a cluster), `ARGV[9..]` tags. Returns
+/// how many subscribers heard it.
 ///
 /// A purge must land even when Redis is out of memory under `noeviction`. Redis checks a
 /// script's memory only until its first write, so the first write is a `DEL` of a key that
@@ -300,7 +301,7 @@ end
 if forgot > (meta.forgot or 0) then redis.call('HSET', KEYS[1], 'forgot', string.format('%.0f', forgot)) end
 local value = stamp - interval * meta.width + 1
 local message = ARGV[1]
-for i = 8, #ARGV do
+for i = 9, #ARGV do
   local digest = redis.sha1hex(ARGV[i])
   local record = ARGV[3] .. digest
   local r = redis.call('HMGET', record, 'c', ARGV[1])
@@ -321,7 +322,7 @@ for i = 8, #ARGV do
   message = message .. '\n' .. ARGV[i]
 end
 -- How many subscribers heard it: a tiered store waits for the others' memory tiers.
-local receivers = redis.call('PUBLISH', ARGV[5], message)
+local receivers = redis.call(ARGV[8], ARGV[5], message)
 return receivers
 "
     ))
@@ -342,7 +343,7 @@ return 1
 /// Raises the floor: every entry whose request started before now is invalid.
 ///
 /// `KEYS[1]` purge-all floor, `KEYS[2]` scratch key; `ARGV[1]` clock-skew margin (µs),
-/// `ARGV[2]` channel. Its first write is a `DEL` of the scratch key, as in [`PURGE`].
+/// `ARGV[2]` channel, `ARGV[3]` the publishing command (as in [`PURGE`]). Its first write is a `DEL` of the scratch key, as in [`PURGE`].
 static PURGE_ALL: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -352,7 +353,7 @@ local t = redis.call('TIME')
 local stamp = tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(ARGV[1])
 local old = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
 if stamp > old then redis.call('SET', KEYS[1], string.format('%.0f', stamp)) end
-return redis.call('PUBLISH', ARGV[2], '*')
+return redis.call(ARGV[3], ARGV[2], '*')
 ",
     )
 });
@@ -467,6 +468,8 @@ struct Inner {
     stamps_evictable: AtomicBool,
     /// A spread namespace's purge log and its mirror (see [`purge_log`]).
     spread: Option<Spread>,
+    /// On a cluster with sharded pub/sub: the nodes a sharded subscription starts from.
+    sharded: Option<Vec<::redis::ConnectionInfo>>,
     /// Reads of a spread namespace answered while its mirror was not proven live.
     unverified: AtomicU64,
 }
@@ -678,6 +681,7 @@ pub struct RedisStoreBuilder {
     purge_filter_bytes: usize,
     spread: bool,
     purge_log_max_len: u64,
+    sharded_pubsub: bool,
 }
 
 /// What a builder connects to.
@@ -812,7 +816,7 @@ impl RedisStore {
     /// timeout but outside the breaker (a heartbeat must test the link, not be refused).
     pub(crate) async fn publish(&self, channel: &str, payload: &[u8]) -> bool {
         let mut conn = self.inner.connection.clone();
-        let mut command = ::redis::cmd("PUBLISH");
+        let mut command = ::redis::cmd(self.publish_command());
         command.arg(channel).arg(payload);
         let publish = command.query_async::<i64>(&mut conn);
         matches!(tokio::time::timeout(self.inner.op_timeout, publish).await, Ok(Ok(_)))
@@ -921,6 +925,7 @@ impl RedisStore {
             inner.scratch_key.clone(),
             inner.channel.clone(),
         );
+        let publish = self.publish_command();
         match kind {
             PendingKind::Tags { tags, mode } => {
                 let mode = match mode {
@@ -941,7 +946,8 @@ impl RedisStore {
                             .arg(sketches)
                             .arg(channel)
                             .arg(cells)
-                            .arg(width);
+                            .arg(width)
+                            .arg(publish);
                         for tag in tags {
                             invocation.arg(tag.as_str());
                         }
@@ -959,6 +965,7 @@ impl RedisStore {
                             .key(scratch)
                             .arg(offset_us)
                             .arg(channel)
+                            .arg(publish)
                             .invoke_async::<i64>(&mut conn)
                             .await
                     },
@@ -1003,10 +1010,32 @@ impl RedisStore {
         let _ = self.inner.tier_window.set(window);
     }
 
-    /// Whether this store talks to a Redis Cluster (where `PUBLISH` counts one node's
-    /// subscribers only).
+    /// Whether this store talks to a Redis Cluster.
     pub(crate) fn is_cluster(&self) -> bool {
         matches!(self.inner.connection, Connection::Cluster(_))
+    }
+
+    /// The nodes a tiered store's sharded subscription starts from, when purges travel over
+    /// sharded pub/sub ([`RedisStoreBuilder::sharded_pubsub`]).
+    pub(crate) fn sharded_nodes(&self) -> Option<&[::redis::ConnectionInfo]> {
+        self.inner.sharded.as_deref()
+    }
+
+    /// How purges and heartbeats are published: `SPUBLISH` reaches only the node that owns
+    /// the namespace's slot, where sharded subscribers listen; `PUBLISH` on a cluster is
+    /// forwarded to every node.
+    fn publish_command(&self) -> &'static str {
+        if self.inner.sharded.is_some() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
+    }
+
+    /// Whether a purge's count of subscribers counts every subscriber (not so for `PUBLISH`
+    /// on a cluster, which counts the subscribers of the node that ran it).
+    pub(crate) fn counts_every_subscriber(&self) -> bool {
+        !self.is_cluster() || self.inner.sharded.is_some()
     }
 
     /// Sends a purge; if Redis cannot be reached, queues it and makes sure it is retried.
@@ -1076,8 +1105,9 @@ impl RedisStore {
         let heard = self.send_purge(&pending.kind, age, Breaking::Past).await?;
         // Over a spread namespace no one hears it: other instances read it from the log
         // within the mirror window, which a forwarder's replay waits for itself.
-        let settling =
-            self.inner.tier_window.get().is_some() && self.inner.spread.is_none() && (heard > 0 || self.is_cluster());
+        let settling = self.inner.tier_window.get().is_some()
+            && self.inner.spread.is_none()
+            && (heard > 0 || !self.counts_every_subscriber());
         if settling {
             self.inner.pending.landed_settling(pending);
         } else {
@@ -1280,6 +1310,7 @@ impl RedisStoreBuilder {
             purge_filter_bytes: 4 << 20,
             spread: false,
             purge_log_max_len: purge_log::LOG_MAX_LEN,
+            sharded_pubsub: true,
         }
     }
 
@@ -1406,6 +1437,31 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// On a Redis Cluster, whether purges reach tiered stores' memory tiers over sharded
+    /// pub/sub (default `true`; needs Redis 7.0, and falls back to broadcasting, with a
+    /// warning, on a cluster without it). A purge is then published with `SPUBLISH` on the
+    /// node that owns the namespace's slot, and memory tiers subscribe there, instead of the
+    /// cluster forwarding every purge to every node. No effect on a standalone Redis, nor under
+    /// [`spread_namespace`](Self::spread_namespace) (which publishes nothing).
+    ///
+    /// Every instance of a namespace must agree: an instance of an earlier version subscribes
+    /// with `SUBSCRIBE` and would not hear sharded purges. During a rolling upgrade from one,
+    /// set `false` until every instance runs this version.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), tower_response_cache::StoreError> {
+    /// use tower_response_cache::store::RedisStore;
+    /// let store = RedisStore::cluster_builder(["redis://10.0.0.1:7000"])
+    ///     .sharded_pubsub(false)
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn sharded_pubsub(mut self, sharded: bool) -> Self {
+        self.sharded_pubsub = sharded;
+        self
+    }
+
     /// Connects. A standalone store connects lazily, so it can be built while Redis is down;
     /// a cluster store needs a node to answer now.
     ///
@@ -1493,6 +1549,28 @@ impl RedisStoreBuilder {
             }
         });
         let ns = format!("{{{}}}:", self.namespace);
+        let sharded = match &self.target {
+            _ if spread.is_some() || !self.sharded_pubsub => None,
+            Target::Urls { nodes, cluster: true } => Some(
+                nodes
+                    .iter()
+                    .map(|n| n.as_str().into_connection_info())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| StoreError::with_source("invalid Redis Cluster nodes", e))?,
+            ),
+            Target::ClusterClient(clients) => Some(vec![clients.1.get_connection_info().clone()]),
+            _ => None,
+        };
+        let sharded = match sharded {
+            Some(nodes) if shards_pubsub(&connection, &ns, self.op_timeout).await => Some(nodes),
+            Some(_) => {
+                tracing::warn!(
+                    "the Redis Cluster has no sharded pub/sub (Redis 7.0): purges are broadcast to every node"
+                );
+                None
+            }
+            None => None,
+        };
         let filter_width_us = (micros_of(self.in_flight_horizon) / 2).clamp(1, u64::from(u32::MAX - 1));
         let per_sketch = (self.purge_filter_bytes as u64 / FILTER_SLOTS / 4).clamp(1 << 10, 1 << 27);
         let store = RedisStore {
@@ -1522,6 +1600,7 @@ impl RedisStoreBuilder {
                 policy: AtomicU8::new(MaxmemoryPolicy::Unknown.index()),
                 stamps_evictable: AtomicBool::new(false),
                 spread,
+                sharded,
                 unverified: AtomicU64::new(0),
             }),
         };
@@ -1540,6 +1619,18 @@ impl RedisStoreBuilder {
             tokio::spawn(recheck_policy(Arc::downgrade(&store.inner)));
         }
         Ok(store)
+    }
+}
+
+/// Whether the cluster runs `SPUBLISH` (Redis 7.0 and later): anything but a refusal of the
+/// command counts as yes, so that a slow node does not turn sharding off.
+async fn shards_pubsub(connection: &Connection, ns: &str, timeout: Duration) -> bool {
+    let mut conn = connection.clone();
+    let mut probe = ::redis::cmd("SPUBLISH");
+    probe.arg(format!("{ns}probe")).arg("");
+    match tokio::time::timeout(timeout, probe.query_async::<i64>(&mut conn)).await {
+        Ok(Err(error)) => !error.to_string().to_ascii_lowercase().contains("unknown command"),
+        _ => true,
     }
 }
 

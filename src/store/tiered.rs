@@ -123,8 +123,8 @@ impl TieredStore {
             // Over a spread namespace no one hears it: other instances read it from the log
             // and honour it from the mirror window after it returned, as with a plain store.
             Some(_) if self.l2.purge_settle() > Duration::ZERO => false,
-            // A cluster node counts only its own subscribers.
-            Some(_) if self.l2.is_cluster() => true,
+            // `PUBLISH` on a cluster counts only one node's subscribers.
+            Some(_) if !self.l2.counts_every_subscriber() => true,
             // The one subscriber is this store's own only while its feed is proven live.
             Some(heard) => heard > 1 || (heard == 1 && self.feed.ticket().is_none()),
         };
