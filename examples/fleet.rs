@@ -29,6 +29,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tower::ServiceExt;
 use tower_response_cache::store::{RedisStore, TieredStore};
 use tower_response_cache::{CacheLayer, MemoryStore, Store};
 
@@ -42,8 +43,8 @@ type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 fn origin(calls: Arc<AtomicUsize>, stale_calls: Arc<AtomicUsize>) -> Router {
     Router::new()
         .route(
-            "/cold/{n}",
-            get(move |Path(_n): Path<u64>| {
+            "/cold/{*n}",
+            get(move |Path(_n): Path<String>| {
                 let calls = calls.clone();
                 async move {
                     calls.fetch_add(1, SeqCst);
@@ -106,6 +107,8 @@ fn percentile(sorted: &[Duration], p: usize) -> Duration {
 
 struct Fleet {
     addrs: Vec<SocketAddr>,
+    /// The same instances, to be called in process.
+    apps: Vec<Router>,
     cold_calls: Arc<AtomicUsize>,
     stale_calls: Arc<AtomicUsize>,
 }
@@ -126,13 +129,16 @@ async fn fleet(redis: &RedisServer, namespace: &str, coalesce: bool) -> Fleet {
 /// One instance (an axum server) per store.
 async fn fleet_of<S: Store>(stores: Vec<S>, coalesce: bool) -> Fleet {
     let (cold_calls, stale_calls) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let mut addrs = Vec::new();
+    let (mut addrs, mut apps) = (Vec::new(), Vec::new());
     for store in stores {
         let layer = CacheLayer::builder(store).fleet_coalesce(coalesce).build();
-        addrs.push(serve(origin(cold_calls.clone(), stale_calls.clone()).layer(layer)).await);
+        let app = origin(cold_calls.clone(), stale_calls.clone()).layer(layer);
+        addrs.push(serve(app.clone()).await);
+        apps.push(app);
     }
     Fleet {
         addrs,
+        apps,
         cold_calls,
         stale_calls,
     }
@@ -148,6 +154,44 @@ async fn cold(client: &HttpClient, fleet: &Fleet, bursts: u64, per_instance: usi
             for _ in 0..per_instance {
                 let (client, path) = (client.clone(), path.clone());
                 tasks.push(tokio::spawn(async move { get_once(&client, addr, &path).await.0 }));
+            }
+        }
+        for task in tasks {
+            latencies.push(task.await.expect("request"));
+        }
+    }
+    latencies.sort();
+    let calls = fleet.cold_calls.load(SeqCst) - before;
+    format!(
+        "{:.2} origin calls per burst | p50 {:.1} ms | p99 {:.1} ms",
+        calls as f64 / bursts as f64,
+        percentile(&latencies, 50).as_secs_f64() * 1e3,
+        percentile(&latencies, 99).as_secs_f64() * 1e3,
+    )
+}
+
+/// The cold bursts without HTTP: `per_instance` concurrent requests on each instance's
+/// `Router`, called in process, so that the figures are the cache's and not the loopback
+/// client's.
+async fn cold_in_process(fleet: &Fleet, bursts: u64, per_instance: usize) -> String {
+    let mut latencies = Vec::new();
+    let before = fleet.cold_calls.load(SeqCst);
+    for burst in 0..bursts {
+        let path = format!("/cold/in-process/{burst}");
+        let mut tasks = Vec::new();
+        for app in &fleet.apps {
+            for _ in 0..per_instance {
+                let request = http::Request::get(path.as_str())
+                    .header("host", "shop.example")
+                    .body(axum::body::Body::empty())
+                    .expect("request");
+                let app = app.clone();
+                tasks.push(tokio::spawn(async move {
+                    let started = Instant::now();
+                    let response = app.oneshot(request).await.expect("answered");
+                    response.into_body().collect().await.expect("body");
+                    started.elapsed()
+                }));
             }
         }
         for task in tasks {
@@ -241,6 +285,9 @@ async fn main() {
         let on = if coalesce { "on" } else { "off" };
         let cold = cold(&client, &fleet, bursts, per_instance).await;
         println!("| cold: {bursts} bursts of {INSTANCES} x {per_instance} | {on} | {cold} |");
+        let per_instance = per_instance * 250 / 64;
+        let in_process = cold_in_process(&fleet, bursts, per_instance).await;
+        println!("| cold, in process: {bursts} bursts of {INSTANCES} x {per_instance} | {on} | {in_process} |");
         let stale = stale(&client, &fleet, stale_requests).await;
         println!("| stale hot key: {stale_requests} requests | {on} | {stale} |");
     }

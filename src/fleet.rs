@@ -4,9 +4,12 @@
 //! A process's misses on a key first coalesce in the process (`coalesce`); its leader then
 //! asks the store for a short lease on the key ([`Store::try_lease`]). Holding it, it calls
 //! the origin, renewing the lease while the call lasts, and gives it back once its flight
-//! has settled (the entry stored, or not), before its own response goes out. Finding it held, it polls the store for the entry
-//! until it is there, the lease is free to take (its holder finished without storing, died
-//! or was cancelled), or its flight's deadline passes. A store without leases, or one that
+//! has settled (the entry stored, or not), before its own response goes out. Finding it held,
+//! it waits for the store to hear the lease given back ([`Store::lease_released`]: Redis
+//! stores publish the release of a lease another instance waits on), or for a poll interval
+//! where it hears nothing, and looks for the entry; until it is there, the lease is free to
+//! take (its holder finished without storing, died or was cancelled), or its flight's
+//! deadline passes. A store without leases, or one that
 //! cannot answer, leaves each process to coalesce its own misses.
 
 use crate::coalesce::{Flight, Held, Release};
@@ -21,7 +24,7 @@ use tokio::task::JoinHandle;
 pub(crate) const LEASE_TTL: Duration = Duration::from_secs(1);
 /// How often a holder renews its lease while its call lasts.
 const RENEW_EVERY: Duration = Duration::from_millis(300);
-/// How often a waiting instance looks for the entry.
+/// How often a waiting instance looks for the entry when its store hears no releases.
 pub(crate) const POLL_EVERY: Duration = Duration::from_millis(5);
 
 /// What the fleet said to a process's leader.
@@ -42,6 +45,7 @@ where
 {
     let deadline = flight.deadline();
     loop {
+        let since = Instant::now();
         match store.try_lease(key, LEASE_TTL).await {
             LeaseAttempt::Acquired(token) => {
                 // The lease may be free because its last holder just stored the entry.
@@ -53,7 +57,8 @@ where
                 return Fleet::Call;
             }
             LeaseAttempt::Held if Instant::now() + POLL_EVERY < deadline => {
-                tokio::time::sleep(POLL_EVERY).await;
+                let released = store.lease_released(key, since, POLL_EVERY);
+                let _ = tokio::time::timeout_at(deadline.into(), released).await;
                 if let Some(entry) = found().await {
                     return Fleet::Found(entry);
                 }

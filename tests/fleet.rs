@@ -462,3 +462,76 @@ async fn feed_live(store: &TieredStore) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// Waits (bounded) until `store`'s subscription to lease releases is up.
+async fn releases_live(store: &RedisStore) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !store.stats().lease_releases_live {
+        assert!(
+            Instant::now() < deadline,
+            "the lease release subscription never came up"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// An instance waiting on another's lease is woken when the holder gives it back, not at a
+/// poll: given a minute to wait, it returns within seconds of the release. A lease no one
+/// waited on is given back without a word (the release publishes only what is waited on).
+#[tokio::test]
+async fn a_waiting_instance_is_woken_when_the_lease_is_given_back() {
+    if !redis_server::available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let namespace = exchange::fresh_namespace("woken");
+    let (a, b) = (store_in(&server, &namespace).await, store_in(&server, &namespace).await);
+    let ttl = Duration::from_secs(30);
+    let (quiet, key) = (CacheKey::from_bytes("GET quiet"), CacheKey::from_bytes("GET hot"));
+    // Both start listening with their first lease.
+    let LeaseAttempt::Acquired(token) = a.try_lease(&quiet, ttl).await else {
+        panic!("a free lease is taken")
+    };
+    a.release_lease(&quiet, token).await;
+    let LeaseAttempt::Acquired(token) = b.try_lease(&quiet, ttl).await else {
+        panic!("a free lease is taken")
+    };
+    b.release_lease(&quiet, token).await;
+    releases_live(&a).await;
+    releases_live(&b).await;
+    assert_eq!(
+        server
+            .cli(&["pubsub", "numsub", &format!("{{{namespace}}}:leases")])
+            .lines()
+            .nth(1),
+        Some("2")
+    );
+    assert_eq!(publishes(&server), 0, "releases no one waited on publish nothing");
+    let LeaseAttempt::Acquired(token) = a.try_lease(&key, ttl).await else {
+        panic!("a free lease is taken")
+    };
+    let since = Instant::now();
+    assert_eq!(b.try_lease(&key, ttl).await, LeaseAttempt::Held);
+    let waiting = {
+        let b = b.clone();
+        let key = key.clone();
+        tokio::spawn(async move { b.lease_released(&key, since, Duration::from_secs(60)).await })
+    };
+    a.release_lease(&key, token).await;
+    tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("woken by the release, not by the minute's poll")
+        .unwrap();
+    assert_eq!(b.stats().lease_releases_heard, 1, "{:?}", b.stats());
+    assert_eq!(publishes(&server), 1, "the waited-on release alone was published");
+}
+
+/// `PUBLISH` calls Redis ran (scripts' included).
+fn publishes(server: &RedisServer) -> u64 {
+    server
+        .cli(&["info", "commandstats"])
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_publish:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().expect("a count"))
+}

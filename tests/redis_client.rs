@@ -115,6 +115,14 @@ async fn stores_on_the_applications_clients_pass_the_conformance_suite() {
         connect(RedisStore::cluster_builder_with_client(nodes, node)).await
     })
     .await;
+    // Sharded pub/sub builds a cluster client of its own: refused rather than half-configured.
+    let nodes = redis::cluster::ClusterClient::new(urls.clone()).unwrap();
+    let node = redis::Client::open(urls[0].as_str()).unwrap();
+    let refused = RedisStore::cluster_builder_with_client(nodes, node)
+        .sharded_pubsub(true)
+        .connect()
+        .await;
+    assert!(refused.is_err(), "sharded_pubsub with a client you built is refused");
 }
 
 #[cfg(feature = "redis-tls")]

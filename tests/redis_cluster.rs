@@ -768,12 +768,13 @@ async fn mirror_live(store: &RedisStore) {
     }
 }
 
-/// A tiered store over a cluster namespace that is not spread: purges and heartbeats go over
-/// sharded pub/sub on the node owning the namespace's slot.
+/// A tiered store over a cluster namespace that is not spread, with `sharded_pubsub`: purges
+/// and heartbeats go over sharded pub/sub on the node owning the namespace's slot.
 async fn sharded_tiered(urls: &[String], namespace: &str) -> TieredStore {
     let l2 = RedisStore::cluster_builder(urls.to_vec())
         .namespace(namespace)
         .clock_skew_margin(Duration::ZERO)
+        .sharded_pubsub(true)
         .connect()
         .await
         .expect("connect to the cluster");
@@ -895,4 +896,50 @@ async fn a_sharded_subscription_follows_a_failover() {
     let (_, _, body) = exchange(&app_b, "GET", "/items/1").await;
     assert_eq!(version(&body), next, "purges reach the memory tier after the failover");
     drop(cluster);
+}
+
+/// Over a cluster namespace, spread or not, sharded or broadcast, an instance waiting on
+/// another's lease is woken when the holder gives it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_instance_is_woken_on_a_cluster() {
+    use tower_response_cache::store::LeaseAttempt;
+    use tower_response_cache::CacheKey;
+    if !redis_server::available() {
+        return;
+    }
+    let cluster = TestCluster::start(3, 0);
+    for (spread_it, sharded) in [(false, false), (false, true), (true, false)] {
+        let namespace = fresh_namespace("woken");
+        let connect = || {
+            RedisStore::cluster_builder(cluster.urls())
+                .namespace(namespace.as_str())
+                .spread_namespace(spread_it)
+                .sharded_pubsub(sharded)
+                .connect()
+        };
+        let (a, b) = (connect().await.unwrap(), connect().await.unwrap());
+        let ttl = Duration::from_secs(30);
+        let key = CacheKey::from_bytes("GET hot");
+        let LeaseAttempt::Acquired(token) = a.try_lease(&key, ttl).await else {
+            panic!("a free lease is taken")
+        };
+        assert_eq!(b.try_lease(&key, ttl).await, LeaseAttempt::Held);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !b.stats().lease_releases_live {
+            assert!(Instant::now() < deadline, "b's release subscription never came up");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let since = Instant::now();
+        assert_eq!(b.try_lease(&key, ttl).await, LeaseAttempt::Held);
+        let waiting = {
+            let (b, key) = (b.clone(), key.clone());
+            tokio::spawn(async move { b.lease_released(&key, since, Duration::from_secs(60)).await })
+        };
+        a.release_lease(&key, token).await;
+        tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .unwrap_or_else(|_| panic!("spread {spread_it}, sharded {sharded}: woken by the release, not by the poll"))
+            .unwrap();
+        assert!(b.stats().lease_releases_heard >= 1, "{:?}", b.stats());
+    }
 }

@@ -118,27 +118,6 @@ async fn tiered_store_passes_the_conformance_suite() {
     conformance::run(|| async { TieredStore::new(MemoryStore::new(), standalone(&server).await) }).await;
 }
 
-/// Over a cluster namespace, its memory tier fed by sharded pub/sub.
-#[cfg(feature = "test-util")]
-#[tokio::test]
-async fn tiered_store_on_a_cluster_passes_the_conformance_suite() {
-    if !redis_server::available() {
-        return;
-    }
-    let cluster = redis_server::RedisCluster::start();
-    let urls = cluster.urls();
-    conformance::run(|| async {
-        let l2 = RedisStore::cluster_builder(urls.clone())
-            .namespace(fresh_namespace())
-            .clock_skew_margin(Duration::ZERO)
-            .connect()
-            .await
-            .expect("cluster");
-        TieredStore::new(MemoryStore::new(), l2)
-    })
-    .await;
-}
-
 fn command_calls(server: &RedisServer, command: &str) -> u64 {
     let stats = server.cli(&["info", "commandstats"]);
     let prefix = format!("cmdstat_{command}:calls=");

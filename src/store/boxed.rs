@@ -10,7 +10,7 @@ use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
@@ -59,6 +59,10 @@ impl<S: Store> Store for Arc<S> {
         Store::try_lease(&**self, key, ttl).await
     }
 
+    async fn lease_released(&self, key: &CacheKey, since: Instant, poll: Duration) {
+        Store::lease_released(&**self, key, since, poll).await
+    }
+
     async fn renew_lease(&self, key: &CacheKey, token: LeaseToken, ttl: Duration) -> bool {
         Store::renew_lease(&**self, key, token, ttl).await
     }
@@ -80,6 +84,7 @@ trait DynStore: Send + Sync + 'static {
     fn purge_uri<'a>(&'a self, uri: &'a str) -> BoxFuture<'a, ()>;
     fn handle_id(&self) -> Option<usize>;
     fn try_lease<'a>(&'a self, key: &'a CacheKey, ttl: Duration) -> LeaseFuture<'a, LeaseAttempt>;
+    fn lease_released<'a>(&'a self, key: &'a CacheKey, since: Instant, poll: Duration) -> LeaseFuture<'a, ()>;
     fn renew_lease<'a>(&'a self, key: &'a CacheKey, token: LeaseToken, ttl: Duration) -> LeaseFuture<'a, bool>;
     fn release_lease<'a>(&'a self, key: &'a CacheKey, token: LeaseToken) -> LeaseFuture<'a, ()>;
     fn as_any(&self) -> &dyn Any;
@@ -117,6 +122,9 @@ impl<S: Store> DynStore for S {
     }
     fn try_lease<'a>(&'a self, key: &'a CacheKey, ttl: Duration) -> LeaseFuture<'a, LeaseAttempt> {
         Box::pin(Store::try_lease(self, key, ttl))
+    }
+    fn lease_released<'a>(&'a self, key: &'a CacheKey, since: Instant, poll: Duration) -> LeaseFuture<'a, ()> {
+        Box::pin(Store::lease_released(self, key, since, poll))
     }
     fn renew_lease<'a>(&'a self, key: &'a CacheKey, token: LeaseToken, ttl: Duration) -> LeaseFuture<'a, bool> {
         Box::pin(Store::renew_lease(self, key, token, ttl))
@@ -224,6 +232,10 @@ impl Store for BoxStore {
 
     async fn try_lease(&self, key: &CacheKey, ttl: Duration) -> LeaseAttempt {
         DynStore::try_lease(&*self.inner, key, ttl).await
+    }
+
+    async fn lease_released(&self, key: &CacheKey, since: Instant, poll: Duration) {
+        DynStore::lease_released(&*self.inner, key, since, poll).await
     }
 
     async fn renew_lease(&self, key: &CacheKey, token: LeaseToken, ttl: Duration) -> bool {

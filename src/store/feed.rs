@@ -9,9 +9,9 @@
 //! but silent) stops it answering within that window. A subscription silent for [`SILENCE`]
 //! is replaced; a new one empties the tier's entries, since messages may have been missed.
 //!
-//! On a Redis Cluster, purges and heartbeats go over sharded pub/sub (`SPUBLISH`) by default,
-//! both on the node that owns the namespace's slot, so the same order holds and the cluster
-//! forwards nothing to its other nodes.
+//! On a Redis Cluster, heartbeats run on the primary that runs the namespace's purges, so the
+//! same order holds. With `sharded_pubsub`, both go over sharded pub/sub (`SPUBLISH`), and the
+//! cluster forwards neither to its other nodes.
 //!
 //! Over a spread namespace there is no subscription and nothing is published: the purge
 //! log's mirror, which judges every read of the namespace, judges the memory tier's copies
@@ -35,6 +35,8 @@ pub(crate) const COHERENCE_WINDOW: Duration = Duration::from_millis(500);
 const SILENCE: Duration = Duration::from_secs(2);
 /// The longest connecting and subscribing may take (a black-holed link never answers).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// The longest a cluster client may take to connect to the seeds and nodes, and subscribe.
+const CLUSTER_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const RECONNECT_MIN: Duration = Duration::from_millis(50);
 const RECONNECT_MAX: Duration = Duration::from_secs(1);
 
@@ -293,7 +295,12 @@ async fn subscribe_sharded(
             connection.ssubscribe(&[l2.channel(), beat_channel.as_str()]).await?;
             Ok::<_, ::redis::RedisError>(connection)
         };
-        if let Ok(Ok(connection)) = tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+        // The cluster client connects to every seed and node first.
+        let connected = tokio::time::timeout(CLUSTER_CONNECT_TIMEOUT, connect).await;
+        if !matches!(connected, Ok(Ok(_))) && backoff == RECONNECT_MIN {
+            tracing::warn!("cannot subscribe to the Redis Cluster's sharded invalidation channel: retrying");
+        }
+        if let Ok(Ok(connection)) = connected {
             backoff = RECONNECT_MIN;
             // Which of the purge and heartbeat channels are subscribed in this subscription.
             let mut subscribed = [false; 2];
@@ -337,12 +344,9 @@ async fn subscribe_sharded(
                             state.heartbeat(&payload);
                         }
                     }
-                    // The link broke, or the slot moved away from the node: until both
-                    // channels are subscribed again, the tier does not answer.
-                    PushKind::Disconnection | PushKind::SUnsubscribe => {
-                        state.lost();
-                        subscribed = [false, false];
-                    }
+                    // A link broke (to any node: the word does not say which), or the slot
+                    // moved away: subscribe anew rather than trust the client to.
+                    PushKind::Disconnection | PushKind::SUnsubscribe => break,
                     _ => {}
                 }
             }

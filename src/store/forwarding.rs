@@ -8,7 +8,7 @@ use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 tokio::task_local! {
@@ -589,6 +589,10 @@ impl<S: Store> Store for PurgeForwarding<S> {
 
     async fn try_lease(&self, key: &CacheKey, ttl: Duration) -> LeaseAttempt {
         self.inner.try_lease(key, ttl).await
+    }
+
+    async fn lease_released(&self, key: &CacheKey, since: Instant, poll: Duration) {
+        self.inner.lease_released(key, since, poll).await
     }
 
     async fn renew_lease(&self, key: &CacheKey, token: LeaseToken, ttl: Duration) -> bool {

@@ -24,6 +24,8 @@ mod feed;
 mod forwarding;
 #[cfg(feature = "cdn-http")]
 mod http_sink;
+#[cfg(feature = "redis")]
+mod lease_releases;
 mod memory;
 #[cfg(feature = "redis")]
 mod purge_log;
@@ -75,7 +77,7 @@ pub struct LeaseToken(pub u64);
 use crate::CacheKey;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The instant a request starts, on the clock that purge stamps use (never going backwards
 /// within the process), so that "started before the purge" is decided without ambiguity.
@@ -209,6 +211,15 @@ pub trait Store: Clone + Send + Sync + 'static {
     fn try_lease(&self, key: &CacheKey, ttl: Duration) -> impl Future<Output = LeaseAttempt> + Send {
         let _ = (key, ttl);
         async { LeaseAttempt::Unsupported }
+    }
+
+    /// Waits while another instance holds `key`'s lease: until the store hears that lease
+    /// given back after `since` (when the caller's [`try_lease`](Self::try_lease) that found
+    /// it held started), or about `poll` has passed. The caller then reads the store and tries
+    /// the lease again. The default, for stores that hear nothing, waits `poll`.
+    fn lease_released(&self, key: &CacheKey, since: Instant, poll: Duration) -> impl Future<Output = ()> + Send {
+        let _ = (key, since);
+        tokio::time::sleep(poll)
     }
 
     /// Extends a lease this caller holds; `false` when it is no longer held.

@@ -48,6 +48,7 @@
 //! entries this instance reads back from Redis are judged by it.
 
 use super::breaker::{Breaker, Permit};
+use super::lease_releases::LeaseReleases;
 use super::purge_log::{self, LogKeys, Mirror};
 use super::purge_queue::{self, Next, Pending, PendingKind, PurgeQueue, Requested};
 use super::stamps::Verdict;
@@ -64,7 +65,7 @@ use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, LazyLock, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Sketches in the recent-purge filter's ring (as in memory).
 const FILTER_SLOTS: u64 = 4;
@@ -231,6 +232,19 @@ return 1
 /// script's memory only until its first write, so the first write is a `DEL` of a key that
 /// never holds a value: it frees and grows nothing, and what follows is bounded (fields of
 /// existing records, sketches of a fixed size).
+/// Takes a lease if it is free; if it is held, marks it waited on, so that its release is
+/// published (see [`LEASE_RELEASE`]).
+///
+/// `KEYS[1]` lease, `KEYS[2]` its waited-on mark; `ARGV[1]` token, `ARGV[2]` TTL (ms).
+/// Returns 1 taken, 0 held.
+static LEASE_TRY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end \
+         redis.call('SET', KEYS[2], '1', 'PX', ARGV[2]) \
+         return 0",
+    )
+});
+
 /// Extends a lease if its holder's token is still on it.
 static LEASE_RENEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -241,13 +255,17 @@ static LEASE_RENEW: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// Deletes a lease only for its holder (compare-and-delete).
+/// Deletes a lease only for its holder (compare-and-delete), and if another instance waits
+/// on it, publishes its key (see [`super::lease_releases`]).
+///
+/// `KEYS[1]` lease, `KEYS[2]` its waited-on mark; `ARGV[1]` token, `ARGV[2]` lease channel,
+/// `ARGV[3]` the publishing command, `ARGV[4]` the cache key.
 static LEASE_RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        "if redis.call('GET', KEYS[1]) == ARGV[1] then \
-           return redis.call('DEL', KEYS[1]) \
-         end \
-         return 0",
+        "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end \
+         redis.call('DEL', KEYS[1]) \
+         if redis.call('DEL', KEYS[2]) == 1 then redis.call(ARGV[3], ARGV[2], ARGV[4]) end \
+         return 1",
     )
 });
 
@@ -358,6 +376,15 @@ return redis.call(ARGV[3], ARGV[2], '*')
     )
 });
 
+/// Publishes a heartbeat. Keyed by the namespace's scratch key (never read or written), so
+/// that on a cluster it runs on the primary that runs the namespace's purges: a subscriber
+/// then receives heartbeats and purges from one node, in the order it ran them. It writes
+/// nothing, so it runs even when Redis is out of memory.
+///
+/// `KEYS[1]` scratch key; `ARGV[1]` the publishing command, `ARGV[2]` channel, `ARGV[3]`
+/// payload.
+static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| Script::new("return redis.call(ARGV[1], ARGV[2], ARGV[3])"));
+
 /// Whether an operation respects the circuit breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Breaking {
@@ -439,6 +466,12 @@ struct Inner {
     pubsub_client: ::redis::Client,
     entry_prefix: Vec<u8>,
     lease_prefix: Vec<u8>,
+    /// Marks a lease another instance waits on.
+    waited_prefix: Vec<u8>,
+    /// Where releases of leases waited on are published.
+    lease_channel: String,
+    /// Started by the first lease taken.
+    lease_releases: OnceLock<Arc<LeaseReleases>>,
     record_prefix: Vec<u8>,
     floor_key: Vec<u8>,
     filter_key: Vec<u8>,
@@ -628,6 +661,11 @@ pub struct RedisStoreStats {
     /// Reads of a spread namespace that found an entry while the mirror was not proven live:
     /// answered as [`Lookup::Unverified`] (served only in place of an origin error).
     pub unverified_reads: u64,
+    /// Whether the subscription that hears fleet-wide leases given back is up (it starts
+    /// with the first lease this store takes); while it is not, waiting instances poll.
+    pub lease_releases_live: bool,
+    /// Releases of leases this store's instance waited on (or might) that it heard.
+    pub lease_releases_heard: u64,
 }
 
 impl fmt::Debug for RedisStore {
@@ -786,6 +824,8 @@ impl RedisStore {
             purge_log_applied: self.inner.spread.as_ref().map_or(0, |s| s.mirror.applied()),
             purge_log_resyncs: self.inner.spread.as_ref().map_or(0, |s| s.mirror.resyncs()),
             unverified_reads: self.inner.unverified.load(Relaxed),
+            lease_releases_live: self.inner.lease_releases.get().is_some_and(|r| r.is_live()),
+            lease_releases_heard: self.inner.lease_releases.get().map_or(0, |r| r.heard_count()),
         }
     }
 
@@ -812,24 +852,28 @@ impl RedisStore {
         &self.inner.channel
     }
 
-    /// Publishes `payload` on `channel` over the store's connection, bounded by the operation
-    /// timeout but outside the breaker (a heartbeat must test the link, not be refused).
+    /// Publishes `payload` on `channel` from the node that runs the namespace's purges (see
+    /// [`HEARTBEAT`]), bounded by the operation timeout but outside the breaker (a heartbeat
+    /// must test the link, not be refused).
     pub(crate) async fn publish(&self, channel: &str, payload: &[u8]) -> bool {
         let mut conn = self.inner.connection.clone();
-        let mut command = ::redis::cmd(self.publish_command());
-        command.arg(channel).arg(payload);
-        let publish = command.query_async::<i64>(&mut conn);
+        let mut invocation = HEARTBEAT.key(self.inner.scratch_key.as_slice());
+        invocation.arg(self.publish_command()).arg(channel).arg(payload);
+        let publish = invocation.invoke_async::<i64>(&mut conn);
         matches!(tokio::time::timeout(self.inner.op_timeout, publish).await, Ok(Ok(_)))
     }
 
-    /// The key of the fleet-wide lease on `key`'s call to the origin (in the namespace's
-    /// slot, as the entry is).
-    fn lease_key(&self, key: &CacheKey) -> Vec<u8> {
-        let mut k = Vec::with_capacity(self.inner.lease_prefix.len() + key.as_bytes().len() + 18);
-        self.own_slot(&mut k, key);
-        k.extend_from_slice(&self.inner.lease_prefix);
-        k.extend_from_slice(key.as_bytes());
-        k
+    /// The key of the fleet-wide lease on `key`'s call to the origin, and of its waited-on
+    /// mark (in the slot of the entry).
+    fn lease_keys(&self, key: &CacheKey) -> (Vec<u8>, Vec<u8>) {
+        let of = |prefix: &[u8]| {
+            let mut k = Vec::with_capacity(prefix.len() + key.as_bytes().len() + 18);
+            self.own_slot(&mut k, key);
+            k.extend_from_slice(prefix);
+            k.extend_from_slice(key.as_bytes());
+            k
+        };
+        (of(&self.inner.lease_prefix), of(&self.inner.waited_prefix))
     }
 
     fn entry_key(&self, key: &CacheKey) -> Vec<u8> {
@@ -1032,12 +1076,6 @@ impl RedisStore {
         }
     }
 
-    /// Whether a purge's count of subscribers counts every subscriber (not so for `PUBLISH`
-    /// on a cluster, which counts the subscribers of the node that ran it).
-    pub(crate) fn counts_every_subscriber(&self) -> bool {
-        !self.is_cluster() || self.inner.sharded.is_some()
-    }
-
     /// Sends a purge; if Redis cannot be reached, queues it and makes sure it is retried.
     /// Returns how many subscribers to the purge channel Redis delivered it to (this store's
     /// own tiered subscription included; on a cluster, those of one node only), or `None`
@@ -1105,9 +1143,8 @@ impl RedisStore {
         let heard = self.send_purge(&pending.kind, age, Breaking::Past).await?;
         // Over a spread namespace no one hears it: other instances read it from the log
         // within the mirror window, which a forwarder's replay waits for itself.
-        let settling = self.inner.tier_window.get().is_some()
-            && self.inner.spread.is_none()
-            && (heard > 0 || !self.counts_every_subscriber());
+        let settling =
+            self.inner.tier_window.get().is_some() && self.inner.spread.is_none() && (heard > 0 || self.is_cluster());
         if settling {
             self.inner.pending.landed_settling(pending);
         } else {
@@ -1310,7 +1347,7 @@ impl RedisStoreBuilder {
             purge_filter_bytes: 4 << 20,
             spread: false,
             purge_log_max_len: purge_log::LOG_MAX_LEN,
-            sharded_pubsub: true,
+            sharded_pubsub: false,
         }
     }
 
@@ -1438,15 +1475,16 @@ impl RedisStoreBuilder {
     }
 
     /// On a Redis Cluster, whether purges reach tiered stores' memory tiers over sharded
-    /// pub/sub (default `true`; needs Redis 7.0, and falls back to broadcasting, with a
-    /// warning, on a cluster without it). A purge is then published with `SPUBLISH` on the
-    /// node that owns the namespace's slot, and memory tiers subscribe there, instead of the
-    /// cluster forwarding every purge to every node. No effect on a standalone Redis, nor under
-    /// [`spread_namespace`](Self::spread_namespace) (which publishes nothing).
+    /// pub/sub (default `false`). A purge is then published with `SPUBLISH` on the primary
+    /// that owns the namespace's slot, and memory tiers subscribe there (following the slot
+    /// through failovers), instead of the cluster forwarding every purge to every node. Needs
+    /// Redis 7.0 and [`RedisStore::cluster_builder`]: [`connect`](Self::connect) fails
+    /// otherwise, rather than broadcast. No effect on a standalone Redis, nor under
+    /// [`spread_namespace`](Self::spread_namespace) (which publishes no purges).
     ///
-    /// Every instance of a namespace must agree: an instance of an earlier version subscribes
-    /// with `SUBSCRIBE` and would not hear sharded purges. During a rolling upgrade from one,
-    /// set `false` until every instance runs this version.
+    /// Every instance of a namespace must set it alike: a sharded purge is not heard by a
+    /// memory tier subscribed with `SUBSCRIBE`, nor a broadcast one by a sharded subscriber.
+    /// Switch a running fleet over all at once (or to a new namespace).
     ///
     /// ```no_run
     /// # async fn run() -> Result<(), tower_response_cache::StoreError> {
@@ -1558,19 +1596,15 @@ impl RedisStoreBuilder {
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| StoreError::with_source("invalid Redis Cluster nodes", e))?,
             ),
-            Target::ClusterClient(clients) => Some(vec![clients.1.get_connection_info().clone()]),
+            Target::ClusterClient(_) => return Err(StoreError::new(
+                "sharded_pubsub needs RedisStore::cluster_builder: its subscription builds a cluster client of its own",
+            )),
             _ => None,
         };
-        let sharded = match sharded {
-            Some(nodes) if shards_pubsub(&connection, &ns, self.op_timeout).await => Some(nodes),
-            Some(_) => {
-                tracing::warn!(
-                    "the Redis Cluster has no sharded pub/sub (Redis 7.0): purges are broadcast to every node"
-                );
-                None
-            }
-            None => None,
-        };
+        if sharded.is_some() {
+            // Every instance must publish and subscribe alike: fail rather than broadcast.
+            shards_pubsub(&connection, &ns, self.op_timeout).await?;
+        }
         let filter_width_us = (micros_of(self.in_flight_horizon) / 2).clamp(1, u64::from(u32::MAX - 1));
         let per_sketch = (self.purge_filter_bytes as u64 / FILTER_SLOTS / 4).clamp(1 << 10, 1 << 27);
         let store = RedisStore {
@@ -1579,6 +1613,9 @@ impl RedisStoreBuilder {
                 pubsub_client,
                 entry_prefix: format!("{ns}e:").into_bytes(),
                 lease_prefix: format!("{ns}l:").into_bytes(),
+                waited_prefix: format!("{ns}w:").into_bytes(),
+                lease_channel: format!("{ns}leases"),
+                lease_releases: OnceLock::new(),
                 record_prefix: format!("{ns}r:").into_bytes(),
                 floor_key: format!("{ns}floor").into_bytes(),
                 filter_key: format!("{ns}pf").into_bytes(),
@@ -1622,15 +1659,21 @@ impl RedisStoreBuilder {
     }
 }
 
-/// Whether the cluster runs `SPUBLISH` (Redis 7.0 and later): anything but a refusal of the
-/// command counts as yes, so that a slow node does not turn sharding off.
-async fn shards_pubsub(connection: &Connection, ns: &str, timeout: Duration) -> bool {
+/// Checks that the cluster runs `SPUBLISH` for this store (Redis 7.0 and later, and an ACL
+/// that allows it).
+async fn shards_pubsub(connection: &Connection, ns: &str, timeout: Duration) -> Result<(), StoreError> {
     let mut conn = connection.clone();
     let mut probe = ::redis::cmd("SPUBLISH");
     probe.arg(format!("{ns}probe")).arg("");
     match tokio::time::timeout(timeout, probe.query_async::<i64>(&mut conn)).await {
-        Ok(Err(error)) => !error.to_string().to_ascii_lowercase().contains("unknown command"),
-        _ => true,
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => Err(StoreError::with_source(
+            "sharded_pubsub: the Redis Cluster does not run SPUBLISH (it needs Redis 7.0)",
+            error,
+        )),
+        Err(_) => Err(StoreError::new(
+            "sharded_pubsub: the Redis Cluster did not answer SPUBLISH in time",
+        )),
     }
 }
 
@@ -1756,33 +1799,47 @@ impl Store for RedisStore {
         Some(Arc::as_ptr(&self.inner) as usize)
     }
 
-    /// `SET NX PX` of a random token; any failure (timeout, breaker, error) is `Unsupported`:
-    /// the caller goes on with its own process's coalescing.
+    /// `SET NX PX` of a random token (marking a held lease waited on); any failure (timeout,
+    /// breaker, error) is `Unsupported`: the caller goes on with its own process's coalescing.
     async fn try_lease(&self, key: &CacheKey, ttl: Duration) -> LeaseAttempt {
+        // Listening for releases from the first lease on, so that waits can be woken.
+        self.inner.lease_releases.get_or_init(|| {
+            LeaseReleases::start(
+                self.inner.pubsub_client.clone(),
+                self.inner.lease_channel.clone(),
+                self.inner.sharded.clone(),
+            )
+        });
         let token = lease_token();
-        let lease = self.lease_key(key);
+        let (lease, waited) = self.lease_keys(key);
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let set = self
             .run(|mut conn| async move {
-                ::redis::cmd("SET")
-                    .arg(lease)
+                LEASE_TRY
+                    .key(lease)
+                    .key(waited)
                     .arg(token)
-                    .arg("NX")
-                    .arg("PX")
                     .arg(ms)
-                    .query_async::<Option<String>>(&mut conn)
+                    .invoke_async::<i64>(&mut conn)
                     .await
             })
             .await;
         match set {
-            Ok(Some(_)) => LeaseAttempt::Acquired(LeaseToken(token)),
-            Ok(None) => LeaseAttempt::Held,
+            Ok(1) => LeaseAttempt::Acquired(LeaseToken(token)),
+            Ok(_) => LeaseAttempt::Held,
             Err(_) => LeaseAttempt::Unsupported,
         }
     }
 
+    async fn lease_released(&self, key: &CacheKey, since: Instant, poll: Duration) {
+        match self.inner.lease_releases.get() {
+            Some(releases) => releases.wait(key.as_bytes(), since, poll).await,
+            None => tokio::time::sleep(poll).await,
+        }
+    }
+
     async fn renew_lease(&self, key: &CacheKey, token: LeaseToken, ttl: Duration) -> bool {
-        let lease = self.lease_key(key);
+        let (lease, _) = self.lease_keys(key);
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let renewed = self
             .run(|mut conn| async move {
@@ -1798,13 +1855,19 @@ impl Store for RedisStore {
     }
 
     async fn release_lease(&self, key: &CacheKey, token: LeaseToken) {
-        let lease = self.lease_key(key);
+        let (lease, waited) = self.lease_keys(key);
+        let (channel, publish) = (self.inner.lease_channel.clone(), self.publish_command());
+        let payload = key.as_bytes().to_vec();
         // Best effort: an unreleased lease expires by itself.
         let _ = self
             .run(|mut conn| async move {
                 LEASE_RELEASE
                     .key(lease)
+                    .key(waited)
                     .arg(token.0)
+                    .arg(channel)
+                    .arg(publish)
+                    .arg(payload)
                     .invoke_async::<i64>(&mut conn)
                     .await
             })

@@ -17,7 +17,7 @@ use super::{LeaseAttempt, LeaseToken, Lookup, MemoryStore, PurgeMode, RedisStore
 use crate::CacheKey;
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// A [`Store`] with a per-instance memory tier over a shared Redis tier.
 ///
@@ -123,8 +123,9 @@ impl TieredStore {
             // Over a spread namespace no one hears it: other instances read it from the log
             // and honour it from the mirror window after it returned, as with a plain store.
             Some(_) if self.l2.purge_settle() > Duration::ZERO => false,
-            // `PUBLISH` on a cluster counts only one node's subscribers.
-            Some(_) if !self.l2.counts_every_subscriber() => true,
+            // On a cluster, `PUBLISH` counts one node's subscribers only, and `SPUBLISH` not
+            // those subscribed through a replica.
+            Some(_) if self.l2.is_cluster() => true,
             // The one subscriber is this store's own only while its feed is proven live.
             Some(heard) => heard > 1 || (heard == 1 && self.feed.ticket().is_none()),
         };
@@ -185,6 +186,10 @@ impl Store for TieredStore {
 
     async fn try_lease(&self, key: &CacheKey, ttl: Duration) -> LeaseAttempt {
         self.l2.try_lease(key, ttl).await
+    }
+
+    async fn lease_released(&self, key: &CacheKey, since: Instant, poll: Duration) {
+        self.l2.lease_released(key, since, poll).await
     }
 
     async fn renew_lease(&self, key: &CacheKey, token: LeaseToken, ttl: Duration) -> bool {

@@ -1,0 +1,195 @@
+//! Word of fleet-wide leases given back, so that an instance waiting on another's call to the
+//! origin reads the entry as soon as it is stored rather than at its next poll.
+//!
+//! An instance that finds a lease held marks it waited on; the holder's release of a marked
+//! lease publishes the key on the namespace's lease channel (after its entry was stored, as
+//! the holder releases only once its flight has settled). Each store handle subscribes to
+//! that channel the first time it takes a lease, and wakes its waiters on the key. The word
+//! is a hint, never a proof: a waiter reads the store after it, and a waiter that hears
+//! nothing (the subscription is down, the holder died without releasing) polls at
+//! [`FALLBACK_POLL`].
+
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// How often a waiter reads the store when no word comes.
+pub(crate) const FALLBACK_POLL: Duration = Duration::from_millis(25);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const RECONNECT_MIN: Duration = Duration::from_millis(50);
+const RECONNECT_MAX: Duration = Duration::from_secs(1);
+/// Keys remembered at most; past it, those no one waits on are forgotten.
+const MAX_KEYS: usize = 4096;
+
+/// The releases one store handle (and its clones) heard, per key.
+#[derive(Debug, Default)]
+pub(crate) struct LeaseReleases {
+    live: AtomicBool,
+    count: AtomicU64,
+    heard: Mutex<HashMap<Vec<u8>, Heard>>,
+}
+
+#[derive(Debug)]
+struct Heard {
+    at: Option<Instant>,
+    wake: watch::Sender<()>,
+}
+
+impl LeaseReleases {
+    /// Starts the subscription to `channel` (once per store), with `SSUBSCRIBE` from
+    /// `sharded` nodes if given. Needs a Tokio runtime. The task holds no store, so that it
+    /// ends when the store drops.
+    pub(crate) fn start(
+        client: ::redis::Client,
+        channel: String,
+        sharded: Option<Vec<::redis::ConnectionInfo>>,
+    ) -> Arc<LeaseReleases> {
+        let releases = Arc::new(LeaseReleases::default());
+        let source = Source {
+            client,
+            channel,
+            sharded,
+        };
+        tokio::spawn(subscribe(source, Arc::downgrade(&releases)));
+        releases
+    }
+
+    /// Waits until a release of `key`'s lease is heard after `since`, or `poll` passes (the
+    /// fallback poll while the subscription is up, as given otherwise).
+    pub(crate) async fn wait(&self, key: &[u8], since: Instant, poll: Duration) {
+        if !self.live.load(SeqCst) {
+            return tokio::time::sleep(poll).await;
+        }
+        let mut woken = {
+            let mut heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+            if heard.len() >= MAX_KEYS {
+                heard.retain(|_, h| h.wake.receiver_count() > 0);
+            }
+            let entry = heard.entry(key.to_vec()).or_insert_with(|| Heard {
+                at: None,
+                wake: watch::channel(()).0,
+            });
+            if entry.at.is_some_and(|at| at >= since) {
+                return;
+            }
+            entry.wake.subscribe()
+        };
+        let _ = tokio::time::timeout(FALLBACK_POLL.max(poll), woken.changed()).await;
+    }
+
+    pub(crate) fn is_live(&self) -> bool {
+        self.live.load(SeqCst)
+    }
+
+    pub(crate) fn heard_count(&self) -> u64 {
+        self.count.load(SeqCst)
+    }
+
+    fn heard(&self, key: &[u8]) {
+        self.count.fetch_add(1, SeqCst);
+        let mut heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = heard.get_mut(key) {
+            entry.at = Some(Instant::now());
+            entry.wake.send_replace(());
+        } else if heard.len() < MAX_KEYS {
+            let wake = watch::channel(()).0;
+            heard.insert(
+                key.to_vec(),
+                Heard {
+                    at: Some(Instant::now()),
+                    wake,
+                },
+            );
+        }
+    }
+
+    fn set_live(&self, live: bool) {
+        self.live.store(live, SeqCst);
+    }
+}
+
+/// Where releases are published.
+struct Source {
+    client: ::redis::Client,
+    channel: String,
+    sharded: Option<Vec<::redis::ConnectionInfo>>,
+}
+
+/// Follows the lease channel, reconnecting after every loss, until the store is dropped.
+async fn subscribe(source: Source, releases: Weak<LeaseReleases>) {
+    let mut backoff = RECONNECT_MIN;
+    loop {
+        let followed = match &source.sharded {
+            Some(nodes) => follow_sharded(nodes.clone(), &source.channel, &releases).await,
+            None => follow(&source, &releases).await,
+        };
+        let Some(state) = releases.upgrade() else { return };
+        state.set_live(false);
+        drop(state);
+        if followed {
+            backoff = RECONNECT_MIN;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(RECONNECT_MAX);
+    }
+}
+
+/// Over `SUBSCRIBE`; `true` if the subscription came up.
+async fn follow(source: &Source, releases: &Weak<LeaseReleases>) -> bool {
+    let connect = async {
+        let mut pubsub = source.client.get_async_pubsub().await?;
+        pubsub.subscribe(source.channel.as_str()).await?;
+        Ok::<_, ::redis::RedisError>(pubsub)
+    };
+    let Ok(Ok(pubsub)) = tokio::time::timeout(CONNECT_TIMEOUT, connect).await else {
+        return false;
+    };
+    let mut messages = pubsub.into_on_message();
+    match releases.upgrade() {
+        Some(state) => state.set_live(true),
+        None => return true,
+    }
+    while let Some(message) = messages.next().await {
+        let Some(state) = releases.upgrade() else { return true };
+        state.heard(message.get_payload_bytes());
+    }
+    true
+}
+
+/// Over sharded pub/sub on a cluster (see [`RedisStoreBuilder::sharded_pubsub`]), through a
+/// cluster connection that follows the channel's slot.
+///
+/// [`RedisStoreBuilder::sharded_pubsub`]: super::RedisStoreBuilder::sharded_pubsub
+async fn follow_sharded(nodes: Vec<::redis::ConnectionInfo>, channel: &str, releases: &Weak<LeaseReleases>) -> bool {
+    use ::redis::{PushKind, Value};
+    let (sender, mut pushes) = tokio::sync::mpsc::unbounded_channel();
+    let connect = async {
+        let client = ::redis::cluster::ClusterClient::builder(nodes)
+            .use_protocol(::redis::ProtocolVersion::RESP3)
+            .push_sender(sender)
+            .connection_timeout(CONNECT_TIMEOUT)
+            .response_timeout(CONNECT_TIMEOUT)
+            .build()?;
+        let mut connection = client.get_async_connection().await?;
+        connection.ssubscribe(channel).await?;
+        Ok::<_, ::redis::RedisError>(connection)
+    };
+    // The cluster client connects to every seed and node first.
+    let Ok(Ok(_connection)) = tokio::time::timeout(CONNECT_TIMEOUT * 5, connect).await else {
+        return false;
+    };
+    while let Some(push) = pushes.recv().await {
+        let Some(state) = releases.upgrade() else { return true };
+        match (push.kind, push.data.get(1)) {
+            (PushKind::SSubscribe, _) => state.set_live(true),
+            (PushKind::SMessage, Some(Value::BulkString(key))) => state.heard(key),
+            // A link broke (to any node), or the slot moved: subscribe anew.
+            (PushKind::Disconnection | PushKind::SUnsubscribe, _) => return true,
+            _ => {}
+        }
+    }
+    true
+}
