@@ -6,7 +6,9 @@
 //! 4 axum servers on 127.0.0.1:0 (each a `CacheLayer` over its own `TieredStore` handle on
 //! that Redis), and a hyper client. Scenarios:
 //! - `cold`: bursts of 4 x 64 concurrent requests (64 per instance) for a key none has, the
-//!   origin taking 50 ms: origin calls per burst, p50/p99 latency;
+//!   origin taking 50 ms: origin calls per burst, p50/p99 latency; then bursts of 4 x 250
+//!   without HTTP, calling each instance's `Router` in process: on the example's runtime, and
+//!   with each instance on a one-thread runtime of its own (as separate processes);
 //! - `stale`: a hot key whose entry is stale (inside `stale-while-revalidate`), 1,000
 //!   requests spread over the instances: background refreshes made, p50/p99, hit ratio;
 //! - then on a Redis Cluster of 3 child masters, 4 instances each over a `RedisStore` with
@@ -208,6 +210,71 @@ async fn cold_in_process(fleet: &Fleet, bursts: u64, per_instance: usize) -> Str
     )
 }
 
+/// The cold bursts with each instance on a Tokio runtime (one worker thread) of its own, as
+/// separate processes would be: one instance's waiters do not queue behind another's on the
+/// same threads.
+async fn cold_isolated(redis: &RedisServer, coalesce: bool, bursts: u64, per_instance: usize) -> String {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let namespace = format!("isolated-{coalesce}-{}", std::process::id());
+    let mut instances = Vec::new();
+    for _ in 0..INSTANCES {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let (url, namespace, calls) = (redis.url(), namespace.clone(), calls.clone());
+        let app = runtime
+            .spawn(async move {
+                let l2 = RedisStore::builder(url)
+                    .namespace(namespace)
+                    .connect()
+                    .await
+                    .expect("redis");
+                let layer = CacheLayer::builder(TieredStore::new(MemoryStore::new(), l2))
+                    .fleet_coalesce(coalesce)
+                    .build();
+                origin(calls, Arc::default()).layer(layer)
+            })
+            .await
+            .expect("an instance");
+        instances.push((runtime, app));
+    }
+    let mut latencies = Vec::new();
+    for burst in 0..bursts {
+        let path = format!("/cold/isolated/{burst}");
+        let mut tasks = Vec::new();
+        for (runtime, app) in &instances {
+            for _ in 0..per_instance {
+                let request = http::Request::get(path.as_str())
+                    .header("host", "shop.example")
+                    .body(axum::body::Body::empty())
+                    .expect("request");
+                let app = app.clone();
+                tasks.push(runtime.spawn(async move {
+                    let started = Instant::now();
+                    let response = app.oneshot(request).await.expect("answered");
+                    response.into_body().collect().await.expect("body");
+                    started.elapsed()
+                }));
+            }
+        }
+        for task in tasks {
+            latencies.push(task.await.expect("request"));
+        }
+    }
+    for (runtime, _) in instances {
+        runtime.shutdown_background();
+    }
+    latencies.sort();
+    format!(
+        "{:.2} origin calls per burst | p50 {:.1} ms | p99 {:.1} ms",
+        calls.load(SeqCst) as f64 / bursts as f64,
+        percentile(&latencies, 50).as_secs_f64() * 1e3,
+        percentile(&latencies, 99).as_secs_f64() * 1e3,
+    )
+}
+
 async fn stale(client: &HttpClient, fleet: &Fleet, requests: usize) -> String {
     get_once(client, fleet.addrs[0], "/stale").await;
     let mut tasks = Vec::new();
@@ -288,6 +355,10 @@ async fn main() {
         let per_instance = per_instance * 250 / 64;
         let in_process = cold_in_process(&fleet, bursts, per_instance).await;
         println!("| cold, in process: {bursts} bursts of {INSTANCES} x {per_instance} | {on} | {in_process} |");
+        let isolated = cold_isolated(&redis, coalesce, bursts, per_instance).await;
+        println!(
+            "| cold, in process, a runtime per instance: {bursts} bursts of {INSTANCES} x {per_instance} | {on} | {isolated} |"
+        );
         let stale = stale(&client, &fleet, stale_requests).await;
         println!("| stale hot key: {stale_requests} requests | {on} | {stale} |");
     }

@@ -45,13 +45,14 @@ async fn fleet(
     calls: &Arc<AtomicUsize>,
     delay: Duration,
     on: bool,
-) -> Vec<Router> {
-    let mut apps = Vec::new();
+) -> (Vec<Router>, Vec<RedisStore>) {
+    let (mut apps, mut stores) = (Vec::new(), Vec::new());
     for _ in 0..INSTANCES {
         let store = store_in(server, namespace).await;
-        apps.push(instance(store, calls.clone(), delay, on));
+        apps.push(instance(store.clone(), calls.clone(), delay, on));
+        stores.push(store);
     }
-    apps
+    (apps, stores)
 }
 
 /// 250 concurrent cold requests on each of 4 instances: returns (origin calls, p99 latency).
@@ -90,14 +91,17 @@ async fn four_instances_make_one_origin_call_for_a_cold_key() {
     let delay = Duration::from_millis(50);
 
     let calls = Arc::new(AtomicUsize::new(0));
-    let apps = fleet(&server, &exchange::fresh_namespace("fleet"), &calls, delay, true).await;
+    let (apps, stores) = fleet(&server, &exchange::fresh_namespace("fleet"), &calls, delay, true).await;
     let (fleet_calls, p99) = burst(&apps, &calls).await;
+    // The waiting instances were woken by word of the lease given back (at least one of
+    // them: a wait that ends at its poll just as the word comes is not counted).
+    let woken: u64 = stores.iter().map(|s| s.stats().lease_waits_woken).sum();
 
     // Without it, each instance's leader calls the origin: an origin slow enough that every
     // instance's burst has started before the first answer is stored (on a loaded machine
     // a late instance would otherwise find it in Redis).
     let alone = Arc::new(AtomicUsize::new(0));
-    let apps = fleet(
+    let (apps, _) = fleet(
         &server,
         &exchange::fresh_namespace("alone"),
         &alone,
@@ -112,6 +116,7 @@ async fn four_instances_make_one_origin_call_for_a_cold_key() {
         INSTANCES * PER_INSTANCE
     );
     assert_eq!(fleet_calls, 1, "one origin call across the fleet");
+    assert!(woken >= 1, "the waiting instances heard the lease given back");
     assert_eq!(alone_calls, INSTANCES, "without it, one per instance");
 }
 
@@ -124,7 +129,7 @@ async fn a_cancelled_leader_is_taken_over_by_one_waiter() {
     }
     let server = RedisServer::start();
     let calls = Arc::new(AtomicUsize::new(0));
-    let apps = fleet(
+    let (apps, _) = fleet(
         &server,
         &exchange::fresh_namespace("takeover"),
         &calls,

@@ -301,7 +301,7 @@ async fn subscribe_sharded(
             tracing::warn!("cannot subscribe to the Redis Cluster's sharded invalidation channel: retrying");
         }
         if let Ok(Ok(connection)) = connected {
-            backoff = RECONNECT_MIN;
+            let up = Instant::now();
             // Which of the purge and heartbeat channels are subscribed in this subscription.
             let mut subscribed = [false; 2];
             loop {
@@ -351,6 +351,11 @@ async fn subscribe_sharded(
                 }
             }
             drop(connection);
+            // A subscription that lasted: the next comes soon. One broken at once (a node
+            // that accepts and drops) backs off, not to storm the cluster.
+            if up.elapsed() >= RECONNECT_MAX {
+                backoff = RECONNECT_MIN;
+            }
         }
         let Some(state) = feed.upgrade() else { return };
         state.lost();

@@ -29,7 +29,17 @@ const MAX_KEYS: usize = 4096;
 pub(crate) struct LeaseReleases {
     live: AtomicBool,
     count: AtomicU64,
+    woken: AtomicU64,
+    task: std::sync::OnceLock<tokio::task::JoinHandle<()>>,
     heard: Mutex<HashMap<Vec<u8>, Heard>>,
+}
+
+impl Drop for LeaseReleases {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.get() {
+            task.abort();
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -53,14 +63,15 @@ impl LeaseReleases {
             channel,
             sharded,
         };
-        tokio::spawn(subscribe(source, Arc::downgrade(&releases)));
+        let task = tokio::spawn(subscribe(source, Arc::downgrade(&releases)));
+        let _ = releases.task.set(task);
         releases
     }
 
     /// Waits until a release of `key`'s lease is heard after `since`, or `poll` passes (the
     /// fallback poll while the subscription is up, as given otherwise).
     pub(crate) async fn wait(&self, key: &[u8], since: Instant, poll: Duration) {
-        if !self.live.load(SeqCst) {
+        if !self.is_live() {
             return tokio::time::sleep(poll).await;
         }
         let mut woken = {
@@ -73,15 +84,23 @@ impl LeaseReleases {
                 wake: watch::channel(()).0,
             });
             if entry.at.is_some_and(|at| at >= since) {
+                self.woken.fetch_add(1, SeqCst);
                 return;
             }
             entry.wake.subscribe()
         };
-        let _ = tokio::time::timeout(FALLBACK_POLL.max(poll), woken.changed()).await;
+        if let Ok(Ok(())) = tokio::time::timeout(FALLBACK_POLL.max(poll), woken.changed()).await {
+            self.woken.fetch_add(1, SeqCst);
+        }
     }
 
+    /// Subscribed, and its task still running (a runtime shut down ends it).
     pub(crate) fn is_live(&self) -> bool {
-        self.live.load(SeqCst)
+        self.live.load(SeqCst) && self.task.get().is_some_and(|t| !t.is_finished())
+    }
+
+    pub(crate) fn woken_count(&self) -> u64 {
+        self.woken.load(SeqCst)
     }
 
     pub(crate) fn heard_count(&self) -> u64 {
@@ -94,7 +113,14 @@ impl LeaseReleases {
         if let Some(entry) = heard.get_mut(key) {
             entry.at = Some(Instant::now());
             entry.wake.send_replace(());
-        } else if heard.len() < MAX_KEYS {
+            return;
+        }
+        if heard.len() >= MAX_KEYS {
+            // Word only matters to a wait registered, or about to be (within a lease's life).
+            let recent = Instant::now() - crate::fleet::LEASE_TTL;
+            heard.retain(|_, h| h.wake.receiver_count() > 0 || h.at.is_some_and(|at| at > recent));
+        }
+        if heard.len() < MAX_KEYS {
             let wake = watch::channel(()).0;
             heard.insert(
                 key.to_vec(),
@@ -122,6 +148,7 @@ struct Source {
 async fn subscribe(source: Source, releases: Weak<LeaseReleases>) {
     let mut backoff = RECONNECT_MIN;
     loop {
+        let started = Instant::now();
         let followed = match &source.sharded {
             Some(nodes) => follow_sharded(nodes.clone(), &source.channel, &releases).await,
             None => follow(&source, &releases).await,
@@ -129,7 +156,9 @@ async fn subscribe(source: Source, releases: Weak<LeaseReleases>) {
         let Some(state) = releases.upgrade() else { return };
         state.set_live(false);
         drop(state);
-        if followed {
+        // A subscription that lasted: the next attempt comes soon. One that broke at once
+        // (a node that accepts and drops) backs off, not to storm the cluster.
+        if followed && started.elapsed() >= RECONNECT_MAX {
             backoff = RECONNECT_MIN;
         }
         tokio::time::sleep(backoff).await;

@@ -215,8 +215,10 @@ pub trait Store: Clone + Send + Sync + 'static {
 
     /// Waits while another instance holds `key`'s lease: until the store hears that lease
     /// given back after `since` (when the caller's [`try_lease`](Self::try_lease) that found
-    /// it held started), or about `poll` has passed. The caller then reads the store and tries
-    /// the lease again. The default, for stores that hear nothing, waits `poll`.
+    /// it held started), or a poll interval has passed: `poll`, or a longer one of the
+    /// store's own while it expects word (`RedisStore`: 25 ms). The caller then reads the
+    /// store and tries the lease again. The default, for stores that hear nothing, waits
+    /// `poll`.
     fn lease_released(&self, key: &CacheKey, since: Instant, poll: Duration) -> impl Future<Output = ()> + Send {
         let _ = (key, since);
         tokio::time::sleep(poll)

@@ -219,19 +219,6 @@ return 1
     ))
 });
 
-/// Stamps tags with Redis's clock (plus the skew margin), files them in the recent-purge
-/// filter, and publishes the purge.
-///
-/// `KEYS[1]` filter state, `KEYS[2]` scratch key; `ARGV[1]` `h` or `s`, `ARGV[2]` clock-skew
-/// margin (µs), `ARGV[3]` record key prefix, `ARGV[4]` filter sketch key prefix, `ARGV[5]`
-/// channel, `ARGV[6]` cells per sketch, `ARGV[7]` interval per sketch (µs), `ARGV[8]` the
-/// publishing command (`PUBLISH`, or `SPUBLISH` on a cluster), `ARGV[9..]` tags. Returns
-/// how many subscribers heard it.
-///
-/// A purge must land even when Redis is out of memory under `noeviction`. Redis checks a
-/// script's memory only until its first write, so the first write is a `DEL` of a key that
-/// never holds a value: it frees and grows nothing, and what follows is bounded (fields of
-/// existing records, sketches of a fixed size).
 /// Takes a lease if it is free; if it is held, marks it waited on, so that its release is
 /// published (see [`LEASE_RELEASE`]).
 ///
@@ -256,7 +243,8 @@ static LEASE_RENEW: LazyLock<Script> = LazyLock::new(|| {
 });
 
 /// Deletes a lease only for its holder (compare-and-delete), and if another instance waits
-/// on it, publishes its key (see [`super::lease_releases`]).
+/// on it, publishes its key (see [`super::lease_releases`]); a refused publish (an ACL's
+/// channel rules) leaves waiters to poll, and is no error.
 ///
 /// `KEYS[1]` lease, `KEYS[2]` its waited-on mark; `ARGV[1]` token, `ARGV[2]` lease channel,
 /// `ARGV[3]` the publishing command, `ARGV[4]` the cache key.
@@ -264,7 +252,7 @@ static LEASE_RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end \
          redis.call('DEL', KEYS[1]) \
-         if redis.call('DEL', KEYS[2]) == 1 then redis.call(ARGV[3], ARGV[2], ARGV[4]) end \
+         if redis.call('DEL', KEYS[2]) == 1 then redis.pcall(ARGV[3], ARGV[2], ARGV[4]) end \
          return 1",
     )
 });
@@ -280,6 +268,19 @@ fn lease_token() -> u64 {
     hasher.finish()
 }
 
+/// Stamps tags with Redis's clock (plus the skew margin), files them in the recent-purge
+/// filter, and publishes the purge.
+///
+/// `KEYS[1]` filter state, `KEYS[2]` scratch key; `ARGV[1]` `h` or `s`, `ARGV[2]` clock-skew
+/// margin (µs), `ARGV[3]` record key prefix, `ARGV[4]` filter sketch key prefix, `ARGV[5]`
+/// channel, `ARGV[6]` cells per sketch, `ARGV[7]` interval per sketch (µs), `ARGV[8]` the
+/// publishing command (`PUBLISH`, or `SPUBLISH` on a cluster), `ARGV[9..]` tags. Returns
+/// how many subscribers heard it.
+///
+/// A purge must land even when Redis is out of memory under `noeviction`. Redis checks a
+/// script's memory only until its first write, so the first write is a `DEL` of a key that
+/// never holds a value: it frees and grows nothing, and what follows is bounded (fields of
+/// existing records, sketches of a fixed size).
 static PURGE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{FILTER_LUA}{}",
@@ -664,8 +665,11 @@ pub struct RedisStoreStats {
     /// Whether the subscription that hears fleet-wide leases given back is up (it starts
     /// with the first lease this store takes); while it is not, waiting instances poll.
     pub lease_releases_live: bool,
-    /// Releases of leases this store's instance waited on (or might) that it heard.
+    /// Releases of waited-on leases (anywhere in the fleet) that the subscription heard.
     pub lease_releases_heard: u64,
+    /// Waits on another instance's lease that word of its release ended, rather than the
+    /// poll interval.
+    pub lease_waits_woken: u64,
 }
 
 impl fmt::Debug for RedisStore {
@@ -826,6 +830,7 @@ impl RedisStore {
             unverified_reads: self.inner.unverified.load(Relaxed),
             lease_releases_live: self.inner.lease_releases.get().is_some_and(|r| r.is_live()),
             lease_releases_heard: self.inner.lease_releases.get().map_or(0, |r| r.heard_count()),
+            lease_waits_woken: self.inner.lease_releases.get().map_or(0, |r| r.woken_count()),
         }
     }
 
