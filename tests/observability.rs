@@ -190,6 +190,52 @@ async fn cache_status_is_sent_only_as_configured() {
     );
 }
 
+/// A hit carries the stored fields as they came (a repeated name's lines in order), then
+/// `Age` and this cache's `Cache-Status`, and nothing else, hit after hit; a HEAD hit adds the
+/// `Content-Length` its GET would have had.
+#[tokio::test]
+async fn a_hit_carries_the_stored_fields_then_age_and_cache_status() {
+    use tower::Layer;
+    let origin = tower::service_fn(|_: http::Request<axum::body::Body>| async {
+        let response = http::Response::builder()
+            .header("x-first", "1")
+            .header(CACHE_CONTROL, "max-age=60")
+            .header("x-repeated", "a")
+            .header("x-repeated", "b")
+            .header("content-type", "text/plain")
+            .body(axum::body::Body::from("body"))
+            .unwrap();
+        Ok::<_, std::convert::Infallible>(response)
+    });
+    let service = default_layer().layer(origin);
+    let fields = |response: &http::Response<_>| -> Vec<String> {
+        let fields = response.headers().iter();
+        fields.map(|(n, v)| format!("{n}: {}", v.to_str().unwrap())).collect()
+    };
+    let stored = [
+        "x-first: 1",
+        "cache-control: max-age=60",
+        "x-repeated: a",
+        "x-repeated: b",
+        "content-type: text/plain",
+    ];
+    send(&service, get("/a")).await;
+    for (request, added) in [
+        (get("/a"), None),
+        (get("/a"), None),
+        (request(Method::HEAD, "/a", &[]), Some("content-length: 4")),
+        (get("/a"), None),
+    ] {
+        let hit = send(&service, request).await;
+        assert_hit(&hit);
+        let mut expected: Vec<String> = stored.iter().map(|s| s.to_string()).collect();
+        expected.extend(added.map(String::from));
+        expected.push(format!("age: {}", age(&hit)));
+        expected.push(format!("cache-status: {NAME}; hit; ttl={}", ttl(&hit)));
+        assert_eq!(fields(&hit), expected);
+    }
+}
+
 #[tokio::test]
 async fn cache_status_from_a_cache_nearer_the_origin_is_kept_first() {
     let origin = Origin::new();
