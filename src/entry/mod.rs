@@ -160,7 +160,12 @@ impl CachedResponse {
 
     /// Fresh and servable without asking the origin.
     pub fn is_fresh(&self, now: SystemTime) -> bool {
-        !self.no_cache && self.age(now) < self.lifetime
+        self.is_fresh_at(self.age(now))
+    }
+
+    /// [`is_fresh`](Self::is_fresh), at an age read already.
+    pub(crate) fn is_fresh_at(&self, age: Duration) -> bool {
+        !self.no_cache && age < self.lifetime
     }
 
     /// Approximate bytes held: body, headers, trailers, tags and a fixed overhead.

@@ -92,24 +92,24 @@ async fn lookup_as<St: Store>(shared: &Shared<St>, lookout: &Lookout, headers: &
             Err(found) => return found,
         },
     };
-    judge(lookout, response, standing, own, SystemTime::now())
+    judge(lookout, response, standing, own, SystemTime::now()).0
 }
 
 /// [`lookup`] without waiting, when the store can answer at once ([`Store::get_now`]);
-/// freshness is judged at `now`.
+/// freshness is judged at `now`, and an entry found comes with its age then.
 pub(super) fn lookup_now<St: Store>(
     shared: &Shared<St>,
     lookout: &Lookout,
     headers: &HeaderMap,
     now: SystemTime,
-) -> Option<Found> {
+) -> Option<(Found, Duration)> {
     let store = &shared.store;
     let (response, standing, own) = match primary(shared, lookout, headers, Ok(store.get_now(&lookout.primary)?)) {
-        Step::Found(found) => return Some(found),
+        Step::Found(found) => return Some((found, Duration::ZERO)),
         Step::Response(response, standing) => (response, standing, false),
         Step::Variant(key, own) => match variant(shared, own, Ok(store.get_now(&key)?)) {
             Ok((response, standing)) => (response, standing, own),
-            Err(found) => return Some(found),
+            Err(found) => return Some((found, Duration::ZERO)),
         },
     };
     Some(judge(lookout, response, standing, own, now))
@@ -156,14 +156,24 @@ fn variant<St>(
     }
 }
 
-fn judge(lookout: &Lookout, response: Arc<CachedResponse>, standing: Standing, own: bool, now: SystemTime) -> Found {
+/// What the entry found is to the request, and its age at `now` (zero when it may not be
+/// shown to the request at all).
+fn judge(
+    lookout: &Lookout,
+    response: Arc<CachedResponse>,
+    standing: Standing,
+    own: bool,
+    now: SystemTime,
+) -> (Found, Duration) {
     // The key settled Vary and identity; what is left is whether a request with credentials
     // (or an identity) may see an entry stored for everyone.
     let facts = &lookout.facts;
     if (facts.credentials || facts.identity) && !own && !response.shareable_with_credentials {
-        return Found::Miss(MissKind::Miss);
+        return (Found::Miss(MissKind::Miss), Duration::ZERO);
     }
-    if standing == Standing::Valid && response.is_fresh(now) {
+    // Read once: a fresh hit's `Age` and `ttl` come from it too.
+    let age = response.age(now);
+    let found = if standing == Standing::Valid && response.is_fresh_at(age) {
         Found::Fresh(response)
     } else {
         Found::Stale(Stale {
@@ -171,7 +181,8 @@ fn judge(lookout: &Lookout, response: Arc<CachedResponse>, standing: Standing, o
             error_only: standing == Standing::Unverified,
             soft_purged: standing == Standing::SoftPurged,
         })
-    }
+    };
+    (found, age)
 }
 
 /// Which read of the store a lookup makes.

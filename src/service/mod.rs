@@ -170,15 +170,14 @@ fn begin<St: Store, B: Body>(
     let now = SystemTime::now();
     match lookup_now(shared, &lookout, &parts.headers, now) {
         // Due for a refresh ahead of expiry: answered by `handle`, which has the inner service.
-        Some(Found::Fresh(entry)) if refresh_due(shared, &lookout, &entry) => Err(Begun::Looked {
+        Some((Found::Fresh(entry), _)) if refresh_due(shared, &lookout, &entry) => Err(Begun::Looked {
             lookout: Box::new(lookout),
             found: Found::Fresh(entry),
             generation,
             ahead: true,
         }),
-        Some(Found::Fresh(entry)) => {
+        Some((Found::Fresh(entry), age)) => {
             shared.counters.hit();
-            let age = entry.age(now);
             let outcome = Outcome::hit(entry.lifetime.saturating_sub(age));
             // The request's extensions (axum's route parameters, say) are done with: emptied,
             // their map carries the response's outcome without allocating one of its own.
@@ -190,7 +189,7 @@ fn begin<St: Store, B: Body>(
             }
             Ok(response)
         }
-        Some(found) => Err(Begun::Looked {
+        Some((found, _)) => Err(Begun::Looked {
             lookout: Box::new(lookout),
             found,
             generation,
