@@ -176,38 +176,9 @@ async fn cold(client: &HttpClient, fleet: &Fleet, bursts: u64, per_instance: usi
 /// `Router`, called in process, so that the figures are the cache's and not the loopback
 /// client's.
 async fn cold_in_process(fleet: &Fleet, bursts: u64, per_instance: usize) -> String {
-    let mut latencies = Vec::new();
-    let before = fleet.cold_calls.load(SeqCst);
-    for burst in 0..bursts {
-        let path = format!("/cold/in-process/{burst}");
-        let mut tasks = Vec::new();
-        for app in &fleet.apps {
-            for _ in 0..per_instance {
-                let request = http::Request::get(path.as_str())
-                    .header("host", "shop.example")
-                    .body(axum::body::Body::empty())
-                    .expect("request");
-                let app = app.clone();
-                tasks.push(tokio::spawn(async move {
-                    let started = Instant::now();
-                    let response = app.oneshot(request).await.expect("answered");
-                    response.into_body().collect().await.expect("body");
-                    started.elapsed()
-                }));
-            }
-        }
-        for task in tasks {
-            latencies.push(task.await.expect("request"));
-        }
-    }
-    latencies.sort();
-    let calls = fleet.cold_calls.load(SeqCst) - before;
-    format!(
-        "{:.2} origin calls per burst | p50 {:.1} ms | p99 {:.1} ms",
-        calls as f64 / bursts as f64,
-        percentile(&latencies, 50).as_secs_f64() * 1e3,
-        percentile(&latencies, 99).as_secs_f64() * 1e3,
-    )
+    let here = tokio::runtime::Handle::current();
+    let instances: Vec<_> = fleet.apps.iter().map(|app| (here.clone(), app.clone())).collect();
+    called(&instances, &fleet.cold_calls, "in-process", bursts, per_instance).await
 }
 
 /// The cold bursts with each instance on a Tokio runtime (one worker thread) of its own, as
@@ -216,7 +187,7 @@ async fn cold_in_process(fleet: &Fleet, bursts: u64, per_instance: usize) -> Str
 async fn cold_isolated(redis: &RedisServer, coalesce: bool, bursts: u64, per_instance: usize) -> String {
     let calls = Arc::new(AtomicUsize::new(0));
     let namespace = format!("isolated-{coalesce}-{}", std::process::id());
-    let mut instances = Vec::new();
+    let (mut runtimes, mut instances) = (Vec::new(), Vec::new());
     for _ in 0..INSTANCES {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -238,13 +209,31 @@ async fn cold_isolated(redis: &RedisServer, coalesce: bool, bursts: u64, per_ins
             })
             .await
             .expect("an instance");
-        instances.push((runtime, app));
+        instances.push((runtime.handle().clone(), app));
+        runtimes.push(runtime);
     }
+    let result = called(&instances, &calls, "isolated", bursts, per_instance).await;
+    for runtime in runtimes {
+        runtime.shutdown_background();
+    }
+    result
+}
+
+/// Bursts of `per_instance` concurrent requests on each instance's `Router`, each request
+/// run on the instance's runtime: origin calls per burst, p50/p99 latency.
+async fn called(
+    instances: &[(tokio::runtime::Handle, Router)],
+    calls: &AtomicUsize,
+    name: &str,
+    bursts: u64,
+    per_instance: usize,
+) -> String {
     let mut latencies = Vec::new();
+    let before = calls.load(SeqCst);
     for burst in 0..bursts {
-        let path = format!("/cold/isolated/{burst}");
+        let path = format!("/cold/{name}/{burst}");
         let mut tasks = Vec::new();
-        for (runtime, app) in &instances {
+        for (runtime, app) in instances {
             for _ in 0..per_instance {
                 let request = http::Request::get(path.as_str())
                     .header("host", "shop.example")
@@ -263,13 +252,10 @@ async fn cold_isolated(redis: &RedisServer, coalesce: bool, bursts: u64, per_ins
             latencies.push(task.await.expect("request"));
         }
     }
-    for (runtime, _) in instances {
-        runtime.shutdown_background();
-    }
     latencies.sort();
     format!(
         "{:.2} origin calls per burst | p50 {:.1} ms | p99 {:.1} ms",
-        calls.load(SeqCst) as f64 / bursts as f64,
+        (calls.load(SeqCst) - before) as f64 / bursts as f64,
         percentile(&latencies, 50).as_secs_f64() * 1e3,
         percentile(&latencies, 99).as_secs_f64() * 1e3,
     )

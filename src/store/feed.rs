@@ -236,16 +236,8 @@ async fn subscribe(l1: MemoryStore, l2: RedisStore, feed: Weak<Feed>, beat_chann
             beat_now.notify_one();
             let mut messages = pubsub.into_on_message();
             loop {
-                let message = match tokio::time::timeout(SILENCE, messages.next()).await {
-                    Ok(Some(message)) => message,
-                    Ok(None) => break,
-                    Err(_) => {
-                        if let Some(state) = feed.upgrade() {
-                            state.stalls.fetch_add(1, SeqCst);
-                        }
-                        tracing::warn!("Redis invalidation feed silent: resubscribing");
-                        break;
-                    }
+                let Some(message) = within_silence(messages.next(), &feed).await else {
+                    break;
                 };
                 let Some(state) = feed.upgrade() else { return };
                 if message.get_channel_name() == beat_channel {
@@ -282,39 +274,20 @@ async fn subscribe_sharded(
         _ => None,
     };
     loop {
-        let (sender, mut pushes) = tokio::sync::mpsc::unbounded_channel();
-        let connect = async {
-            let nodes = l2.sharded_nodes().unwrap_or_default().to_vec();
-            let client = ::redis::cluster::ClusterClient::builder(nodes)
-                .use_protocol(::redis::ProtocolVersion::RESP3)
-                .push_sender(sender)
-                .connection_timeout(CONNECT_TIMEOUT)
-                .response_timeout(CONNECT_TIMEOUT)
-                .build()?;
-            let mut connection = client.get_async_connection().await?;
-            connection.ssubscribe(&[l2.channel(), beat_channel.as_str()]).await?;
-            Ok::<_, ::redis::RedisError>(connection)
-        };
-        // The cluster client connects to every seed and node first.
-        let connected = tokio::time::timeout(CLUSTER_CONNECT_TIMEOUT, connect).await;
-        if !matches!(connected, Ok(Ok(_))) && backoff == RECONNECT_MIN {
+        let nodes = l2.sharded_nodes().unwrap_or_default().to_vec();
+        let channels = [l2.channel(), beat_channel.as_str()];
+        let connected =
+            super::redis::sharded_subscription(nodes, &channels, CONNECT_TIMEOUT, CLUSTER_CONNECT_TIMEOUT).await;
+        if connected.is_none() && backoff == RECONNECT_MIN {
             tracing::warn!("cannot subscribe to the Redis Cluster's sharded invalidation channel: retrying");
         }
-        if let Ok(Ok(connection)) = connected {
+        if let Some((connection, mut pushes)) = connected {
             let up = Instant::now();
             // Which of the purge and heartbeat channels are subscribed in this subscription.
             let mut subscribed = [false; 2];
             loop {
-                let push = match tokio::time::timeout(SILENCE, pushes.recv()).await {
-                    Ok(Some(push)) => push,
-                    Ok(None) => break,
-                    Err(_) => {
-                        if let Some(state) = feed.upgrade() {
-                            state.stalls.fetch_add(1, SeqCst);
-                        }
-                        tracing::warn!("Redis invalidation feed silent: resubscribing");
-                        break;
-                    }
+                let Some(push) = within_silence(pushes.recv(), &feed).await else {
+                    break;
                 };
                 let Some(state) = feed.upgrade() else { return };
                 let channel = bytes(push.data.first());
@@ -362,6 +335,21 @@ async fn subscribe_sharded(
         drop(state);
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(RECONNECT_MAX);
+    }
+}
+
+/// The subscription's next message; `None` when it ended, or stayed silent for [`SILENCE`]
+/// (a stall, counted: the caller subscribes anew).
+async fn within_silence<T>(next: impl std::future::Future<Output = Option<T>>, feed: &Weak<Feed>) -> Option<T> {
+    match tokio::time::timeout(SILENCE, next).await {
+        Ok(next) => next,
+        Err(_) => {
+            if let Some(state) = feed.upgrade() {
+                state.stalls.fetch_add(1, SeqCst);
+            }
+            tracing::warn!("Redis invalidation feed silent: resubscribing");
+            None
+        }
     }
 }
 

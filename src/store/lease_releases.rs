@@ -194,20 +194,9 @@ async fn follow(source: &Source, releases: &Weak<LeaseReleases>) -> bool {
 /// [`RedisStoreBuilder::sharded_pubsub`]: super::RedisStoreBuilder::sharded_pubsub
 async fn follow_sharded(nodes: Vec<::redis::ConnectionInfo>, channel: &str, releases: &Weak<LeaseReleases>) -> bool {
     use ::redis::{PushKind, Value};
-    let (sender, mut pushes) = tokio::sync::mpsc::unbounded_channel();
-    let connect = async {
-        let client = ::redis::cluster::ClusterClient::builder(nodes)
-            .use_protocol(::redis::ProtocolVersion::RESP3)
-            .push_sender(sender)
-            .connection_timeout(CONNECT_TIMEOUT)
-            .response_timeout(CONNECT_TIMEOUT)
-            .build()?;
-        let mut connection = client.get_async_connection().await?;
-        connection.ssubscribe(channel).await?;
-        Ok::<_, ::redis::RedisError>(connection)
-    };
-    // The cluster client connects to every seed and node first.
-    let Ok(Ok(_connection)) = tokio::time::timeout(CONNECT_TIMEOUT * 5, connect).await else {
+    let channels = [channel];
+    let subscription = super::redis::sharded_subscription(nodes, &channels, CONNECT_TIMEOUT, CONNECT_TIMEOUT * 5);
+    let Some((_connection, mut pushes)) = subscription.await else {
         return false;
     };
     while let Some(push) = pushes.recv().await {

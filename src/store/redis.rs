@@ -1664,6 +1664,37 @@ impl RedisStoreBuilder {
     }
 }
 
+/// A cluster connection subscribed with `SSUBSCRIBE` to `channels` (it follows their slot
+/// through failovers, and tells of every disconnection and resubscription), and the pushes
+/// it receives; `None` if that took longer than `within` (the cluster client connects to
+/// every seed and node first) or failed.
+pub(crate) async fn sharded_subscription(
+    nodes: Vec<::redis::ConnectionInfo>,
+    channels: &[&str],
+    connect_timeout: Duration,
+    within: Duration,
+) -> Option<(
+    ClusterConnection,
+    tokio::sync::mpsc::UnboundedReceiver<::redis::PushInfo>,
+)> {
+    let (sender, pushes) = tokio::sync::mpsc::unbounded_channel();
+    let connect = async {
+        let client = ::redis::cluster::ClusterClient::builder(nodes)
+            .use_protocol(::redis::ProtocolVersion::RESP3)
+            .push_sender(sender)
+            .connection_timeout(connect_timeout)
+            .response_timeout(connect_timeout)
+            .build()?;
+        let mut connection = client.get_async_connection().await?;
+        connection.ssubscribe(channels).await?;
+        Ok::<_, ::redis::RedisError>(connection)
+    };
+    match tokio::time::timeout(within, connect).await {
+        Ok(Ok(connection)) => Some((connection, pushes)),
+        _ => None,
+    }
+}
+
 /// Checks that the cluster runs `SPUBLISH` for this store (Redis 7.0 and later, and an ACL
 /// that allows it).
 async fn shards_pubsub(connection: &Connection, ns: &str, timeout: Duration) -> Result<(), StoreError> {
