@@ -29,6 +29,7 @@ const MAX_KEYS: usize = 4096;
 pub(crate) struct LeaseReleases {
     live: AtomicBool,
     count: AtomicU64,
+    waits: AtomicU64,
     woken: AtomicU64,
     task: std::sync::OnceLock<tokio::task::JoinHandle<()>>,
     heard: Mutex<HashMap<Vec<u8>, Heard>>,
@@ -74,11 +75,10 @@ impl LeaseReleases {
         if !self.is_live() {
             return tokio::time::sleep(poll).await;
         }
+        self.waits.fetch_add(1, SeqCst);
         let mut woken = {
             let mut heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
-            if heard.len() >= MAX_KEYS {
-                heard.retain(|_, h| h.wake.receiver_count() > 0);
-            }
+            forget_unneeded(&mut heard);
             let entry = heard.entry(key.to_vec()).or_insert_with(|| Heard {
                 at: None,
                 wake: watch::channel(()).0,
@@ -99,6 +99,10 @@ impl LeaseReleases {
         self.live.load(SeqCst) && self.task.get().is_some_and(|t| !t.is_finished())
     }
 
+    pub(crate) fn wait_count(&self) -> u64 {
+        self.waits.load(SeqCst)
+    }
+
     pub(crate) fn woken_count(&self) -> u64 {
         self.woken.load(SeqCst)
     }
@@ -115,11 +119,7 @@ impl LeaseReleases {
             entry.wake.send_replace(());
             return;
         }
-        if heard.len() >= MAX_KEYS {
-            // Word only matters to a wait registered, or about to be (within a lease's life).
-            let recent = Instant::now() - crate::fleet::LEASE_TTL;
-            heard.retain(|_, h| h.wake.receiver_count() > 0 || h.at.is_some_and(|at| at > recent));
-        }
+        forget_unneeded(&mut heard);
         if heard.len() < MAX_KEYS {
             let wake = watch::channel(()).0;
             heard.insert(
@@ -137,6 +137,17 @@ impl LeaseReleases {
     }
 }
 
+/// Once the map is full: word only matters to a wait registered, or about to be (within a
+/// lease's life), so the rest goes.
+fn forget_unneeded(heard: &mut HashMap<Vec<u8>, Heard>) {
+    if heard.len() < MAX_KEYS {
+        return;
+    }
+    let now = Instant::now();
+    let recent = |at: Instant| now.duration_since(at) < crate::fleet::LEASE_TTL;
+    heard.retain(|_, h| h.wake.receiver_count() > 0 || h.at.is_some_and(recent));
+}
+
 /// Where releases are published.
 struct Source {
     client: ::redis::Client,
@@ -148,8 +159,7 @@ struct Source {
 async fn subscribe(source: Source, releases: Weak<LeaseReleases>) {
     let mut backoff = RECONNECT_MIN;
     loop {
-        let started = Instant::now();
-        let followed = match &source.sharded {
+        let up = match &source.sharded {
             Some(nodes) => follow_sharded(nodes.clone(), &source.channel, &releases).await,
             None => follow(&source, &releases).await,
         };
@@ -158,7 +168,7 @@ async fn subscribe(source: Source, releases: Weak<LeaseReleases>) {
         drop(state);
         // A subscription that lasted: the next attempt comes soon. One that broke at once
         // (a node that accepts and drops) backs off, not to storm the cluster.
-        if followed && started.elapsed() >= RECONNECT_MAX {
+        if up.is_some_and(|up| up.elapsed() >= RECONNECT_MAX) {
             backoff = RECONNECT_MIN;
         }
         tokio::time::sleep(backoff).await;
@@ -166,48 +176,52 @@ async fn subscribe(source: Source, releases: Weak<LeaseReleases>) {
     }
 }
 
-/// Over `SUBSCRIBE`; `true` if the subscription came up.
-async fn follow(source: &Source, releases: &Weak<LeaseReleases>) -> bool {
+/// Over `SUBSCRIBE`; when the subscription came up, if it did.
+async fn follow(source: &Source, releases: &Weak<LeaseReleases>) -> Option<Instant> {
     let connect = async {
         let mut pubsub = source.client.get_async_pubsub().await?;
         pubsub.subscribe(source.channel.as_str()).await?;
         Ok::<_, ::redis::RedisError>(pubsub)
     };
     let Ok(Ok(pubsub)) = tokio::time::timeout(CONNECT_TIMEOUT, connect).await else {
-        return false;
+        return None;
     };
+    let up = Instant::now();
     let mut messages = pubsub.into_on_message();
     match releases.upgrade() {
         Some(state) => state.set_live(true),
-        None => return true,
+        None => return Some(up),
     }
     while let Some(message) = messages.next().await {
-        let Some(state) = releases.upgrade() else { return true };
+        let Some(state) = releases.upgrade() else { break };
         state.heard(message.get_payload_bytes());
     }
-    true
+    Some(up)
 }
 
 /// Over sharded pub/sub on a cluster (see [`RedisStoreBuilder::sharded_pubsub`]), through a
 /// cluster connection that follows the channel's slot.
 ///
 /// [`RedisStoreBuilder::sharded_pubsub`]: super::RedisStoreBuilder::sharded_pubsub
-async fn follow_sharded(nodes: Vec<::redis::ConnectionInfo>, channel: &str, releases: &Weak<LeaseReleases>) -> bool {
+async fn follow_sharded(
+    nodes: Vec<::redis::ConnectionInfo>,
+    channel: &str,
+    releases: &Weak<LeaseReleases>,
+) -> Option<Instant> {
     use ::redis::{PushKind, Value};
     let channels = [channel];
     let subscription = super::redis::sharded_subscription(nodes, &channels, CONNECT_TIMEOUT, CONNECT_TIMEOUT * 5);
-    let Some((_connection, mut pushes)) = subscription.await else {
-        return false;
-    };
+    let (_connection, mut pushes) = subscription.await?;
+    let up = Instant::now();
     while let Some(push) = pushes.recv().await {
-        let Some(state) = releases.upgrade() else { return true };
+        let Some(state) = releases.upgrade() else { break };
         match (push.kind, push.data.get(1)) {
             (PushKind::SSubscribe, _) => state.set_live(true),
             (PushKind::SMessage, Some(Value::BulkString(key))) => state.heard(key),
             // A link broke (to any node), or the slot moved: subscribe anew.
-            (PushKind::Disconnection | PushKind::SUnsubscribe, _) => return true,
+            (PushKind::Disconnection | PushKind::SUnsubscribe, _) => break,
             _ => {}
         }
     }
-    true
+    Some(up)
 }

@@ -667,6 +667,9 @@ pub struct RedisStoreStats {
     pub lease_releases_live: bool,
     /// Releases of waited-on leases (anywhere in the fleet) that the subscription heard.
     pub lease_releases_heard: u64,
+    /// Waits on another instance's lease made while the subscription was up (each ends at
+    /// word of the release, or at the poll interval).
+    pub lease_waits: u64,
     /// Waits on another instance's lease that word of its release ended, rather than the
     /// poll interval.
     pub lease_waits_woken: u64,
@@ -830,6 +833,7 @@ impl RedisStore {
             unverified_reads: self.inner.unverified.load(Relaxed),
             lease_releases_live: self.inner.lease_releases.get().is_some_and(|r| r.is_live()),
             lease_releases_heard: self.inner.lease_releases.get().map_or(0, |r| r.heard_count()),
+            lease_waits: self.inner.lease_releases.get().map_or(0, |r| r.wait_count()),
             lease_waits_woken: self.inner.lease_releases.get().map_or(0, |r| r.woken_count()),
         }
     }
