@@ -36,6 +36,19 @@ use tower_response_cache::store::{Lookup, RedisStore, TieredStore};
 use tower_response_cache::MemoryStore;
 use tower_response_cache::{CacheLayer, CacheTags, Store};
 
+/// Waits (bounded, off the runtime's threads) until a replica has been promoted in place of
+/// a killed master.
+async fn promoted(cluster: TestCluster) -> TestCluster {
+    tokio::task::spawn_blocking(move || {
+        cluster.wait("a replica promoted in place of the killed master", |c| {
+            c.masters().len() == 3
+        });
+        cluster
+    })
+    .await
+    .expect("the failover wait ended")
+}
+
 /// A spread store on the cluster. The tests' instances share the machine's clock with
 /// Redis, so no clock-skew margin is needed.
 async fn spread(urls: &[String], namespace: &str) -> RedisStore {
@@ -446,14 +459,7 @@ async fn a_master_killed_under_load_fails_no_request() {
     let before = requests.load(SeqCst);
     cluster.kill(victim);
     let killed_at = Instant::now();
-    cluster = tokio::task::spawn_blocking(move || {
-        cluster.wait("a replica promoted in place of the killed master", |c| {
-            c.masters().len() == 3
-        });
-        cluster
-    })
-    .await
-    .expect("the failover wait ended");
+    cluster = promoted(cluster).await;
     eprintln!("failover: 3 masters again {:?} after the kill", killed_at.elapsed());
     // Back to hits once the client sees the new topology (bounded).
     recovered.store(1, SeqCst);
@@ -875,14 +881,7 @@ async fn a_sharded_subscription_follows_a_failover() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    cluster = tokio::task::spawn_blocking(move || {
-        cluster.wait("a replica promoted in place of the killed master", |c| {
-            c.masters().len() == 3
-        });
-        cluster
-    })
-    .await
-    .expect("the failover wait ended");
+    cluster = promoted(cluster).await;
     wait_coherent(&[&a, &b], Duration::from_secs(30)).await;
     assert!(
         b.stats().subscriptions > subscriptions,
