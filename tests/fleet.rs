@@ -10,6 +10,10 @@ mod redis_server;
 mod exchange;
 use exchange::exchange;
 
+#[path = "common/lease_wake.rs"]
+mod lease_wake;
+use lease_wake::releases_live;
+
 use axum::routing::get;
 use axum::Router;
 use redis_server::RedisServer;
@@ -479,18 +483,6 @@ async fn feed_live(store: &TieredStore) {
     }
 }
 
-/// Waits (bounded) until `store`'s subscription to lease releases is up.
-async fn releases_live(store: &RedisStore) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !store.stats().lease_releases_live {
-        assert!(
-            Instant::now() < deadline,
-            "the lease release subscription never came up"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// An instance waiting on another's lease is woken when the holder gives it back, not at a
 /// poll: given a minute to wait, it returns within seconds of the release. A lease no one
 /// waited on is given back without a word (the release publishes only what is waited on).
@@ -523,23 +515,24 @@ async fn a_waiting_instance_is_woken_when_the_lease_is_given_back() {
         Some("2")
     );
     assert_eq!(publishes(&server), 0, "releases no one waited on publish nothing");
-    let LeaseAttempt::Acquired(token) = a.try_lease(&key, ttl).await else {
-        panic!("a free lease is taken")
-    };
-    let since = Instant::now();
-    assert_eq!(b.try_lease(&key, ttl).await, LeaseAttempt::Held);
-    let waiting = {
-        let b = b.clone();
-        let key = key.clone();
-        tokio::spawn(async move { b.lease_released(&key, since, Duration::from_secs(60)).await })
-    };
-    a.release_lease(&key, token).await;
-    tokio::time::timeout(Duration::from_secs(10), waiting)
-        .await
-        .expect("woken by the release, not by the minute's poll")
-        .unwrap();
+    lease_wake::woken_by_release(&a, &b, &key, "standalone").await;
     assert_eq!(b.stats().lease_releases_heard, 1, "{:?}", b.stats());
     assert_eq!(publishes(&server), 1, "the waited-on release alone was published");
+    // The subscriptions end with their stores.
+    drop((a, b));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server
+        .cli(&["pubsub", "numsub", &format!("{{{namespace}}}:leases")])
+        .lines()
+        .nth(1)
+        != Some("0")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "a dropped store still listens for lease releases"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// `PUBLISH` calls Redis ran (scripts' included).

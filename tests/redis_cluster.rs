@@ -16,6 +16,9 @@ use cluster::TestCluster;
 mod exchange;
 use exchange::{exchange, fresh_namespace};
 
+#[path = "common/lease_wake.rs"]
+mod lease_wake;
+
 #[path = "common/rng.rs"]
 mod rng;
 use rng::Rng;
@@ -901,7 +904,6 @@ async fn a_sharded_subscription_follows_a_failover() {
 /// another's lease is woken when the holder gives it back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_instance_is_woken_on_a_cluster() {
-    use tower_response_cache::store::LeaseAttempt;
     use tower_response_cache::CacheKey;
     if !redis_server::available() {
         return;
@@ -917,28 +919,52 @@ async fn a_waiting_instance_is_woken_on_a_cluster() {
                 .connect()
         };
         let (a, b) = (connect().await.unwrap(), connect().await.unwrap());
-        let ttl = Duration::from_secs(30);
-        let key = CacheKey::from_bytes("GET hot");
-        let LeaseAttempt::Acquired(token) = a.try_lease(&key, ttl).await else {
-            panic!("a free lease is taken")
-        };
-        assert_eq!(b.try_lease(&key, ttl).await, LeaseAttempt::Held);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !b.stats().lease_releases_live {
-            assert!(Instant::now() < deadline, "b's release subscription never came up");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let since = Instant::now();
-        assert_eq!(b.try_lease(&key, ttl).await, LeaseAttempt::Held);
-        let waiting = {
-            let (b, key) = (b.clone(), key.clone());
-            tokio::spawn(async move { b.lease_released(&key, since, Duration::from_secs(60)).await })
-        };
-        a.release_lease(&key, token).await;
-        tokio::time::timeout(Duration::from_secs(10), waiting)
-            .await
-            .unwrap_or_else(|_| panic!("spread {spread_it}, sharded {sharded}: woken by the release, not by the poll"))
-            .unwrap();
-        assert!(b.stats().lease_releases_heard >= 1, "{:?}", b.stats());
+        let what = format!("spread {spread_it}, sharded {sharded}");
+        lease_wake::woken_by_release(&a, &b, &CacheKey::from_bytes("GET hot"), &what).await;
     }
+}
+
+/// With purges broadcast (the default), a tiered store's heartbeats run on the primary that
+/// runs the namespace's purges, so that they reach its subscription in order with them, even
+/// through a cluster client that reads from replicas (a bare `PUBLISH` is routed as a read):
+/// `PUBLISH` is called on that master alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_run_on_the_master_that_runs_the_purges() {
+    if !redis_server::available() {
+        return;
+    }
+    let cluster = TestCluster::start(3, 1);
+    let namespace = fresh_namespace("beats");
+    let urls = cluster.urls();
+    let client = redis::cluster::ClusterClient::builder(urls.clone())
+        .read_routing_strategy(redis::cluster_read_routing::RandomReplicaStrategy)
+        .build()
+        .expect("a cluster client");
+    let node = redis::Client::open(urls[0].as_str()).expect("a node client");
+    let l2 = RedisStore::cluster_builder_with_client(client, node)
+        .namespace(namespace.as_str())
+        .connect()
+        .await
+        .expect("connect to the cluster");
+    let store = TieredStore::new(MemoryStore::new(), l2);
+    wait_coherent(&[&store], Duration::from_secs(10)).await;
+    let nodes = cluster.live_ports();
+    for &port in &nodes {
+        redis_server::cli(port, &["config", "resetstat"]);
+    }
+    let beats = store.stats().heartbeats;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.stats().heartbeats < beats + 5 {
+        assert!(Instant::now() < deadline, "heartbeats stopped coming back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let owner = cluster.master_of(&format!("{{{namespace}}}:purge"));
+    let published: Vec<_> = request_calls(&nodes)
+        .into_iter()
+        .filter(|(_, command, _)| command == "publish")
+        .collect();
+    assert!(
+        !published.is_empty() && published.iter().all(|(port, _, _)| *port == owner),
+        "heartbeats published on the slot's master ({owner}) alone: {published:?}"
+    );
 }

@@ -225,3 +225,29 @@ async fn follow_sharded(
     }
     Some(up)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full map of releases no wait needs still takes word of a new one.
+    #[test]
+    fn a_full_map_forgets_old_word_for_new() {
+        let releases = LeaseReleases::default();
+        let old = Instant::now().checked_sub(Duration::from_secs(2));
+        {
+            let mut heard = releases.heard.lock().unwrap();
+            for i in 0..MAX_KEYS {
+                let wake = watch::channel(()).0;
+                heard.insert(format!("k{i}").into_bytes(), Heard { at: old, wake });
+            }
+        }
+        releases.heard(b"new");
+        let heard = releases.heard.lock().unwrap();
+        assert!(
+            heard.get(&b"new"[..]).is_some_and(|h| h.at.is_some()),
+            "the new word is kept"
+        );
+        assert!(heard.len() < MAX_KEYS, "old word no wait needs is forgotten");
+    }
+}
