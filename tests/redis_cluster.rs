@@ -968,3 +968,36 @@ async fn heartbeats_run_on_the_master_that_runs_the_purges() {
         "heartbeats published on the slot's master ({owner}) alone: {published:?}"
     );
 }
+
+/// A master that does not own the namespace's slot dies: the sharded subscription's cluster
+/// client loses a link (it says of no node which), and the memory tier, after a new
+/// subscription, answers again; it does not stay off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharded_subscription_outlives_another_masters_failover() {
+    if !redis_server::available() {
+        return;
+    }
+    let mut cluster = TestCluster::start(3, 1);
+    let namespace = fresh_namespace("sharded-other");
+    let store = sharded_tiered(&cluster.urls(), &namespace).await;
+    wait_coherent(&[&store], Duration::from_secs(10)).await;
+    let owner = cluster.master_of(&format!("{{{namespace}}}:purge"));
+    let other = cluster
+        .masters()
+        .into_iter()
+        .find(|&port| port != owner)
+        .expect("another master");
+    cluster.kill(other);
+    cluster = promoted(cluster).await;
+    // Heartbeats kept coming back through the owner, so a stuck feed would show only in the
+    // tier not answering: it must be coherent again, and stay so.
+    wait_coherent(&[&store], Duration::from_secs(30)).await;
+    let beats = store.stats().heartbeats;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.stats().heartbeats < beats + 5 {
+        assert!(Instant::now() < deadline, "heartbeats stopped coming back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(store.stats().coherent, "{:?}", store.stats());
+    drop(cluster);
+}
