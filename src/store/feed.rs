@@ -9,8 +9,8 @@
 //! but silent) stops it answering within that window. A subscription silent for [`SILENCE`]
 //! is replaced; a new one empties the tier's entries, since messages may have been missed.
 //!
-//! On a Redis Cluster, heartbeats run on the primary that runs the namespace's purges, so the
-//! same order holds. With `sharded_pubsub`, both go over sharded pub/sub (`SPUBLISH`), and the
+//! On a Redis Cluster, heartbeats are routed by their channel's slot (the namespace's) to the
+//! primary that runs the namespace's purges, so the same order holds. With `sharded_pubsub`, both go over sharded pub/sub (`SPUBLISH`), and the
 //! cluster forwards neither to its other nodes.
 //!
 //! Over a spread namespace there is no subscription and nothing is published: the purge

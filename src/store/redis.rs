@@ -377,15 +377,6 @@ return redis.call(ARGV[3], ARGV[2], '*')
     )
 });
 
-/// Publishes a heartbeat. Keyed by the namespace's scratch key (never read or written), so
-/// that on a cluster it runs on the primary that runs the namespace's purges: a subscriber
-/// then receives heartbeats and purges from one node, in the order it ran them. It writes
-/// nothing, so it runs even when Redis is out of memory.
-///
-/// `KEYS[1]` scratch key; `ARGV[1]` the publishing command, `ARGV[2]` channel, `ARGV[3]`
-/// payload.
-static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| Script::new("return redis.call(ARGV[1], ARGV[2], ARGV[3])"));
-
 /// Whether an operation respects the circuit breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Breaking {
@@ -861,14 +852,14 @@ impl RedisStore {
         &self.inner.channel
     }
 
-    /// Publishes `payload` on `channel` from the node that runs the namespace's purges (see
-    /// [`HEARTBEAT`]), bounded by the operation timeout but outside the breaker (a heartbeat
-    /// must test the link, not be refused).
+    /// Publishes `payload` on `channel` over the store's connection (on a cluster, routed by
+    /// the channel's slot: the namespace's, as the purges are), bounded by the operation
+    /// timeout but outside the breaker (a heartbeat must test the link, not be refused).
     pub(crate) async fn publish(&self, channel: &str, payload: &[u8]) -> bool {
         let mut conn = self.inner.connection.clone();
-        let mut invocation = HEARTBEAT.key(self.inner.scratch_key.as_slice());
-        invocation.arg(self.publish_command()).arg(channel).arg(payload);
-        let publish = invocation.invoke_async::<i64>(&mut conn);
+        let mut command = ::redis::cmd(self.publish_command());
+        command.arg(channel).arg(payload);
+        let publish = command.query_async::<i64>(&mut conn);
         matches!(tokio::time::timeout(self.inner.op_timeout, publish).await, Ok(Ok(_)))
     }
 
